@@ -1,0 +1,102 @@
+"""EMA AdaBN with alpha-blended source statistics: the adapted network as a pure function.
+
+    AdaptedNet(frames[B], norm_state[B], momentum[B], alpha[B]) -> (logits, new norm_state)
+
+Sample b's state belongs to its own stream, so one batch can carry frames of many streams.
+A stream's state is one tensor [2, N]: row 0 the EMA of the per-channel mean of every BN layer's
+input, row 1 the EMA of the per-channel second moment, the layers' channels laid end to end.
+Keeping the second moment (not the variance) pools the statistics over frames, so the variation
+between frames counts, as AdaBN over a whole target domain does.
+
+Each BN layer, inside the one forward pass (update, then normalise):
+    mu_t  <- (1 - m) mu_t  + m mean_b(x)          sq_t <- (1 - m) sq_t + m mean_b(x^2)
+    var_t  = sq_t - mu_t^2
+    mean   = a mu_s + (1 - a) mu_t                  (the moments of the alpha-mixture of the
+    var    = a var_s + (1 - a) var_t + a (1 - a) (mu_s - mu_t)^2      source and target domains)
+m = 1, a = 0 is prediction-time BN (each frame's own statistics); a = 1 is the frozen model.
+"""
+import copy
+
+import torch
+from torch import nn
+
+
+class StreamBatchNorm2d(nn.Module):
+    """A BatchNorm2d whose statistics come from each sample's stream state."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.num_features, self.eps = bn.num_features, bn.eps
+        self.weight = nn.Parameter(bn.weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(bn.bias.detach().clone(), requires_grad=False)
+        self.register_buffer("source_mean", bn.running_mean.detach().clone().float())
+        self.register_buffer("source_var", bn.running_var.detach().clone().float())
+        # set by AdaptedNet for the duration of one forward call, never kept across calls
+        self._inputs: tuple[torch.Tensor, ...] | None = None
+        self._outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._inputs is None:
+            raise RuntimeError("StreamBatchNorm2d runs only inside AdaptedNet.forward")
+        mu_t, sq_t, m, a = self._inputs
+        xf = x.float()
+        mu_t = torch.lerp(mu_t, xf.mean((2, 3)), m)
+        sq_t = torch.lerp(sq_t, xf.square().mean((2, 3)), m)
+        self._outputs = (mu_t, sq_t)
+        var_t = (sq_t - mu_t.square()).clamp_min(0)
+        mean = a * self.source_mean + (1 - a) * mu_t
+        var = a * self.source_var + (1 - a) * var_t + a * (1 - a) * (self.source_mean - mu_t).square()
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        return (x * scale[:, :, None, None].to(x.dtype) + shift[:, :, None, None].to(x.dtype))
+
+
+class AdaptedNet(nn.Module):
+    """A copy of `model` whose BatchNorm2d layers normalise with per-stream blended statistics."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model)
+        self.norms: list[StreamBatchNorm2d] = []
+        for parent in list(self.model.modules()):
+            for name, child in parent.named_children():
+                if isinstance(child, nn.BatchNorm2d):
+                    norm = StreamBatchNorm2d(child)
+                    setattr(parent, name, norm)
+                    self.norms.append(norm)
+        if not self.norms:
+            raise ValueError("the model has no BatchNorm2d layer to adapt")
+        self.sizes = [n.num_features for n in self.norms]
+
+    @property
+    def state_size(self) -> int:
+        return sum(self.sizes)
+
+    def source_state(self) -> torch.Tensor:
+        """[2, N]: the source means and second moments, the state every stream starts from."""
+        mean = torch.cat([n.source_mean for n in self.norms])
+        sq = torch.cat([n.source_var + n.source_mean.square() for n in self.norms])
+        return torch.stack([mean, sq])
+
+    def forward(
+        self, images: torch.Tensor, state: torch.Tensor, momentum: torch.Tensor, alpha: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b = images.shape[0]
+        if state.shape != (b, 2, self.state_size):
+            raise ValueError(f"state should be [{b}, 2, {self.state_size}], got {list(state.shape)}")
+        if momentum.shape != (b,) or alpha.shape != (b,):
+            raise ValueError(f"momentum and alpha should be [{b}], got {list(momentum.shape)}, {list(alpha.shape)}")
+        m, a = momentum.float()[:, None], alpha.float()[:, None]
+        means = state[:, 0].float().split(self.sizes, dim=1)
+        sqs = state[:, 1].float().split(self.sizes, dim=1)
+        for norm, mu, sq in zip(self.norms, means, sqs):
+            norm._inputs, norm._outputs = (mu, sq, m, a), None
+        try:
+            logits = self.model(images)
+            # a layer the forward never reached (an unused auxiliary head) keeps its state
+            new_means = [n._outputs[0] if n._outputs else mu for n, mu in zip(self.norms, means)]
+            new_sqs = [n._outputs[1] if n._outputs else sq for n, sq in zip(self.norms, sqs)]
+        finally:
+            for norm in self.norms:
+                norm._inputs = norm._outputs = None
+        return logits, torch.stack([torch.cat(new_means, 1), torch.cat(new_sqs, 1)], dim=1)

@@ -1,0 +1,121 @@
+"""Online label calibration for segmentation under domain shift.
+
+Bohdal, Li & Hospedales (2023), "Label calibration for semantic segmentation
+under domain shift". Each stream keeps running, confidence-weighted sums of the
+soft labels predicted for every class; their means are class prototypes in
+probability space, and every pixel takes the class of the nearest prototype.
+Under shift the softmax output of a class drifts away from its one-hot vertex;
+the prototypes follow that drift, so the argmax boundary is replaced by one
+fitted to the stream's own predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _prototypes(proto_sum: Tensor, weight: Tensor) -> Tensor:
+    """Prototypes [..., C, C] from sums [..., C, C] and weights [..., C].
+
+    A class never predicted has no statistics, so it keeps its one-hot vertex.
+    """
+    eye = torch.eye(weight.shape[-1], dtype=proto_sum.dtype, device=proto_sum.device)
+    seen = (weight > 0).unsqueeze(-1)
+    means = proto_sum / weight.clamp_min(torch.finfo(proto_sum.dtype).tiny).unsqueeze(-1)
+    return torch.where(seen, means, eye.expand_as(proto_sum))
+
+
+@dataclass
+class LabelCalibrationState:
+    """Running calibration statistics of one stream."""
+
+    proto_sum: Tensor  # [C, C]: row c = sum over pixels of p * m_c
+    weight: Tensor  # [C]: sum over pixels of m_c
+
+    @classmethod
+    def initial(
+        cls, num_classes: int, device: torch.device | str | None = None
+    ) -> LabelCalibrationState:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        return cls(
+            proto_sum=torch.zeros(num_classes, num_classes, device=device),
+            weight=torch.zeros(num_classes, device=device),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0]
+
+    def prototypes(self) -> Tensor:
+        """[C, C] prototypes; one-hot rows for classes with zero weight."""
+        return _prototypes(self.proto_sum, self.weight)
+
+    def reset(self) -> None:
+        self.proto_sum.zero_()
+        self.weight.zero_()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        # Clones, so a later in-place reset() cannot alter a saved snapshot.
+        return {"proto_sum": self.proto_sum.clone(), "weight": self.weight.clone()}
+
+    def load_state_dict(self, d: dict[str, Tensor]) -> None:
+        c = self.num_classes
+        expected = {"proto_sum": (c, c), "weight": (c,)}
+        for key, shape in expected.items():
+            if key not in d:
+                raise ValueError(f"state dict is missing {key!r} (expected shape {list(shape)})")
+            value = d[key]
+            if not isinstance(value, Tensor) or tuple(value.shape) != shape:
+                got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"{key} must be a tensor of shape {list(shape)}, got {got}")
+        self.proto_sum = d["proto_sum"].to(self.proto_sum).clone()
+        self.weight = d["weight"].to(self.weight).clone()
+
+
+def _check_inputs(probs: Tensor, proto_sum: Tensor, weight: Tensor, forget: float) -> None:
+    if probs.dim() != 4:
+        raise ValueError(f"probs must have shape [B, C, H, W], got {list(probs.shape)}")
+    b, c = probs.shape[:2]
+    if tuple(proto_sum.shape) != (b, c, c):
+        raise ValueError(
+            f"proto_sum must have shape [B, C, C] = {[b, c, c]}, got {list(proto_sum.shape)}"
+        )
+    if tuple(weight.shape) != (b, c):
+        raise ValueError(f"weight must have shape [B, C] = {[b, c]}, got {list(weight.shape)}")
+    if not 0.0 < forget <= 1.0:
+        raise ValueError(f"forget must be in (0, 1], got {forget}")
+
+
+def calibrate(
+    probs: Tensor, proto_sum: Tensor, weight: Tensor, forget: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fold a frame into each stream's statistics, then label by nearest prototype.
+
+    probs: [B, C, H, W] softmax output, sample b belonging to stream b;
+    proto_sum: [B, C, C]; weight: [B, C]. forget in (0, 1] scales the old sums
+    before this frame is added (1 keeps plain running sums).
+    Returns (labels [B, H, W] int64, new proto_sum, new weight), all float32
+    sums on probs' device; the inputs are not modified.
+    """
+    _check_inputs(probs, proto_sum, weight, forget)
+    b, c, h, w = probs.shape
+    # float32 sums: half precision loses small per-frame increments.
+    p = probs.to(torch.float32).reshape(b, c, h * w)
+    proto_sum = proto_sum.to(device=p.device, dtype=torch.float32)
+    weight = weight.to(device=p.device, dtype=torch.float32)
+
+    conf, pred = p.max(dim=1)  # [B, N]
+    # mask[b, c, n] = m_c(n) = 1[argmax = c] * p_c; one scatter, no per-pixel loop.
+    mask = torch.zeros_like(p).scatter_(1, pred.unsqueeze(1), conf.unsqueeze(1))
+    new_sum = forget * proto_sum + torch.bmm(mask, p.transpose(1, 2))
+    new_weight = forget * weight + mask.sum(dim=2)
+
+    mu = _prototypes(new_sum, new_weight)  # [B, C, C]
+    # ||p - mu_c||^2 up to ||p||^2, which is the same for every c of a pixel.
+    dist = (mu * mu).sum(dim=2, keepdim=True) - 2.0 * torch.bmm(mu, p)  # [B, C, N]
+    labels = dist.argmin(dim=1).reshape(b, h, w)
+    return labels, new_sum, new_weight

@@ -1,0 +1,42 @@
+"""Command-line entry points of the benchmark."""
+import argparse
+import os
+from pathlib import Path
+
+from bench import accuracy
+from bench.data import FrameFolder
+from bench.streams import PROTOCOL_STREAMS
+from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+
+PEERS = ("source", "ptbn", "tent")
+
+
+def accuracy_main(argv=None) -> None:
+    p = argparse.ArgumentParser(
+        prog="driftseg bench accuracy",
+        description="Online accuracy benchmark (../shared/BENCHMARK.md). Writes JSON "
+        '{"checkpoint", "data", "streams": {STREAM: {METHOD: {"miou", "dice", "frames", "ms_per_frame"}}}, '
+        '"summary": {METHOD: {"mean_miou", "day_change"}}} and a Markdown table beside it.',
+    )
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
+    p.add_argument("--streams", nargs="+", default=list(PROTOCOL_STREAMS),
+                   help="protocol names, SPLIT, or SPLIT:CORRUPTION (default: all protocol streams)")
+    p.add_argument("--methods", nargs="+", default=list(PEERS), help='method specs, e.g. "ema(m=0.1,alpha=0.5)+lc"')
+    p.add_argument("--severity", type=int, default=3, choices=range(1, 6))
+    p.add_argument("--max-frames", type=int, help="only the first N frames of every stream")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+    args = p.parse_args(argv)
+
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        folder = FrameFolder.open(args.data)
+        result = accuracy.run(ckpt, os.path.relpath(args.checkpoint), folder, args.streams, args.methods,
+                              args.severity, args.max_frames, args.device)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        p.exit(2, f"driftseg bench accuracy: error: {e}\n")
+    print(accuracy.markdown_table(result))
+    if args.out:
+        accuracy.write(result, args.out)
+        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")

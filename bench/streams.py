@@ -1,0 +1,134 @@
+"""Ordered frame streams of the benchmark protocol, and of any split or split:corruption.
+
+A stream spec is a protocol name (`day`, `dusk`, `fog`, ..., `night`, `continual`), a split of the
+data folder (`source_val`), or `SPLIT:CORRUPTION` (`source_val:frost`). Corrupted frames are
+generated once, deterministically, and cached as PNG files.
+"""
+import hashlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.corruptions import CORRUPTIONS, corrupt
+from bench.data import FrameFolder
+
+DAY_SPLIT, DUSK_SPLIT = "source_val", "target_dusk"
+SYNTHETIC = ("fog", "contrast", "gaussian_noise", "motion_blur", "snow", "brightness", "defocus_blur", "night")
+CONTINUAL = ("day", "fog", "dusk", "contrast", "night", "day")
+PROTOCOL_STREAMS = ("day", "dusk", *SYNTHETIC, "continual")
+
+
+def default_cache_dir() -> Path:
+    """$DRIFTSEG_CACHE, else $XDG_CACHE_HOME/driftseg, else ~/.cache/driftseg."""
+    if os.environ.get("DRIFTSEG_CACHE"):
+        return Path(os.environ["DRIFTSEG_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "driftseg"
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    split: str
+    corruption: str | None
+    start: int  # index of the segment's first frame in the stream
+
+    def key(self, severity: int) -> str:
+        return self.split if self.corruption is None else f"{self.split}:{self.corruption}:s{severity}"
+
+
+@dataclass
+class Stream:
+    """An ordered list of (segment, frame name); frames are read or generated lazily, in order."""
+
+    name: str
+    folder: FrameFolder
+    segments: list[Segment]
+    names: list[tuple[Segment, str]]
+    severity: int
+    cache_dir: Path
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def frames(self, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(image uint8 HxWx3, label uint8 HxW) in stream order; the first `limit` only if given."""
+        for segment, name in self.names[:limit]:
+            yield self._image(segment, name), self.folder.read_label(name)
+
+    def _image(self, segment: Segment, name: str) -> np.ndarray:
+        if segment.corruption is None:
+            return self.folder.read_image(name)
+        path = self._cache_path(segment, name)
+        if not path.is_file():
+            _generate(self.folder, segment, self.severity, [name], path.parent)
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+
+    def _cache_path(self, segment: Segment, name: str) -> Path:
+        return _cache_folder(self.cache_dir, self.folder, segment, self.severity) / f"{name}.png"
+
+    def prepare(self, limit: int | None = None, workers: int | None = None) -> None:
+        """Generate every missing corrupted frame up front, in parallel (corrupting is slow)."""
+        todo: dict[Segment, list[str]] = {}
+        for segment, name in self.names[:limit]:
+            if segment.corruption is not None and not self._cache_path(segment, name).is_file():
+                todo.setdefault(segment, []).append(name)
+        if not todo:
+            return
+        workers = workers or min(8, os.cpu_count() or 1)
+        with ProcessPoolExecutor(workers) as pool:
+            jobs = []
+            for segment, names in todo.items():
+                folder = _cache_folder(self.cache_dir, self.folder, segment, self.severity)
+                for chunk in np.array_split(np.array(names), min(workers, len(names))):
+                    jobs.append(pool.submit(_generate, self.folder, segment, self.severity, list(chunk), folder))
+            for job in jobs:
+                job.result()
+
+
+def _cache_folder(cache_dir: Path, folder: FrameFolder, segment: Segment, severity: int) -> Path:
+    # the data folder's path is hashed: two folders with the same split names never share a cache
+    tag = hashlib.sha1(str(folder.root).encode()).hexdigest()[:12]
+    return cache_dir / "streams" / tag / segment.key(severity).replace(":", "__")
+
+
+def _generate(folder: FrameFolder, segment: Segment, severity: int, names: list[str], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    order = {n: i for i, n in enumerate(folder.frames(segment.split))}
+    for name in names:
+        image = corrupt(folder.read_image(name), segment.corruption, severity, seed=order[name])
+        tmp = out / f".{name}.{os.getpid()}.png"
+        Image.fromarray(image).save(tmp, compress_level=1)
+        os.replace(tmp, out / f"{name}.png")  # atomic: a concurrent reader never sees half a file
+
+
+def _segment(spec: str, folder: FrameFolder, start: int) -> Segment:
+    if spec == "day":
+        return Segment(spec, DAY_SPLIT, None, start)
+    if spec == "dusk":
+        return Segment(spec, DUSK_SPLIT, None, start)
+    if spec in SYNTHETIC:
+        return Segment(spec, DAY_SPLIT, spec, start)
+    split, _, corruption = spec.partition(":")
+    folder.frames(split)  # raises with the available splits
+    if corruption and corruption != "night" and corruption not in CORRUPTIONS:
+        raise ValueError(
+            f"unknown corruption {corruption!r} in stream {spec!r}; expected 'night' or one of {list(CORRUPTIONS)}"
+        )
+    return Segment(spec, split, corruption or None, start)
+
+
+def open_stream(spec: str, folder: FrameFolder, severity: int = 3, cache_dir: Path | None = None) -> Stream:
+    """The stream named by `spec` (see the module docstring)."""
+    parts = CONTINUAL if spec == "continual" else (spec,)
+    segments, names = [], []
+    for part in parts:
+        segment = _segment(part, folder, start=len(names))
+        segments.append(segment)
+        names.extend((segment, n) for n in folder.check_split(segment.split))
+    return Stream(spec, folder, segments, names, severity, cache_dir or default_cache_dir())

@@ -1,0 +1,151 @@
+"""The checkpoint format: one file that `torch.load(weights_only=True)` reads without running code.
+
+It carries everything serving and adaptation need: the architecture, class names and palette,
+the input size, the weights with the source BN statistics, the source domain's mean
+low-frequency amplitude band (for FDA), and provenance (config, data, metrics, git commit).
+"""
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from models.registry import SegmentationNet, create_model
+
+FORMAT = "driftseg-checkpoint"
+FORMAT_VERSION = 1
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "camvid-lraspp.pt"
+
+
+@dataclass
+class Checkpoint:
+    arch: str
+    arch_kwargs: dict
+    class_names: list[str]
+    palette: list[list[int]]
+    mean: list[float]
+    std: list[float]
+    input_size: list[int]  # [height, width] the network sees
+    weights: dict[str, torch.Tensor]
+    source_amplitude: torch.Tensor  # [3, 2b, 2b] centred low-frequency band of the mean |FFT|
+    source_amplitude_beta: float  # the beta that band was cut with
+    config: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    git_commit: str = "unknown"
+    extra: dict = field(default_factory=dict)  # e.g. shift-score calibration written by later jobs
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def build_model(self, device: str | torch.device = "cpu") -> SegmentationNet:
+        """The network in eval mode with the checkpoint's weights, in float32."""
+        model = create_model(self.arch, self.num_classes, self.mean, self.std, **self.arch_kwargs)
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in self.weights.items()}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint weights do not fit architecture {self.arch!r}: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        return model.to(device).eval()
+
+
+def git_commit() -> str:
+    """The repository's HEAD; $DRIFTSEG_GIT_COMMIT where the code runs from a copy without .git."""
+    if os.environ.get("DRIFTSEG_GIT_COMMIT"):
+        return os.environ["DRIFTSEG_GIT_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def compact_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights in fp16 to keep the file a few MB; BN statistics stay fp32 (they are tiny and
+    adaptation blends them, so their precision matters more than their size)."""
+    out = {}
+    for name, t in state_dict.items():
+        t = t.detach().cpu()
+        keep = name.endswith(("running_mean", "running_var")) or not t.is_floating_point()
+        out[name] = t.clone() if keep else t.half()
+    return out
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> None:
+    """Write atomically: a reader never sees a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(ckpt)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_TYPES = {
+    "arch": str, "arch_kwargs": dict, "class_names": list, "palette": list, "mean": list,
+    "std": list, "input_size": list, "weights": dict, "source_amplitude": torch.Tensor,
+    "source_amplitude_beta": float, "config": dict, "data": dict, "metrics": dict,
+    "git_commit": str, "extra": dict,
+}
+
+
+def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
+    """Load and validate a checkpoint; the default checkpoint when `path` is None."""
+    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or code-carrying files
+        raise ValueError(f"{path} is not a loadable driftseg checkpoint: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a driftseg checkpoint (no 'format': {FORMAT!r} entry)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {payload.get('format_version')}, expected {FORMAT_VERSION}"
+        )
+    names = {f.name for f in fields(Checkpoint)}
+    for name in names:
+        if name not in payload:
+            raise ValueError(f"{path} lacks the field {name!r}")
+        if not isinstance(payload[name], _TYPES[name]):
+            raise ValueError(
+                f"{path}: field {name!r} should be {_TYPES[name].__name__}, "
+                f"got {type(payload[name]).__name__}"
+            )
+    ckpt = Checkpoint(**{k: payload[k] for k in names})
+    _validate(ckpt, path)
+    return ckpt
+
+
+def _validate(ckpt: Checkpoint, path: Path) -> None:
+    c = ckpt.num_classes
+    if len(ckpt.palette) != c or any(len(rgb) != 3 for rgb in ckpt.palette):
+        raise ValueError(f"{path}: palette should be {c} RGB triples, one per class")
+    if len(ckpt.mean) != 3 or len(ckpt.std) != 3:
+        raise ValueError(f"{path}: mean and std should have 3 values each")
+    if len(ckpt.input_size) != 2 or min(ckpt.input_size) < 1:
+        raise ValueError(f"{path}: input_size should be [height, width], got {ckpt.input_size}")
+    amp = ckpt.source_amplitude
+    if amp.ndim != 3 or amp.shape[0] != 3 or amp.shape[1] != amp.shape[2] or amp.shape[1] % 2:
+        raise ValueError(
+            f"{path}: source_amplitude should be [3, 2b, 2b], got {list(amp.shape)}"
+        )
+    bad = [k for k, v in ckpt.weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path}: non-finite values in weights {bad[:5]}")

@@ -1,0 +1,43 @@
+"""Segmentation networks by registry name (torchvision builds them; no weights are downloaded)."""
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torchvision.models import segmentation as tvseg
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "lraspp_mobilenet_v3_large": tvseg.lraspp_mobilenet_v3_large,
+    "deeplabv3_mobilenet_v3_large": tvseg.deeplabv3_mobilenet_v3_large,
+    "deeplabv3_resnet50": tvseg.deeplabv3_resnet50,
+}
+
+
+def list_architectures() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+class SegmentationNet(nn.Module):
+    """A torchvision segmentation network that takes raw RGB in [0, 1] and returns logits.
+
+    Normalisation lives inside the network so that everything before it (FDA, decoding)
+    works on raw pixels and an exported graph needs no separate preprocessing.
+    """
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - self.mean) / self.std)["out"]
+
+
+def create_model(
+    arch: str, num_classes: int, mean: Sequence[float], std: Sequence[float], **arch_kwargs
+) -> SegmentationNet:
+    """Build `arch` from scratch for `num_classes` classes."""
+    if arch not in _BUILDERS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {list_architectures()}")
+    net = _BUILDERS[arch](weights=None, weights_backbone=None, num_classes=num_classes, **arch_kwargs)
+    return SegmentationNet(net, mean, std)

@@ -1,0 +1,159 @@
+"""Pieces every training job shares: distributed set-up, frames on the device, augmentation,
+the poly schedule, progress lines with ETA and a JSONL log, evaluation, checkpoint writing."""
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from adapters.fda import low_freq_amplitude
+from bench.data import FrameFolder
+from bench.metrics import ConfusionMatrix
+from models.checkpoint import Checkpoint, compact_weights, git_commit, save_checkpoint
+
+AMPLITUDE_BETA = 0.1  # the widest FDA band the checkpoint can serve
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """Single process, or one process of a `torchrun` group (NCCL on GPU, gloo on CPU)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return Dist(0, 1, torch.device(device))
+    local = int(os.environ["LOCAL_RANK"])
+    if device == "cuda":
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    dev = torch.device(device, local) if device == "cuda" else torch.device("cpu")
+    return Dist(dist.get_rank(), dist.get_world_size(), dev)
+
+
+def load_frames(folder: FrameFolder, split: str, size: tuple[int, int], device, labels: bool = True):
+    """A split's frames as uint8 tensors [N, 3, H, W] (and labels [N, H, W]) at `size`, on `device`."""
+    images, targets = [], []
+    for name in folder.check_split(split) if labels else folder.frames(split):
+        image = torch.from_numpy(folder.read_image(name)).permute(2, 0, 1)
+        images.append(v2.functional.resize(image, list(size), antialias=True))
+        if labels:
+            label = torch.from_numpy(folder.read_label(name))[None]
+            targets.append(v2.functional.resize(label, list(size), v2.InterpolationMode.NEAREST)[0])
+    images = torch.stack(images).to(device)
+    return (images, torch.stack(targets).to(device)) if labels else images
+
+
+def augmentation(
+    crop: tuple[int, int], ignore_index: int, short_side: int, scale: tuple[float, float] = (0.5, 1.5)
+) -> v2.Compose:
+    """Joint image/mask augmentation: random scale of the frame's `short_side`, crop, flip, colour
+    jitter (which touches only the image)."""
+    return v2.Compose([
+        v2.RandomResize(int(short_side * scale[0]), int(short_side * scale[1]) + 1),
+        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(0.3, 0.3, 0.3, 0.02),
+    ])
+
+
+def endless(sampler: DistributedSampler) -> Iterator[int]:
+    """The sampler's indices epoch after epoch, reshuffled each epoch (each rank its own shard)."""
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
+        yield from sampler
+
+
+def augmented_batch(images, labels, indices, augment) -> tuple[torch.Tensor, torch.Tensor]:
+    """float [B, 3, h, w] in [0, 1] and int64 [B, h, w], augmented sample by sample on their device."""
+    xs, ys = [], []
+    for i in indices.tolist():
+        x, y = augment(tv_tensors.Image(images[i]), tv_tensors.Mask(labels[i][None]))
+        xs.append(x)
+        ys.append(y[0])
+    return torch.stack(xs).float().div_(255), torch.stack(ys).long()
+
+
+def poly_schedule(optimizer, total: int, warmup: int, power: float = 0.9):
+    def factor(it: int) -> float:
+        if it < warmup:
+            return (it + 1) / warmup
+        return max(0.0, 1 - (it - warmup) / max(1, total - warmup)) ** power
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Progress:
+    """Periodic lines (iteration, losses, lr, speed, ETA) and a JSONL log of the same records."""
+
+    def __init__(self, total: int, every: int, log: Path | None, enabled: bool = True):
+        self.total, self.every, self.enabled = total, max(1, every), enabled
+        self.start = time.perf_counter()
+        self.log = open(log, "a") if (log and enabled) else None
+
+    def update(self, it: int, **values: float) -> None:
+        done = it + 1
+        if not self.enabled or (done % self.every and done != self.total):
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (self.total - done)
+        record = {"iter": done, "elapsed_s": round(elapsed, 1), **{k: round(float(v), 6) for k, v in values.items()}}
+        text = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        print(f"[{done}/{self.total}] {text} | {done / elapsed:.2f} it/s, ETA {eta:.0f}s", flush=True)
+        if self.log:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+
+    def close(self) -> None:
+        if self.log:
+            self.log.close()
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, num_classes: int, ignore_index: int, batch: int = 8) -> dict:
+    """mIoU and mean Dice of `model` (eval mode) over frames at their stored size."""
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch].float().div(255)
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
+            pred = model(x).argmax(1)
+        cm.update(labels[i:i + batch].cpu(), pred.cpu())
+    model.train(was_training)
+    return {"miou": round(cm.miou(), 2), "dice": round(cm.dice(), 2)}
+
+
+def mean_amplitude(images: torch.Tensor, beta: float = AMPLITUDE_BETA, batch: int = 16) -> torch.Tensor:
+    """The mean low-frequency amplitude band [3, 2b, 2b] of uint8 frames [N, 3, H, W]."""
+    h, w = images.shape[-2:]
+    b = int(min(h, w) * beta)
+    total = sum(low_freq_amplitude(images[i:i + batch].float().div(255), b).sum(0) for i in range(0, len(images), batch))
+    return (total / len(images)).cpu()
+
+
+def write_checkpoint(out: Path, model, arch: str, arch_kwargs: dict, folder: FrameFolder, input_size, mean, std,
+                     amplitude: torch.Tensor, config: dict, data: dict, metrics: dict) -> Checkpoint:
+    ckpt = Checkpoint(
+        arch=arch, arch_kwargs=arch_kwargs, class_names=list(folder.class_names),
+        palette=[list(c) for c in folder.palette], mean=list(mean), std=list(std), input_size=list(input_size),
+        weights=compact_weights(model.state_dict()), source_amplitude=amplitude,
+        source_amplitude_beta=AMPLITUDE_BETA, config=config, data=data, metrics=metrics, git_commit=git_commit(),
+    )
+    save_checkpoint(ckpt, out)
+    return ckpt

@@ -1,0 +1,88 @@
+"""`driftseg train source`: supervised training on the labelled source split, from scratch."""
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from bench.data import FrameFolder
+from models.registry import create_model, list_architectures
+from training import common
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="driftseg train source", description=__doc__)
+    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
+    p.add_argument("--arch", default="lraspp_mobilenet_v3_large", choices=list_architectures())
+    p.add_argument("--out", required=True, type=Path, help="checkpoint file to write")
+    p.add_argument("--train-split", default="source_train")
+    p.add_argument("--val-split", default="source_val")
+    p.add_argument("--input-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    p.add_argument("--crop", type=int, nargs=2, default=[320, 448], metavar=("H", "W"))
+    p.add_argument("--iters", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=16, help="per process")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--val-every", type=int, default=0, help="validate every N iterations (0: only at the end)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    ctx = common.setup_distributed(args.device)
+    torch.manual_seed(args.seed)
+    folder = FrameFolder.open(args.data)
+    size = tuple(args.input_size)
+    images, labels = common.load_frames(folder, args.train_split, size, ctx.device)
+    val_images, val_labels = common.load_frames(folder, args.val_split, size, ctx.device)
+
+    model = create_model(args.arch, len(folder.class_names), IMAGENET_MEAN, IMAGENET_STD).to(ctx.device)
+    model = model.to(memory_format=torch.channels_last)
+    train_model = DistributedDataParallel(model) if ctx.world > 1 else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = common.poly_schedule(optimizer, args.iters, args.warmup)
+    augment = common.augmentation(tuple(args.crop), folder.ignore_index, short_side=min(size))
+    sampler = DistributedSampler(range(len(images)), ctx.world, ctx.rank, shuffle=True, seed=args.seed, drop_last=True)
+    out: Path = args.out
+    progress = common.Progress(args.iters, args.log_every, out.with_suffix(".jsonl"), enabled=ctx.main)
+
+    indices = common.endless(sampler)
+    start = time.perf_counter()
+    model.train()
+    for it in range(args.iters):
+        batch = torch.tensor([next(indices) for _ in range(args.batch_size)])
+        x, y = common.augmented_batch(images, labels, batch, augment)
+        with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.device.type == "cuda"):
+            loss = F.cross_entropy(train_model(x.contiguous(memory_format=torch.channels_last)), y,
+                                   ignore_index=folder.ignore_index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        values = {"loss": loss.item(), "lr": schedule.get_last_lr()[0]}
+        if args.val_every and (it + 1) % args.val_every == 0 and it + 1 < args.iters:
+            values["val_miou"] = common.evaluate(model, val_images, val_labels, len(folder.class_names), folder.ignore_index)["miou"]
+        progress.update(it, **values)
+    progress.close()
+    train_seconds = time.perf_counter() - start
+
+    metrics = common.evaluate(model, val_images, val_labels, len(folder.class_names), folder.ignore_index)
+    metrics.update(split=args.val_split, train_seconds=round(train_seconds, 1), final_loss=round(loss.item(), 4))
+    if ctx.main:
+        config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                  "job": "source", "world_size": ctx.world,
+                  "device_name": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"}
+        data = {"root": str(folder.root), "train_split": args.train_split, "frames": len(images)}
+        common.write_checkpoint(out, model, args.arch, {}, folder, size, IMAGENET_MEAN, IMAGENET_STD,
+                                common.mean_amplitude(images), config, data, metrics)
+        print(f"validation on {args.val_split}: mIoU {metrics['miou']:.2f}, Dice {metrics['dice']:.2f}; "
+              f"trained {train_seconds:.0f}s; wrote {out}", flush=True)
