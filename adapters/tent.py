@@ -16,12 +16,15 @@ def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def configure(model: nn.Module) -> list[nn.Parameter]:
-    """Train-mode BN with batch statistics only; only the BN affine parameters require grad."""
-    model.train()
+    """Train-mode BN with batch statistics only; only the BN affine parameters require grad. The
+    rest stays in eval mode: the reference code's model.train() also turns Dropout on, which makes
+    the predictions random on models that have it (deeplabv3)."""
+    model.eval()
     model.requires_grad_(False)
     params = []
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
+            m.train()
             m.track_running_stats = False
             m.running_mean = m.running_var = None
             m.requires_grad_(True)

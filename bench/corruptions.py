@@ -1,15 +1,22 @@
 """Synthetic shifts: the `imagecorruptions` package (Michaelis et al. 2019) and the protocol's night.
 
-imagecorruptions 1.1.2 predates NumPy 2 and scikit-image 0.19; the two shims below let it run on
-current releases without pinning old ones.
+imagecorruptions 1.1.2 predates NumPy 2 and scikit-image 0.19; the shims below let it run on
+current releases without pinning old ones, and make every corruption reproducible from one seed.
 """
+import warnings
+from types import SimpleNamespace
+
 import numpy as np
 
 if not hasattr(np, "float_"):
     np.float_ = np.float64  # removed in NumPy 2; imagecorruptions still references it
 
-import imagecorruptions  # noqa: E402
-from imagecorruptions import corruptions as _impl  # noqa: E402
+with warnings.catch_warnings():  # its old imports (pkg_resources, scipy.ndimage.interpolation) warn on every run
+    warnings.simplefilter("ignore", UserWarning)
+    warnings.simplefilter("ignore", DeprecationWarning)  # and scipy.ndimage.interpolation
+    import imagecorruptions  # noqa: E402
+    from imagecorruptions import corruptions as _impl  # noqa: E402
+import skimage as _skimage  # noqa: E402
 from skimage.filters import gaussian as _gaussian  # noqa: E402
 
 
@@ -20,7 +27,14 @@ def _gaussian_compat(image, sigma=1, multichannel=None, **kwargs):
     return _gaussian(image, sigma=sigma, **kwargs)
 
 
+def _random_noise_seeded(image, **kwargs):
+    # impulse_noise calls skimage's random_noise, which draws from its own unseeded generator:
+    # seed it from NumPy's global one, which `corrupt` seeds
+    return _skimage.util.random_noise(image, rng=np.random.randint(2**31), **kwargs)
+
+
 _impl.gaussian = _gaussian_compat
+_impl.sk = SimpleNamespace(color=_skimage.color, util=SimpleNamespace(random_noise=_random_noise_seeded))
 
 CORRUPTIONS = tuple(imagecorruptions.get_corruption_names("all"))
 NIGHT_GAIN = np.array([0.80, 0.90, 1.15])

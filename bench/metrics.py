@@ -15,6 +15,10 @@ class ConfusionMatrix:
         if target.shape != pred.shape:
             raise ValueError(f"target {tuple(target.shape)} and prediction {tuple(pred.shape)} differ in shape")
         keep = target != self.ignore_index
+        for name, ids in (("target", target[keep]), ("prediction", pred[keep])):
+            if ids.numel() and (ids.min() < 0 or ids.max() >= self.num_classes):
+                raise ValueError(f"{name} class ids should lie in [0, {self.num_classes}) or be "
+                                 f"{self.ignore_index} (ignored), got {ids.min().item()}..{ids.max().item()}")
         idx = target[keep].long() * self.num_classes + pred[keep].long()
         counts = torch.bincount(idx, minlength=self.num_classes**2)
         self.mat += counts.reshape(self.num_classes, self.num_classes).cpu()

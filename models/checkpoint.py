@@ -45,13 +45,21 @@ class Checkpoint:
         """The network in eval mode with the checkpoint's weights, in float32."""
         model = create_model(self.arch, self.num_classes, self.mean, self.std, **self.arch_kwargs)
         weights = {k: v.float() if v.is_floating_point() else v for k, v in self.weights.items()}
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint weights do not fit architecture {self.arch!r}: "
-                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        check_weights_fit(model, self.weights, self.arch)
+        model.load_state_dict(weights)
         return model.to(device).eval()
+
+
+def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], arch: str) -> None:
+    """ValueError naming the missing, unexpected or wrongly shaped weights, if any."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(expected.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
+    shapes = [f"{k} {list(weights[k].shape)} (expected {list(expected[k])})"
+              for k in sorted(expected.keys() & weights.keys()) if tuple(weights[k].shape) != expected[k]]
+    if missing or unexpected or shapes:
+        raise ValueError(f"checkpoint weights do not fit architecture {arch!r}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shape {shapes[:5]}")
 
 
 def git_commit() -> str:
@@ -85,7 +93,10 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(ckpt)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is not
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -130,6 +141,12 @@ def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
             )
     ckpt = Checkpoint(**{k: payload[k] for k in names})
     _validate(ckpt, path)
+    try:  # on the meta device: the shapes are checked without allocating the network
+        with torch.device("meta"):
+            skeleton = create_model(ckpt.arch, ckpt.num_classes, ckpt.mean, ckpt.std, **ckpt.arch_kwargs)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: cannot build architecture {ckpt.arch!r} with {ckpt.arch_kwargs}: {e}") from e
+    check_weights_fit(skeleton, ckpt.weights, f"{ckpt.arch}")
     return ckpt
 
 
@@ -146,6 +163,9 @@ def _validate(ckpt: Checkpoint, path: Path) -> None:
         raise ValueError(
             f"{path}: source_amplitude should be [3, 2b, 2b], got {list(amp.shape)}"
         )
+    not_tensors = [k for k, v in ckpt.weights.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"{path}: weights should all be tensors, these are not: {not_tensors[:5]}")
     bad = [k for k, v in ckpt.weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{path}: non-finite values in weights {bad[:5]}")

@@ -104,7 +104,10 @@ class Progress:
     def __init__(self, total: int, every: int, log: Path | None, enabled: bool = True):
         self.total, self.every, self.enabled = total, max(1, every), enabled
         self.start = time.perf_counter()
-        self.log = open(log, "a") if (log and enabled) else None
+        self.log = None
+        if log and enabled:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            self.log = open(log, "w")  # one run per log, as the checkpoint beside it
 
     def update(self, it: int, **values: float) -> None:
         done = it + 1

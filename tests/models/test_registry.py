@@ -1,0 +1,82 @@
+"""models/registry.py: every architecture builds and maps [B, 3, H, W] to logits [B, C, H, W]."""
+import pytest
+import torch
+
+from models.registry import SegmentationNet, create_model, list_architectures
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+ARCHS = ["deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "lraspp_mobilenet_v3_large"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions run far faster on one thread, above all beside another CPU job."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_list_architectures() -> None:
+    assert list_architectures() == ARCHS  # sorted
+
+
+@pytest.mark.parametrize("arch", [
+    "lraspp_mobilenet_v3_large",
+    "deeplabv3_mobilenet_v3_large",
+    pytest.param("deeplabv3_resnet50", marks=pytest.mark.slow),
+])
+def test_builds_and_returns_logits_at_input_size(arch) -> None:
+    torch.manual_seed(0)
+    model = create_model(arch, 5, MEAN, STD).eval()
+    assert isinstance(model, SegmentationNet)
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 96))  # not square: H and W must not be swapped
+    assert out.shape == (1, 5, 64, 96)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_every_registered_architecture_is_covered() -> None:
+    # the parametrisation above must be extended when an architecture is added
+    assert set(list_architectures()) == set(ARCHS)
+
+
+def test_train_mode_batch_and_backward() -> None:
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", 3, MEAN, STD).train()
+    x = torch.rand(2, 3, 48, 64)
+    out = model(x)
+    assert out.shape == (2, 3, 48, 64)
+    out.square().mean().backward()
+    assert model.net.classifier.high_classifier.weight.grad is not None
+
+
+def test_normalisation_lives_inside_the_network() -> None:
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", 4, MEAN, STD).eval()
+    torch.testing.assert_close(model.mean.flatten(), torch.tensor(MEAN))
+    torch.testing.assert_close(model.std.flatten(), torch.tensor(STD))
+    assert {"mean", "std"} <= set(model.state_dict())  # buffers travel with the weights
+    x = torch.rand(1, 3, 32, 48)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.net((x - mean) / std)["out"])
+        assert not torch.allclose(model(x), model.net(x)["out"])
+
+
+def test_no_pretrained_weights_are_used() -> None:
+    # two builds with different seeds differ: weights are random, not downloaded
+    torch.manual_seed(0)
+    a = create_model("lraspp_mobilenet_v3_large", 3, MEAN, STD)
+    torch.manual_seed(1)
+    b = create_model("lraspp_mobilenet_v3_large", 3, MEAN, STD)
+    assert not torch.equal(a.net.backbone["0"][0].weight, b.net.backbone["0"][0].weight)
+
+
+def test_unknown_architecture_names_the_choices() -> None:
+    with pytest.raises(ValueError) as err:
+        create_model("unet_tiny", 3, MEAN, STD)
+    msg = str(err.value)
+    assert "'unet_tiny'" in msg
+    for arch in ARCHS:
+        assert arch in msg
