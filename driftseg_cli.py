@@ -1,25 +1,32 @@
-"""The `driftseg` command: `driftseg train source ...`, `driftseg bench accuracy ...`."""
+"""The `driftseg` command: `driftseg <command> [<args>]`, each command a module's main(argv)."""
+import importlib
 import sys
 
-USAGE = """usage: driftseg <command> [<args>]
+# command words -> (module:function, what it does)
+COMMANDS = {
+    ("train", "source"): ("training.source:main", "train a model on the labelled source split"),
+    ("calibrate",): ("training.calibrate:main", "store the automatic mode's shift calibration in a checkpoint"),
+    ("bench", "accuracy"): ("bench.cli:accuracy_main", "the online benchmark: methods x streams"),
+}
 
-commands:
-  train source      train a model on the labelled source split (driftseg train source --help)
-  bench accuracy    the online benchmark: methods x streams (driftseg bench accuracy --help)
-"""
+
+def usage() -> str:
+    lines = ["usage: driftseg <command> [<args>]", "", "commands:"]
+    for words, (_, what) in COMMANDS.items():
+        name = " ".join(words)
+        lines.append(f"  {name:<18}{what} (driftseg {name} --help)")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    command = tuple(argv[:2])
-    if command == ("train", "source"):
-        from training.source import main as run
-    elif command == ("bench", "accuracy"):
-        from bench.cli import accuracy_main as run
-    else:
-        print(USAGE, file=sys.stderr)
-        raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
-    run(argv[2:])
+    for words, (target, _) in COMMANDS.items():
+        if tuple(argv[:len(words)]) == words:
+            module, function = target.split(":")
+            getattr(importlib.import_module(module), function)(argv[len(words):])
+            return
+    print(usage(), file=sys.stderr)
+    raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """EMA AdaBN with alpha-blended source statistics: the adapted network as a pure function.
 
-    AdaptedNet(frames[B], norm_state[B], momentum[B], alpha[B]) -> (logits, new norm_state)
+    AdaptedNet(frames[B], norm_state[B], momentum[B], alpha[B] or [B, layers]) -> (logits, new norm_state)
 
 Sample b's state belongs to its own stream, so one batch can carry frames of many streams.
 A stream's state is one tensor [2, N]: row 0 the EMA of the per-channel mean of every BN layer's
@@ -16,6 +16,7 @@ Each BN layer, inside the one forward pass (update, then normalise):
 m = 1, a = 0 is prediction-time BN (each frame's own statistics); a = 1 is the frozen model.
 """
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -84,13 +85,16 @@ class AdaptedNet(nn.Module):
         b = images.shape[0]
         if state.shape != (b, 2, self.state_size):
             raise ValueError(f"state should be [{b}, 2, {self.state_size}], got {list(state.shape)}")
-        if momentum.shape != (b,) or alpha.shape != (b,):
-            raise ValueError(f"momentum and alpha should be [{b}], got {list(momentum.shape)}, {list(alpha.shape)}")
-        m, a = momentum.float()[:, None], alpha.float()[:, None]
+        layers = len(self.norms)
+        if momentum.shape != (b,) or alpha.shape not in ((b,), (b, layers)):
+            raise ValueError(f"momentum should be [{b}] and alpha [{b}] or [{b}, {layers}] (one per BN layer), "
+                             f"got {list(momentum.shape)}, {list(alpha.shape)}")
+        m = momentum.float()[:, None]
+        alphas = alpha.float()[:, None].expand(b, layers) if alpha.ndim == 1 else alpha.float()
         means = state[:, 0].float().split(self.sizes, dim=1)
         sqs = state[:, 1].float().split(self.sizes, dim=1)
-        for norm, mu, sq in zip(self.norms, means, sqs):
-            norm._inputs, norm._outputs = (mu, sq, m, a), None
+        for norm, mu, sq, a in zip(self.norms, means, sqs, alphas.unbind(1)):
+            norm._inputs, norm._outputs = (mu, sq, m, a[:, None]), None
         try:
             logits = self.model(images)
             # a layer the forward never reached (an unused auxiliary head) keeps its state
@@ -100,3 +104,31 @@ class AdaptedNet(nn.Module):
             for norm in self.norms:
                 norm._inputs = norm._outputs = None
         return logits, torch.stack([torch.cat(new_means, 1), torch.cat(new_sqs, 1)], dim=1)
+
+
+
+@dataclass
+class NormState:
+    """One stream's BN statistics [2, N] (see the module docstring), resettable to the source."""
+
+    stats: torch.Tensor
+    source: torch.Tensor  # shared by every stream, never written
+
+    @classmethod
+    def initial(cls, source: torch.Tensor) -> "NormState":
+        return cls(stats=source.clone(), source=source)
+
+    def reset(self) -> None:
+        self.stats = self.source.clone()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"stats": self.stats.clone()}
+
+    def load_state_dict(self, d: dict) -> None:
+        stats = d.get("stats")
+        if not isinstance(stats, torch.Tensor) or stats.shape != self.source.shape:
+            got = list(stats.shape) if isinstance(stats, torch.Tensor) else type(stats).__name__
+            raise ValueError(f"norm stats must be a tensor of shape {list(self.source.shape)}, got {got}")
+        if not torch.isfinite(stats).all():
+            raise ValueError("norm stats hold non-finite values")
+        self.stats = stats.to(self.source).clone()

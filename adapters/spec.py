@@ -3,15 +3,18 @@
     source                      frozen model, the checkpoint's BN statistics
     ptbn                        prediction-time BN: each frame's own statistics (ema(m=1,alpha=0))
     ema(m=0.1,alpha=0)          EMA AdaBN, statistics blended with the source's by alpha
+    auto(m=0.1,floor=0,switch=2)  EMA AdaBN with per-layer alpha from the shift score and restarts
+                                at domain switches (adapters/auto.py)
     tent(lr=0.001,steps=1)      TENT, the backprop peer
     lc(forget=1)                label calibration with running prototypes
     fda(beta=0.01,mode=ratio,m=0.1)   FDA against the stream's recent spectrum
-e.g. "ema(m=0.1,alpha=0.5)+lc".
+e.g. "ema(m=0.1,alpha=0.5)+lc". The bare name `auto` is the recommended pipeline, RECOMMENDED.
 """
 import re
 from dataclasses import dataclass, replace
 
-NORMS = ("source", "ema", "tent")
+NORMS = ("source", "ema", "auto", "tent")
+RECOMMENDED = "auto(m=0.1,floor=0,switch=2)+lc"
 FDA_MODES = ("swap", "ratio")
 
 
@@ -20,6 +23,8 @@ class MethodSpec:
     norm: str = "source"
     momentum: float = 0.1
     alpha: float = 0.0
+    auto_floor: float = 0.0
+    auto_switch: float = 2.0
     tent_lr: float = 1e-3
     tent_steps: int = 1
     lc: bool = False
@@ -33,6 +38,8 @@ class MethodSpec:
             (self.norm in NORMS, f"norm must be one of {NORMS}"),
             (0.0 <= self.momentum <= 1.0, "ema m must be in [0, 1]"),
             (0.0 <= self.alpha <= 1.0, "ema alpha must be in [0, 1]"),
+            (0.0 <= self.auto_floor <= 1.0, "auto floor must be in [0, 1]"),
+            (self.auto_switch > 0, "auto switch must be > 0"),
             (self.tent_lr > 0 and self.tent_steps >= 1, "tent needs lr > 0 and steps >= 1"),
             (0.0 < self.lc_forget <= 1.0, "lc forget must be in (0, 1]"),
             (self.fda_mode in (None, *FDA_MODES), f"fda mode must be one of {FDA_MODES}"),
@@ -49,6 +56,7 @@ _COMPONENTS = {
     "source": ({"norm": "source"}, {}),
     "ptbn": ({"norm": "ema", "momentum": 1.0, "alpha": 0.0}, {}),
     "ema": ({"norm": "ema"}, {"m": "momentum", "alpha": "alpha"}),
+    "auto": ({"norm": "auto"}, {"m": "momentum", "floor": "auto_floor", "switch": "auto_switch"}),
     "tent": ({"norm": "tent"}, {"lr": "tent_lr", "steps": "tent_steps"}),
     "lc": ({"lc": True}, {"forget": "lc_forget"}),
     "fda": ({"fda_mode": "ratio"}, {"beta": "fda_beta", "mode": "fda_mode", "m": "fda_momentum"}),
@@ -65,6 +73,8 @@ def _value(text: str, like):
 
 def parse_method(spec: str) -> MethodSpec:
     """Parse a method spec such as "ema(m=0.1,alpha=0.5)+lc"."""
+    if spec.strip() == "auto":
+        spec = RECOMMENDED
     fields: dict = {}
     seen: set[str] = set()
     for part in spec.split("+"):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from adapters.pipeline import Pipeline
 from adapters.spec import parse_method
 from bench.data import FrameFolder
-from bench.metrics import ConfusionMatrix
+from bench.metrics import ConfusionMatrix, mean_dice, mean_iou
 from bench.streams import Stream, open_stream
 from models.checkpoint import Checkpoint
 
@@ -34,70 +34,82 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int, max_frames: int | None) -> dict[str, dict]:
-    """Scores of one method on one stream: the whole stream and, for multi-segment streams, each segment."""
+def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int, max_frames: int | None) -> tuple[dict, dict]:
+    """Scores of one method on one stream (the whole stream and, for multi-segment streams, each
+    segment), and its trace over frames: per-frame confusion matrices and the auto mode's state."""
     state = pipeline.new_state()
-    num_classes = pipeline.num_classes
-    whole = ConfusionMatrix(num_classes, ignore_index)
-    per_segment = {s.start: ConfusionMatrix(num_classes, ignore_index) for s in stream.segments}
-    starts = sorted(per_segment)
-    seconds, n = 0.0, 0
+    frame_cms, shift, alpha = [], [], []
+    seconds = 0.0
     sync = torch.cuda.synchronize if pipeline.device.type == "cuda" else (lambda: None)
-    for i, (image, label) in enumerate(stream.frames(max_frames)):
+    for image, label in stream.frames(max_frames):
         frame = to_tensor(image).to(pipeline.device)
         sync()
         t0 = time.perf_counter()
         labels, (state,) = pipeline.step(frame, [state])
         sync()
         seconds += time.perf_counter() - t0
-        target = torch.from_numpy(label)
-        pred = labels[0].cpu()
-        whole.update(target, pred)
-        segment_cm = per_segment[max(s for s in starts if s <= i)]
-        segment_cm.update(target, pred)
-        n += 1
-    scores = {stream.name: _score(whole, n, seconds)}
+        cm = ConfusionMatrix(pipeline.num_classes, ignore_index)
+        cm.update(torch.from_numpy(label), labels[0].cpu())
+        frame_cms.append(cm.mat)
+        if state.auto is not None:
+            shift.append(state.auto.score)
+            alpha.append(state.auto.alpha.mean().item())
+    cms = torch.stack(frame_cms)
+    n = len(cms)
+    scores = {stream.name: _score(cms.sum(0), n, seconds)}
     if len(stream.segments) > 1:
+        bounds = [s.start for s in stream.segments] + [n]
         for k, segment in enumerate(stream.segments):
-            end = stream.segments[k + 1].start if k + 1 < len(stream.segments) else n
-            frames = max(0, min(end, n) - segment.start)
-            if frames:
-                scores[f"{stream.name}/{k + 1}-{segment.name}"] = _score(per_segment[segment.start], frames, None)
-    return scores
+            lo, hi = bounds[k], min(bounds[k + 1], n)
+            if hi > lo:
+                scores[f"{stream.name}/{k + 1}-{segment.name}"] = _score(cms[lo:hi].sum(0), hi - lo, None)
+    switches = state.auto.switches if state.auto is not None else []
+    return scores, {"confusion": cms, "shift": shift, "alpha": alpha, "switches": switches}
 
 
-def _score(cm: ConfusionMatrix, frames: int, seconds: float | None) -> dict:
+def _score(mat: torch.Tensor, frames: int, seconds: float | None) -> dict:
     return {
-        "miou": round(cm.miou(), 2),
-        "dice": round(cm.dice(), 2),
+        "miou": round(mean_iou(mat), 2),
+        "dice": round(mean_dice(mat), 2),
         "frames": frames,
         "ms_per_frame": round(1000 * seconds / max(frames, 1), 3) if seconds is not None else None,
     }
 
 
 def summarise(streams: dict[str, dict[str, dict]], methods: Sequence[str]) -> dict:
-    """Mean mIoU over the streams (continual and its segments excluded) and the change on `day`
-    against `source` (the safety figure), per method."""
+    """Per method: the mean mIoU over the streams (continual and its segments excluded), the change
+    on `day` against `source` (the safety figure), the time per frame over all timed frames, and
+    that time as a multiple of `source`'s in the same run."""
     plain = [s for s in streams if not s.startswith("continual")]
     summary = {}
     for m in methods:
         values = [streams[s][m]["miou"] for s in plain if m in streams[s]]
         summary[m] = {"mean_miou": round(float(np.mean(values)), 2) if values else None}
+        timed = [streams[s][m] for s in streams if m in streams[s] and streams[s][m]["ms_per_frame"] is not None]
+        if timed:
+            ms = sum(t["ms_per_frame"] * t["frames"] for t in timed) / sum(t["frames"] for t in timed)
+            summary[m]["ms_per_frame"] = round(ms, 3)
         day = streams.get("day", {})
         if "source" in day and m in day:
             summary[m]["day_change"] = round(day[m]["miou"] - day["source"]["miou"], 2)
+    if "source" in summary and summary["source"].get("ms_per_frame"):
+        for m in summary:
+            if "ms_per_frame" in summary[m]:
+                summary[m]["cost_vs_source"] = round(summary[m]["ms_per_frame"] / summary["source"]["ms_per_frame"], 2)
     return summary
 
 
 def markdown_table(result: dict) -> str:
     streams = list(result["streams"])
     methods = list(result["summary"])
-    head = "| method | " + " | ".join(streams) + " | mean |"
-    lines = [head, "|" + " --- |" * (len(streams) + 2)]
+    head = "| method | " + " | ".join(streams) + " | mean | ms/frame | x source |"
+    lines = [head, "|" + " --- |" * (len(streams) + 4)]
     for m in methods:
         cells = [_cell(result["streams"][s].get(m)) for s in streams]
-        mean = result["summary"][m]["mean_miou"]
-        lines.append(f"| `{m}` | " + " | ".join(cells) + f" | {'' if mean is None else f'{mean:.1f}'} |")
+        summary = result["summary"][m]
+        extra = [summary.get(k) for k in ("mean_miou", "ms_per_frame", "cost_vs_source")]
+        cells += ["" if v is None else f"{v:.{d}f}" for v, d in zip(extra, (1, 1, 2))]
+        lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -108,25 +120,31 @@ def _cell(score: dict | None) -> str:
 def run(
     ckpt: Checkpoint, checkpoint_name: str, folder: FrameFolder, streams: Sequence[str], methods: Sequence[str],
     severity: int = 3, max_frames: int | None = None, device: str = "auto",
-) -> dict:
-    """The benchmark's result object (see `driftseg bench accuracy --help` for its shape)."""
+) -> tuple[dict, dict]:
+    """The benchmark's result object (see `driftseg bench accuracy --help` for its shape), and the
+    traces of the multi-segment streams: {stream: {"segments": [(name, start)], "methods": {method: trace}}}."""
     dev = resolve_device(device)
     specs = {m: parse_method(m) for m in methods}  # every spec is checked before any work starts
     opened = [open_stream(s, folder, severity) for s in streams]
     for stream in opened:
         stream.prepare(max_frames)
     result = {"checkpoint": checkpoint_name, "data": str(folder.root), "streams": {}}
+    traces = {s.name: {"segments": [(g.name, g.start) for g in s.segments], "methods": {}}
+              for s in opened if len(s.segments) > 1}
     bar = tqdm(total=len(opened) * len(methods), desc="bench", unit="run")
     for stream in opened:
         for method, spec in specs.items():
             bar.set_postfix_str(f"{stream.name} / {method}")
             pipeline = Pipeline(ckpt, spec, dev)
-            for name, score in run_stream(pipeline, stream, folder.ignore_index, max_frames).items():
+            scores, trace = run_stream(pipeline, stream, folder.ignore_index, max_frames)
+            for name, score in scores.items():
                 result["streams"].setdefault(name, {})[method] = score
+            if stream.name in traces:
+                traces[stream.name]["methods"][method] = trace
             bar.update()
     bar.close()
     result["summary"] = summarise(result["streams"], list(methods))
-    return result
+    return result, traces
 
 
 def write(result: dict, out: Path) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from bench import accuracy
 from bench.data import FrameFolder
+from bench.plot import plot_stream
 from bench.streams import PROTOCOL_STREAMS
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
@@ -16,7 +17,8 @@ def accuracy_main(argv=None) -> None:
         prog="driftseg bench accuracy",
         description="Online accuracy benchmark (../shared/BENCHMARK.md). Writes JSON "
         '{"checkpoint", "data", "streams": {STREAM: {METHOD: {"miou", "dice", "frames", "ms_per_frame"}}}, '
-        '"summary": {METHOD: {"mean_miou", "day_change"}}} and a Markdown table beside it.',
+        '"summary": {METHOD: {"mean_miou", "day_change", "ms_per_frame", "cost_vs_source"}}}, a Markdown table '
+        'beside it, and for multi-segment streams (continual) a PNG plot over frames.',
     )
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
@@ -32,11 +34,15 @@ def accuracy_main(argv=None) -> None:
     try:
         ckpt = load_checkpoint(args.checkpoint)
         folder = FrameFolder.open(args.data)
-        result = accuracy.run(ckpt, os.path.relpath(args.checkpoint), folder, args.streams, args.methods,
-                              args.severity, args.max_frames, args.device)
+        result, traces = accuracy.run(ckpt, os.path.relpath(args.checkpoint), folder, args.streams, args.methods,
+                                      args.severity, args.max_frames, args.device)
     except (ValueError, KeyError, FileNotFoundError) as e:
         p.exit(2, f"driftseg bench accuracy: error: {e}\n")
     print(accuracy.markdown_table(result))
     if args.out:
         accuracy.write(result, args.out)
         print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+        for name, trace in traces.items():
+            png = args.out.with_name(f"{args.out.stem}-{name}.png")
+            plot_stream(name, trace, png)
+            print(f"wrote {png}")

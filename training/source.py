@@ -10,7 +10,9 @@ from torch.utils.data import DistributedSampler
 
 from bench.data import FrameFolder
 from models.registry import create_model, list_architectures
+from models.checkpoint import save_checkpoint
 from training import common
+from training.calibrate import shift_calibration
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -82,7 +84,9 @@ def main(argv=None) -> None:
                   "job": "source", "world_size": ctx.world,
                   "device_name": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"}
         data = {"root": str(folder.root), "train_split": args.train_split, "frames": len(images)}
-        common.write_checkpoint(out, model, args.arch, {}, folder, size, IMAGENET_MEAN, IMAGENET_STD,
-                                common.mean_amplitude(images), config, data, metrics)
+        ckpt = common.write_checkpoint(out, model, args.arch, {}, folder, size, IMAGENET_MEAN, IMAGENET_STD,
+                                       common.mean_amplitude(images), config, data, metrics)
+        ckpt.extra["shift"] = shift_calibration(ckpt, folder, args.val_split, 0.1, ctx.device).to_dict()
+        save_checkpoint(ckpt, out)
         print(f"validation on {args.val_split}: mIoU {metrics['miou']:.2f}, Dice {metrics['dice']:.2f}; "
               f"trained {train_seconds:.0f}s; wrote {out}", flush=True)

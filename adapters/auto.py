@@ -1,0 +1,163 @@
+"""The automatic mode: how far a stream has drifted, read from its BN state alone, and what to do.
+
+Shift. Per BN layer l, s_l is a divergence (`layer_divergence`) between the stream's EMA moments
+and the source moments, in units of tau_l: a high
+percentile of the same quantity over in-domain (source_val) frames run through the same EMA, stored
+in the checkpoint by `calibrate`. The stream's shift score is the mean of s_l / tau_l over layers
+(about 1 at the edge of what in-domain frames do).
+
+Alpha, per layer and per frame, from the state before the frame:  alpha_l = clip(2 - s_l / tau_l, floor, 1).
+A layer that looks like the source keeps the source statistics (in-domain frames are not hurt); one
+that has drifted twice as far as anything in-domain uses the stream's own. One global score reacts
+too little (BENCHMARK.md): shifts such as contrast or noise move a few layers very far.
+
+Momentum: m_n = max(1 / (n + 1), m) for the n-th frame (from 0) since the last restart: the state
+is the plain average of the frames seen until the EMA takes over. The source does not count as a
+frame: its moments mixed into a far domain's would add a large (mu_s - mu_t)^2 term to the variance
+for many frames. Alpha is 1 for the first frame, so a fresh stream starts as the source model.
+
+Switch. The frame's own moments are recovered exactly from the old and new state
+(new = (1 - m) old + m frame); their divergence from the old state, in units of kappa_l (the largest
+such value in-domain), averaged over layers, is the switch score. Frames of some domains jump more
+than in-domain ones (dark, noisy frames), so the score is compared with the stream's own running
+level of it, never below 1: above `switch` times that the stream restarts from the source, so a new
+domain is tracked at once instead of through a slow EMA. No restart within the first 1 / m frames
+after one, while the average fills and the level is learnt.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from adapters.ema_bn import AdaptedNet
+
+HISTORY = 32  # switch events kept in a stream's state
+
+
+def layer_divergence(stats: torch.Tensor, reference: torch.Tensor, source: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """[B, L]: per BN layer, the mean over channels of
+
+        (mu - mu_ref)^2 / var_s  +  (log(var + f) - log(var_ref + f))^2
+
+    between the moments `stats` [B, 2, N] (mean, second moment) and `reference` [2, N] or [B, 2, N]:
+    the squared mean difference in units of the source variance var_s, plus the squared log-ratio
+    of the variances (f = 1% of var_s). Unlike a KL divergence between the Gaussians it keeps its
+    scale when a domain shrinks the activations' variance (dark frames, dead channels): the KL
+    divides by that variance and explodes."""
+    reference = reference.expand_as(stats)
+    var_s = (source[1] - source[0].square()).clamp_min(0) + 1e-5
+    floor = 0.01 * var_s
+    mu, mu_ref = stats[:, 0], reference[:, 0]
+    var = (stats[:, 1] - mu.square()).clamp_min(0)
+    var_ref = (reference[:, 1] - mu_ref.square()).clamp_min(0)
+    d = (mu - mu_ref).square() / var_s + (torch.log(var + floor) - torch.log(var_ref + floor)).square()
+    return torch.stack([part.mean(1) for part in d.split(sizes, dim=1)], dim=1)
+
+
+def momentum_schedule(since_reset: torch.Tensor, floor: float) -> torch.Tensor:
+    return (1.0 / (since_reset.float() + 1)).clamp_min(floor)
+
+
+def frame_moments(old: torch.Tensor, new: torch.Tensor, momentum: torch.Tensor) -> torch.Tensor:
+    """The frame's own moments [B, 2, N], recovered from an EMA step new = (1 - m) old + m frame."""
+    m = momentum[:, None, None]
+    return (new - (1 - m) * old) / m
+
+
+@dataclass
+class ShiftCalibration:
+    """What in-domain frames look like to the shift and switch scores, per BN layer."""
+
+    tau: torch.Tensor  # [L] percentile of the state's divergence from the source
+    kappa: torch.Tensor  # [L] largest divergence of a frame from the state before it
+    momentum: float
+    split: str
+    frames: int
+
+    def to_dict(self) -> dict:
+        return {"tau": self.tau.tolist(), "kappa": self.kappa.tolist(), "momentum": self.momentum,
+                "split": self.split, "frames": self.frames}
+
+    @classmethod
+    def from_dict(cls, d: dict, layers: int) -> ShiftCalibration:
+        try:
+            cal = cls(torch.tensor(d["tau"], dtype=torch.float32), torch.tensor(d["kappa"], dtype=torch.float32),
+                      float(d["momentum"]), str(d["split"]), int(d["frames"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed shift calibration in the checkpoint: {e!r}") from None
+        for name in ("tau", "kappa"):
+            value = getattr(cal, name)
+            if value.shape != (layers,) or not bool((value > 0).all()) or not bool(torch.isfinite(value).all()):
+                raise ValueError(f"shift calibration {name} should be {layers} positive finite values, "
+                                 f"got shape {list(value.shape)}")
+        return cal
+
+
+@torch.no_grad()
+def calibrate(adapted: AdaptedNet, frames: Iterable[torch.Tensor], momentum: float, split: str,
+              percentile: float = 90.0) -> ShiftCalibration:
+    """Run in-domain frames ([1, 3, H, W] each, at the network's input size) through the frozen
+    normalisation (alpha 1) with the automatic mode's momentum schedule, and record how far the
+    state drifts from the source (tau, at `percentile`) and how far a frame sits from the state
+    before it (kappa, the maximum)."""
+    source = adapted.source_state()
+    state = source[None].clone()
+    shifts, jumps = [], []
+    for n, frame in enumerate(frames):
+        m = momentum_schedule(torch.tensor([n]), momentum).to(state.device)
+        _, new = adapted(frame.to(state.device), state, m, torch.ones(1, device=state.device))
+        shifts.append(layer_divergence(new, source, source, adapted.sizes)[0])
+        if n:  # the first frame is measured against the source, not against a state of its stream
+            jumps.append(layer_divergence(frame_moments(state, new, m), state, source, adapted.sizes)[0])
+        state = new
+    if len(jumps) < 2:
+        raise ValueError(f"calibration needs at least 3 frames of {split}, got {len(shifts)}")
+    tau = torch.quantile(torch.stack(shifts), percentile / 100, dim=0)
+    kappa = torch.stack(jumps).amax(0)
+    return ShiftCalibration(tau.cpu(), kappa.cpu(), momentum, split, len(shifts))
+
+
+@dataclass
+class AutoState:
+    """One stream's automatic-mode state: frames since its last restart, the shift score and the
+    per-layer alpha in force, the switch score and its running level, and the frames at which it
+    saw a domain switch (the last HISTORY)."""
+
+    alpha: torch.Tensor  # [L]
+    since_reset: int = 0
+    score: float = 0.0
+    switch_score: float = 0.0
+    switch_level: float = 0.0
+    switches: list[int] = field(default_factory=list)
+
+    @classmethod
+    def initial(cls, layers: int, device: torch.device | str | None = None) -> AutoState:
+        return cls(alpha=torch.ones(layers, device=device))
+
+    def reset(self) -> None:
+        self.alpha = torch.ones_like(self.alpha)
+        self.since_reset, self.score, self.switch_score, self.switch_level, self.switches = 0, 0.0, 0.0, 0.0, []
+
+    def state_dict(self) -> dict:
+        return {"alpha": self.alpha.clone(), "since_reset": self.since_reset, "score": self.score,
+                "switch_score": self.switch_score, "switch_level": self.switch_level, "switches": list(self.switches)}
+
+    def load_state_dict(self, d: dict) -> None:
+        alpha = d.get("alpha")
+        if not isinstance(alpha, torch.Tensor) or alpha.shape != self.alpha.shape:
+            got = list(alpha.shape) if isinstance(alpha, torch.Tensor) else type(alpha).__name__
+            raise ValueError(f"auto alpha must be a tensor of shape {list(self.alpha.shape)}, got {got}")
+        if not bool(((alpha >= 0) & (alpha <= 1)).all()):
+            raise ValueError("auto alpha must lie in [0, 1]")
+        since, switches = d.get("since_reset"), d.get("switches")
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise ValueError(f"auto since_reset must be a non-negative int, got {since!r}")
+        if not isinstance(switches, list) or not all(isinstance(s, int) for s in switches):
+            raise ValueError("auto switches must be a list of frame numbers")
+        scores = [d.get("score"), d.get("switch_score"), d.get("switch_level")]
+        if not all(isinstance(s, float) and s == s and abs(s) != float("inf") for s in scores):
+            raise ValueError(f"auto score, switch_score and switch_level must be finite floats, got {scores}")
+        self.alpha, self.since_reset, self.switches = alpha.to(self.alpha).clone(), since, switches[-HISTORY:]
+        self.score, self.switch_score, self.switch_level = scores

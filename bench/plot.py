@@ -1,0 +1,47 @@
+"""The picture of a multi-segment stream: rolling mIoU per method over frames, the automatic
+mode's shift score and mean alpha, its detected switches, and the true domain boundaries."""
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from bench.metrics import mean_iou  # noqa: E402
+
+
+def rolling_miou(confusion: torch.Tensor, window: int) -> list[float]:
+    """mIoU of frames [i - window + 1, i] for each frame i, from per-frame confusion matrices [n, C, C]."""
+    cumulative = torch.cat([torch.zeros_like(confusion[:1]), confusion.cumsum(0)])
+    return [mean_iou(cumulative[i + 1] - cumulative[max(0, i + 1 - window)]) for i in range(len(confusion))]
+
+
+def plot_stream(name: str, trace: dict, out: Path, window: int = 20) -> None:
+    """`trace` as `bench.accuracy.run` returns it for one stream."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6.5), sharex=True, height_ratios=(2, 1))
+    for method, t in trace["methods"].items():
+        top.plot(rolling_miou(t["confusion"], window), label=method, lw=1.3)
+    shifted = {m: t for m, t in trace["methods"].items() if t["shift"]}
+    for method, t in shifted.items():
+        bottom.plot(t["shift"], label=f"shift score ({method})", lw=1.2)
+        bottom.plot(t["alpha"], label=f"mean alpha ({method})", lw=1.2, ls="--")
+        for frame in t["switches"]:
+            bottom.axvline(frame - 1, color="red", lw=0.8, ls=":")
+    for ax in (top, bottom):
+        for segment, start in trace["segments"]:
+            ax.axvline(start, color="grey", lw=0.8)
+    for segment, start in trace["segments"]:
+        top.text(start + 1, 1.0, segment, transform=top.get_xaxis_transform(), va="top", fontsize=9)
+    top.set_ylabel(f"mIoU over the last {window} frames (%)")
+    top.legend(fontsize=8, ncol=3, loc="lower left")
+    top.set_title(f"stream `{name}`: grey lines are domain boundaries, red dotted lines switches auto detected")
+    bottom.set_xlabel("frame")
+    bottom.set_ylabel("auto")
+    bottom.set_yscale("symlog", linthresh=1)
+    if shifted:
+        bottom.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,105 @@
+"""adapters/auto.py: the shift score, the momentum schedule, frame moments, calibration and state."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from adapters.auto import (
+    AutoState,
+    ShiftCalibration,
+    calibrate,
+    frame_moments,
+    layer_divergence,
+    momentum_schedule,
+)
+from adapters.ema_bn import AdaptedNet
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 2, 1))
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(8, 3, 8, 10))
+    return net.eval()
+
+
+def test_layer_divergence_against_a_direct_computation() -> None:
+    g = torch.Generator().manual_seed(1)
+    sizes = [3, 2]
+    mu, mu_ref, mu_s = torch.randn(2, 5, generator=g), torch.randn(5, generator=g), torch.randn(5, generator=g)
+    var, var_ref, var_s = (torch.rand(2, 5, generator=g) + 0.5, torch.rand(5, generator=g) + 0.5,
+                           torch.rand(5, generator=g) + 0.5)
+    moments = lambda m, v: torch.stack([m, v + m.square()], -2)  # noqa: E731
+    got = layer_divergence(moments(mu, var), moments(mu_ref, var_ref), moments(mu_s, var_s), sizes)
+    expected = torch.zeros(2, 2)
+    for b in range(2):
+        for layer, channels in enumerate([range(0, 3), range(3, 5)]):
+            terms = []
+            for c in channels:
+                vs, f = var_s[c].item() + 1e-5, 0.01 * (var_s[c].item() + 1e-5)
+                terms.append((mu[b, c].item() - mu_ref[c].item()) ** 2 / vs
+                             + (math.log(var[b, c].item() + f) - math.log(var_ref[c].item() + f)) ** 2)
+            expected[b, layer] = sum(terms) / len(terms)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    ref = moments(mu_ref, var_ref)
+    assert torch.all(layer_divergence(ref[None], ref, moments(mu_s, var_s), sizes) == 0)
+
+
+def test_momentum_schedule_averages_then_floors() -> None:
+    m = momentum_schedule(torch.arange(12), 0.1)
+    expected = torch.tensor([1 / (n + 1) for n in range(12)]).clamp_min(0.1)
+    torch.testing.assert_close(m, expected)
+
+
+def test_frame_moments_recovers_the_frame_statistics() -> None:
+    # with alpha = 1 every layer normalises with the source, so a layer's input does not depend on
+    # the state: the state after a step with m = 1 is exactly the frame's own moments
+    adapted = AdaptedNet(_net()).eval()
+    x = torch.rand(2, 3, 8, 10)
+    old = adapted.source_state()[None].repeat(2, 1, 1) * 1.3
+    ones = torch.ones(2)
+    _, own = adapted(x, old, ones, ones)
+    m = torch.tensor([0.3, 0.05])
+    _, new = adapted(x, old, m, ones)
+    torch.testing.assert_close(frame_moments(old, new, m), own, rtol=1e-4, atol=1e-4)
+
+
+def test_calibration_shapes_and_in_domain_bound() -> None:
+    adapted = AdaptedNet(_net()).eval()
+    g = torch.Generator().manual_seed(2)
+    frames = [torch.rand(1, 3, 8, 10, generator=g) for _ in range(12)]
+    cal = calibrate(adapted, frames, 0.1, "x")
+    assert cal.tau.shape == cal.kappa.shape == (2,)
+    assert torch.all(cal.tau > 0) and torch.all(cal.kappa > 0)
+    assert cal.frames == 12 and cal.split == "x"
+    restored = ShiftCalibration.from_dict(cal.to_dict(), layers=2)
+    torch.testing.assert_close(restored.tau, cal.tau)
+    with pytest.raises(ValueError, match="at least 3 frames"):
+        calibrate(adapted, frames[:2], 0.1, "x")
+
+
+@pytest.mark.parametrize("bad", [{"tau": [1.0]}, {"kappa": [1.0, -1.0]}, {"tau": [1.0, float("nan")]}, {"momentum": "x"}])
+def test_calibration_refuses_malformed(bad) -> None:
+    good = {"tau": [1.0, 2.0], "kappa": [1.0, 2.0], "momentum": 0.1, "split": "s", "frames": 3}
+    with pytest.raises(ValueError):
+        ShiftCalibration.from_dict({**good, **bad}, layers=2)
+
+
+def test_auto_state_round_trip_reset_and_refusal() -> None:
+    state = AutoState(alpha=torch.tensor([0.5, 1.0]), since_reset=7, score=1.5, switch_score=0.3, switch_level=0.4,
+                      switches=[4])
+    copy = AutoState.initial(2)
+    copy.load_state_dict(state.state_dict())
+    assert copy.state_dict()["switches"] == [4] and copy.since_reset == 7 and copy.score == 1.5
+    torch.testing.assert_close(copy.alpha, state.alpha)
+    for bad in ({"alpha": torch.ones(3)}, {"alpha": torch.tensor([2.0, 0.0])}, {"since_reset": -1},
+                {"score": float("inf")}, {"switches": ["a"]}):
+        target = AutoState.initial(2)
+        with pytest.raises(ValueError):
+            target.load_state_dict({**state.state_dict(), **bad})
+        assert target.since_reset == 0 and torch.all(target.alpha == 1)
+    state.reset()
+    assert state.since_reset == 0 and state.switches == [] and torch.all(state.alpha == 1)

@@ -1,0 +1,74 @@
+"""`driftseg bench accuracy` end to end on a few real frames: the JSON's exact shape, the table,
+the continual plot, and the scores against the confusion matrix computed here."""
+import json
+
+import numpy as np
+import pytest
+
+from adapters.pipeline import Pipeline
+from adapters.spec import parse_method
+from bench.accuracy import to_tensor
+from bench.data import FrameFolder
+from driftseg_cli import main
+from models.checkpoint import save_checkpoint
+
+METHODS = ["source", "ptbn", "auto"]
+
+
+@pytest.fixture(scope="module")
+def result(tiny_ckpt, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    save_checkpoint(tiny_ckpt, tmp / "tiny.pt")
+    out = tmp / "r.json"
+    main(["bench", "accuracy", "--checkpoint", str(tmp / "tiny.pt"), "--streams", "day", "continual",
+          "--methods", *METHODS, "--max-frames", "3", "--device", "cpu", "--out", str(out)])
+    return out
+
+
+def test_json_has_exactly_the_documented_shape(result) -> None:
+    r = json.loads(result.read_text())
+    assert set(r) == {"checkpoint", "data", "streams", "summary"}
+    assert isinstance(r["checkpoint"], str) and isinstance(r["data"], str)
+    assert set(r["streams"]) == {"day", "continual", "continual/1-day"}
+    for stream, methods in r["streams"].items():
+        assert set(methods) == set(METHODS)
+        for score in methods.values():
+            assert set(score) == {"miou", "dice", "frames", "ms_per_frame"}
+            assert 0 <= score["miou"] <= 100 and 0 <= score["dice"] <= 100 and score["frames"] == 3
+            assert (score["ms_per_frame"] is None) == ("/" in stream)
+    assert set(r["summary"]) == set(METHODS)
+    for m, summary in r["summary"].items():
+        assert summary["mean_miou"] == r["streams"]["day"][m]["miou"]  # continual is left out of the mean
+        assert summary["cost_vs_source"] > 0
+    assert r["summary"]["source"]["day_change"] == 0
+
+
+def test_table_and_plot_are_written(result) -> None:
+    table = result.with_suffix(".md").read_text().splitlines()
+    assert table[0].startswith("| method | day | continual |") and len(table) == 2 + len(METHODS)
+    png = result.with_name("r-continual.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_day_score_matches_a_confusion_matrix_computed_here(result, tiny_ckpt) -> None:
+    folder = FrameFolder.open(None)
+    pipeline = Pipeline(tiny_ckpt, parse_method("ptbn"))
+    state, mat = pipeline.new_state(), np.zeros((11, 11), np.int64)
+    for name in folder.frames("source_val")[:3]:
+        labels, (state,) = pipeline.step(to_tensor(folder.read_image(name)), [state])
+        target, pred = folder.read_label(name).ravel(), labels[0].numpy().ravel()
+        keep = target != folder.ignore_index
+        np.add.at(mat, (target[keep], pred[keep]), 1)
+    present = (mat.sum(0) + mat.sum(1)) > 0
+    iou = np.diag(mat) / (mat.sum(0) + mat.sum(1) - np.diag(mat))
+    expected = round(100 * iou[present].mean(), 2)
+    assert json.loads(result.read_text())["streams"]["day"]["ptbn"]["miou"] == pytest.approx(expected, abs=0.01)
+
+
+def test_unknown_method_fails_before_any_work(tiny_ckpt, tmp_path, capsys) -> None:
+    save_checkpoint(tiny_ckpt, tmp_path / "tiny.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "accuracy", "--checkpoint", str(tmp_path / "tiny.pt"), "--methods", "source", "warp(x=1)",
+              "--streams", "day", "--max-frames", "1"])
+    assert exit_info.value.code == 2
+    assert "unknown method component" in capsys.readouterr().err

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests run where torch sees a CUDA device and are skipped, saying so, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def domain_frames(n: int, seed: int, shift: float = 0.0, size=(40, 60)) -> torch.Tensor:
+    """n frames [n, 3, H, W] in [0, 1] from one synthetic 'domain': smooth random scenes, with
+    `shift` darkening and tinting them (another domain)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 5, 6, generator=g)
+    frames = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+    frames = (frames + 0.05 * torch.randn(n, 3, *size, generator=g)).clamp(0, 1)
+    if shift:
+        frames = (frames * (1 - shift)) ** (1 + 2 * shift) * torch.tensor([1.0, 0.7, 1.3])[:, None, None]
+    return frames.clamp(0, 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt():
+    """A small LRASPP checkpoint with CamVid's 11 classes, input 32x48, BN statistics of
+    `domain_frames(seed=0)`, its amplitude band and a shift calibration on it."""
+    from adapters.auto import calibrate
+    from adapters.ema_bn import AdaptedNet
+    from adapters.fda import low_freq_amplitude
+    from bench.data import FrameFolder
+    from models.checkpoint import Checkpoint, compact_weights
+    from models.registry import create_model
+
+    torch.manual_seed(0)
+    folder = FrameFolder.open(None)
+    model = create_model("lraspp_mobilenet_v3_large", len(folder.class_names), (0.5,) * 3, (0.25,) * 3)
+    frames = torch.nn.functional.interpolate(domain_frames(16, seed=0), size=(32, 48), mode="bilinear")
+    model.train()
+    with torch.no_grad():
+        bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for m in bn:
+            m.momentum = None  # cumulative average: the statistics of all 16 frames
+        model(frames)
+    model.eval()
+    ckpt = Checkpoint(
+        arch="lraspp_mobilenet_v3_large", arch_kwargs={}, class_names=list(folder.class_names),
+        palette=[list(c) for c in folder.palette], mean=[0.5] * 3, std=[0.25] * 3, input_size=[32, 48],
+        weights=compact_weights(model.state_dict()), source_amplitude=low_freq_amplitude(frames, 3).mean(0),
+        source_amplitude_beta=0.1,
+    )
+    adapted = AdaptedNet(ckpt.build_model()).eval()
+    ckpt.extra["shift"] = calibrate(adapted, (f[None] for f in frames), 0.1, "synthetic").to_dict()
+    return ckpt
