@@ -7,6 +7,7 @@ COMMANDS = {
     ("train", "source"): ("training.source:main", "train a model on the labelled source split"),
     ("calibrate",): ("training.calibrate:main", "store the automatic mode's shift calibration in a checkpoint"),
     ("bench", "accuracy"): ("bench.cli:accuracy_main", "the online benchmark: methods x streams"),
+    ("bench", "speed"): ("bench.speed:main", "per-frame cost of methods at batch 1, round robin, vs the frozen model"),
 }
 
 

@@ -90,16 +90,18 @@ def _check_inputs(probs: Tensor, proto_sum: Tensor, weight: Tensor, forget: floa
         raise ValueError(f"forget must be in (0, 1], got {forget}")
 
 
-def calibrate(
+def calibrated_scores(
     probs: Tensor, proto_sum: Tensor, weight: Tensor, forget: float = 1.0
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fold a frame into each stream's statistics, then label by nearest prototype.
+    """Fold a frame into each stream's statistics and score every class at every pixel by its
+    prototype's closeness (negative squared distance, up to a per-pixel constant).
 
     probs: [B, C, H, W] softmax output, sample b belonging to stream b;
     proto_sum: [B, C, C]; weight: [B, C]. forget in (0, 1] scales the old sums
     before this frame is added (1 keeps plain running sums).
-    Returns (labels [B, H, W] int64, new proto_sum, new weight), all float32
-    sums on probs' device; the inputs are not modified.
+    Returns (scores [B, C, H, W], new proto_sum, new weight), float32 on probs'
+    device; the inputs are not modified. The scores are linear in probs, so
+    resizing them bilinearly equals scoring resized probabilities.
     """
     _check_inputs(probs, proto_sum, weight, forget)
     b, c, h, w = probs.shape
@@ -115,7 +117,15 @@ def calibrate(
     new_weight = forget * weight + mask.sum(dim=2)
 
     mu = _prototypes(new_sum, new_weight)  # [B, C, C]
-    # ||p - mu_c||^2 up to ||p||^2, which is the same for every c of a pixel.
-    dist = (mu * mu).sum(dim=2, keepdim=True) - 2.0 * torch.bmm(mu, p)  # [B, C, N]
-    labels = dist.argmin(dim=1).reshape(b, h, w)
-    return labels, new_sum, new_weight
+    # -||p - mu_c||^2 up to ||p||^2, which is the same for every c of a pixel.
+    scores = 2.0 * torch.bmm(mu, p) - (mu * mu).sum(dim=2, keepdim=True)  # [B, C, N]
+    return scores.reshape(b, c, h, w), new_sum, new_weight
+
+
+def calibrate(
+    probs: Tensor, proto_sum: Tensor, weight: Tensor, forget: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`calibrated_scores`, with each pixel labelled by its nearest prototype: (labels [B, H, W]
+    int64, new proto_sum, new weight)."""
+    scores, new_sum, new_weight = calibrated_scores(probs, proto_sum, weight, forget)
+    return scores.argmax(dim=1), new_sum, new_weight

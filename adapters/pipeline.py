@@ -1,7 +1,8 @@
 """One frame's way through the adaptation methods, for a batch of frames of different streams:
 
     resize to the checkpoint's input size -> FDA(stream) -> adapted network(stream's BN state)
-    -> logits resized back to the frame's size -> softmax -> label calibration(stream) -> argmax
+    -> logits [-> softmax -> label calibration(stream): prototype scores] -> scores resized back to
+    the frame's size -> argmax
 
 `Pipeline` holds only what every stream shares (the network, the method spec); everything a
 stream owns is in its `StreamState`. `step` returns new states and never mutates the given ones,
@@ -19,10 +20,11 @@ from adapters.auto import (
 )
 from adapters.fda import FDAState, band_size, center_crop_band, low_freq_amplitude, transfer, update_recent
 from adapters.ema_bn import AdaptedNet, NormState
-from adapters.label_calibration import LabelCalibrationState, calibrate
+from adapters.label_calibration import LabelCalibrationState, calibrated_scores
 from adapters.spec import MethodSpec
 from adapters.tent import TentStream
 from models.checkpoint import Checkpoint
+from models.registry import fold_batchnorm
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Pipeline:
         self.num_classes = ckpt.num_classes
         self.input_size = list(ckpt.input_size)
         self.model = ckpt.build_model(self.device)
+        self.frozen = fold_batchnorm(self.model) if spec.norm == "source" else None
         self.adapted = AdaptedNet(self.model).to(self.device).eval() if spec.norm in ("ema", "auto") else None
         self.source_stats = self.adapted.source_state() if self.adapted is not None else None
         if spec.norm == "auto":
@@ -123,14 +126,12 @@ class Pipeline:
             for s, old, r in zip(new, states, recent):
                 s.fda = replace(old.fda, recent_band=r, frames=old.fda.frames + 1)
 
-        logits = self._forward(images, states, new)
+        scores = self._forward(images, states, new)
         switched = [s.auto is not None and s.auto.switches[-1:] == [s.frames] for s in new]
-        if logits.shape[-2:] != size:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
-        if self.spec.lc:
-            labels, sums, weights = calibrate(
-                logits.softmax(1),
+        if self.spec.lc:  # at the network's resolution: 4x fewer pixels than the frame's
+            scores, sums, weights = calibrated_scores(
+                scores.softmax(1),
                 torch.stack([s.lc.proto_sum for s in states]),
                 torch.stack([s.lc.weight for s in states]),
                 self.spec.lc_forget,
@@ -138,13 +139,14 @@ class Pipeline:
             for s, p, w, restart in zip(new, sums, weights, switched):
                 # a new domain gets new prototypes, as it gets new statistics
                 s.lc = LabelCalibrationState.initial(self.num_classes, self.device) if restart else LabelCalibrationState(p, w)
-        else:
-            labels = logits.argmax(1)
-        return labels, (new if adapt else states)
+        if scores.shape[-2:] != size:
+            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+        # max(1).indices, not argmax(1): the same labels, 5x faster over the channel dim on the CPU
+        return scores.max(1).indices, (new if adapt else states)
 
     def _forward(self, images: torch.Tensor, states: list[StreamState], new: list[StreamState]) -> torch.Tensor:
         if self.spec.norm == "source":
-            return self.model(images)
+            return self.frozen(images)
         if self.spec.norm == "tent":
             if len(states) != 1:
                 raise ValueError("tent adapts one stream at a time: pass a batch of 1")

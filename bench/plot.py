@@ -19,27 +19,33 @@ def rolling_miou(confusion: torch.Tensor, window: int) -> list[float]:
 
 def plot_stream(name: str, trace: dict, out: Path, window: int = 20) -> None:
     """`trace` as `bench.accuracy.run` returns it for one stream."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6.5), sharex=True, height_ratios=(2, 1))
-    for method, t in trace["methods"].items():
-        top.plot(rolling_miou(t["confusion"], window), label=method, lw=1.3)
     shifted = {m: t for m, t in trace["methods"].items() if t["shift"]}
+    if shifted:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6.5), sharex=True, height_ratios=(2, 1))
+    else:
+        fig, top = plt.subplots(figsize=(12, 4.5))
+        bottom = None
+    colours = plt.get_cmap("tab10" if len(trace["methods"]) <= 10 else "tab20")
+    for i, (method, t) in enumerate(trace["methods"].items()):
+        top.plot(rolling_miou(t["confusion"], window), label=method, lw=1.3, color=colours(i))
     for method, t in shifted.items():
         bottom.plot(t["shift"], label=f"shift score ({method})", lw=1.2)
         bottom.plot(t["alpha"], label=f"mean alpha ({method})", lw=1.2, ls="--")
         for frame in t["switches"]:
             bottom.axvline(frame - 1, color="red", lw=0.8, ls=":")
-    for ax in (top, bottom):
+    for ax in filter(None, (top, bottom)):
         for segment, start in trace["segments"]:
             ax.axvline(start, color="grey", lw=0.8)
     for segment, start in trace["segments"]:
         top.text(start + 1, 1.0, segment, transform=top.get_xaxis_transform(), va="top", fontsize=9)
     top.set_ylabel(f"mIoU over the last {window} frames (%)")
     top.legend(fontsize=8, ncol=3, loc="lower left")
-    top.set_title(f"stream `{name}`: grey lines are domain boundaries, red dotted lines switches auto detected")
-    bottom.set_xlabel("frame")
-    bottom.set_ylabel("auto")
-    bottom.set_yscale("symlog", linthresh=1)
-    if shifted:
+    top.set_title(f"stream `{name}`: grey lines are domain boundaries"
+                  + (", red dotted lines the switches auto detected" if shifted else ""))
+    (bottom or top).set_xlabel("frame")
+    if bottom is not None:
+        bottom.set_ylabel("auto (symlog scale)")
+        bottom.set_yscale("symlog", linthresh=1)
         bottom.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
 """Segmentation networks by registry name (torchvision builds them; no weights are downloaded)."""
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import segmentation as tvseg
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -41,3 +43,20 @@ def create_model(
         raise ValueError(f"unknown architecture {arch!r}; expected one of {list_architectures()}")
     net = _BUILDERS[arch](weights=None, weights_backbone=None, num_classes=num_classes, **arch_kwargs)
     return SegmentationNet(net, mean, std)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of `model` (in eval mode) with every BatchNorm2d that follows a Conv2d in a Sequential
+    folded into the conv's weights: the frozen network as a server runs it, and the fair baseline
+    for the adapted one, whose BN layers cannot be folded."""
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (_, first), (name, second) in zip(children, children[1:]):
+            if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d):
+                fused = fuse_conv_bn_eval(first, second)
+                first.weight, first.bias = fused.weight, fused.bias
+                setattr(module, name, nn.Identity())
+    return folded

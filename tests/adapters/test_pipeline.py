@@ -27,7 +27,11 @@ def _assert_same_state(a, b) -> None:
             for k in da[key]:
                 va, vb = da[key][k], db[key][k]
                 if isinstance(va, torch.Tensor):
-                    torch.testing.assert_close(va, vb, rtol=2e-3, atol=1e-3)  # batched convs sum in another order
+                    # batched convs sum in another order, and normalising by one frame's statistics
+                    # amplifies that in low-variance channels: a few elements differ by ~1e-3, while
+                    # mixing up two streams would move most of them by far more
+                    torch.testing.assert_close(va, vb, rtol=2e-2, atol=1e-2)
+                    assert (va - vb).abs().mean() < 1e-4 * max(1.0, vb.abs().mean().item())
                 else:
                     assert va == pytest.approx(vb, rel=2e-3, abs=1e-3), (key, k)
         else:

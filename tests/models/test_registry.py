@@ -80,3 +80,19 @@ def test_unknown_architecture_names_the_choices() -> None:
     assert "'unet_tiny'" in msg
     for arch in ARCHS:
         assert arch in msg
+
+
+def test_fold_batchnorm_keeps_the_output_and_removes_every_bn() -> None:
+    from models.registry import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", 4, (0.5,) * 3, (0.25,) * 3).train()
+    with torch.no_grad():
+        model(torch.rand(2, 3, 64, 96))  # statistics away from 0 / 1
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)

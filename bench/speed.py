@@ -1,0 +1,84 @@
+"""`driftseg bench speed`: the per-frame cost of methods at batch 1, as ratios to the frozen model.
+
+The methods take turns frame by frame on the same frames (each with its own stream state), and
+the median time per frame is reported: on a shared machine, timing one method after another
+measures the machine's load as much as the method.
+"""
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from adapters.pipeline import Pipeline
+from adapters.spec import parse_method
+from bench.accuracy import resolve_device, to_tensor
+from bench.data import FrameFolder
+from bench.streams import open_stream
+from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
+
+
+def measure(ckpt: Checkpoint, frames: Sequence[torch.Tensor], methods: Sequence[str], device: torch.device,
+            warmup: int = 3) -> dict[str, dict]:
+    """{method: {"median_ms", "mean_ms", "frames"}} over `frames` ([1, 3, H, W] each), round robin."""
+    pipelines = {m: Pipeline(ckpt, parse_method(m), device) for m in methods}
+    states = {m: p.new_state() for m, p in pipelines.items()}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for i, frame in enumerate(frames):
+        frame = frame.to(device)
+        for m, pipeline in pipelines.items():
+            sync()
+            t0 = time.perf_counter()
+            _, (states[m],) = pipeline.step(frame, [states[m]])
+            sync()
+            if i >= warmup:
+                times[m].append(1000 * (time.perf_counter() - t0))
+    if not times[methods[0]]:
+        raise ValueError(f"need more than {warmup} frames to time (the first {warmup} warm up)")
+    return {m: {"median_ms": round(statistics.median(t), 3), "mean_ms": round(statistics.fmean(t), 3),
+                "frames": len(t)} for m, t in times.items()}
+
+
+def with_ratios(timings: dict[str, dict], baseline: str = "source") -> dict[str, dict]:
+    base = timings[baseline]["median_ms"]
+    return {m: {**t, "x_source": round(t["median_ms"] / base, 3)} for m, t in timings.items()}
+
+
+def markdown_table(timings: dict[str, dict]) -> str:
+    lines = ["| method | median ms/frame | mean ms/frame | x source (median) |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{m}` | {t['median_ms']:.1f} | {t['mean_ms']:.1f} | {t['x_source']:.2f} |" for m, t in timings.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="driftseg bench speed", description=__doc__)
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
+    p.add_argument("--stream", default="day", help="the frames to time (a stream spec)")
+    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--methods", nargs="+", default=["source", "ptbn", "tent", "auto"],
+                   help="method specs; `source` is always timed, as the baseline")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+    args = p.parse_args(argv)
+    methods = ["source"] + [m for m in args.methods if m != "source"]
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        device = resolve_device(args.device)
+        stream = open_stream(args.stream, FrameFolder.open(args.data))
+        frames = [to_tensor(image) for image, _ in stream.frames(args.frames)]
+        timings = with_ratios(measure(ckpt, frames, methods, device))
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        p.exit(2, f"driftseg bench speed: error: {e}\n")
+    result = {"checkpoint": str(args.checkpoint), "stream": args.stream, "device": str(device),
+              "threads": torch.get_num_threads(), "frame_size": list(frames[0].shape[-2:]), "methods": timings}
+    print(markdown_table(timings))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown_table(timings) + "\n")
+        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
