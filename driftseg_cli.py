@@ -8,6 +8,7 @@ COMMANDS = {
     ("calibrate",): ("training.calibrate:main", "store the automatic mode's shift calibration in a checkpoint"),
     ("bench", "accuracy"): ("bench.cli:accuracy_main", "the online benchmark: methods x streams"),
     ("bench", "speed"): ("bench.speed:main", "per-frame cost of methods at batch 1, round robin, vs the frozen model"),
+    ("serve",): ("service.cli:main", "serve segmentation over HTTP, adapting per stream"),
 }
 
 

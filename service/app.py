@@ -1,0 +1,55 @@
+"""The FastAPI app: settings, metrics, the routers, and a lifespan that loads and warms up the model,
+lists the snapshots in the state dir, and on shutdown snapshots every stream whose state changed."""
+import logging
+from contextlib import asynccontextmanager
+
+from anyio import to_thread
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from service.engine import Engine
+from service.errors import ServiceError
+from service.metrics import Metrics, MetricsMiddleware
+from service.routes import health, segment, state, streams
+from service.settings import Settings, load_settings
+
+log = logging.getLogger("driftseg.service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else load_settings()
+    metrics = Metrics(settings.metrics_stream_cap)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            engine = await to_thread.run_sync(Engine.load, settings, metrics)
+            await engine.registry.open()
+        except Exception as e:
+            log.error("driftseg cannot start: %s", e)
+            raise
+        app.state.engine = engine
+        engine.ready = True
+        log.info("driftseg ready: %s on %s, method %s, %d stream snapshot(s) in %s", settings.checkpoint,
+                 engine.device, engine.method, len(engine.registry.on_disk), settings.state_dir)
+        try:
+            yield
+        finally:
+            engine.ready = False  # /readyz turns 503 while the streams are flushed
+            written = await engine.registry.flush()
+            log.info("driftseg stopped: %d stream snapshot(s) written to %s", written, settings.state_dir)
+
+    app = FastAPI(title="driftseg", version="0.1.0", lifespan=lifespan,
+                  description="Semantic segmentation of camera streams that adapts per stream without backprop.")
+    app.state.settings, app.state.metrics, app.state.engine = settings, metrics, None
+    metrics.watch(lambda: app.state.engine)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"Retry-After": "5"} if exc.status_code == 503 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    for router in (segment.router, state.router, streams.router, health.router):
+        app.include_router(router)
+    return app

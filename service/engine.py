@@ -1,0 +1,220 @@
+"""The engine: the pipeline every stream shares, the stream registry, and the request path
+
+    stream lock (arrival order) -> decode -> infer (model lock) -> encode -> commit the new state
+
+run off the event loop in worker threads. A stream's new state is stored only once decode, step and
+encode all succeeded, so a failed request leaves the stream as it was. `infer` is the one place that
+touches the network: a cross-stream batcher replaces it (it receives one stream's frame and state
+and returns that stream's labels and new state), nothing else changes.
+"""
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from anyio import to_thread
+
+from adapters.auto import layer_divergence
+from adapters.ema_bn import StreamBatchNorm2d
+from adapters.pipeline import Pipeline, StreamState
+from models.checkpoint import load_checkpoint
+from service import imaging, snapshots
+from service.errors import NotFound
+from service.metrics import Metrics
+from service.registry import StreamEntry, StreamRegistry, check_stream_id
+from service.settings import Settings
+
+FORMATS = ("png", "overlay", "json")
+
+
+@dataclass
+class Segmented:
+    """One answered frame: `body` for png/overlay, `counts` (pixels per class) for json."""
+
+    stream: str
+    frame: int  # frames folded into the stream's state so far, this one included when adapted
+    adapted: bool
+    width: int
+    height: int
+    shift_score: float | None
+    alpha_mean: float | None
+    seconds: dict[str, float]  # wait, decode, model, encode
+    media_type: str | None = None
+    body: bytes | None = None
+    counts: np.ndarray | None = None
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+class Engine:
+    def __init__(self, settings: Settings, pipeline: Pipeline, class_names: list[str], palette: list[list[int]],
+                 fingerprint: str, metrics: Metrics):
+        self.settings, self.pipeline, self.metrics = settings, pipeline, metrics
+        self.device, self.spec, self.method = pipeline.device, pipeline.spec, settings.method_string
+        self.class_names, self.palette = list(class_names), np.asarray(palette, dtype=np.uint8)
+        self.fingerprint = fingerprint
+        self.store = snapshots.SnapshotStore(settings.state_dir, fingerprint, self.method)
+        self.registry = StreamRegistry(self.store, pipeline.new_state, settings.max_streams, settings.snapshot_every,
+                                       on_write=metrics.snapshots.inc)
+        self.ready = False
+        self._model_lock = asyncio.Lock()  # AdaptedNet keeps per-call inputs on its modules: one step at a time
+        adapted = pipeline.adapted
+        if adapted is not None:
+            names = {id(m): name for name, m in adapted.model.named_modules() if isinstance(m, StreamBatchNorm2d)}
+            self.layer_names = [names[id(n)] for n in adapted.norms]
+        else:
+            self.layer_names = []
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics) -> "Engine":
+        """Load the checkpoint, build the pipeline and warm it up (blocking; the lifespan runs it in a thread)."""
+        ckpt = load_checkpoint(settings.checkpoint)
+        pipeline = Pipeline(ckpt, settings.spec, settings.torch_device)
+        engine = cls(settings, pipeline, ckpt.class_names, ckpt.palette, snapshots.file_sha256(settings.checkpoint),
+                     metrics)
+        engine.warm_up()
+        return engine
+
+    def warm_up(self) -> None:
+        """One mid-grey frame at the network's input size through the whole path, state discarded."""
+        h, w = self.pipeline.input_size
+        rgb = np.full((h, w, 3), 128, dtype=np.uint8)
+        labels, _, _ = self._step(imaging.to_frame(rgb), self.pipeline.new_state(), True)
+        imaging.encode_labels(labels)
+
+    # the request path
+
+    async def segment(self, stream: str, data: bytes, adapt: bool = True, fmt: str = "png") -> Segmented:
+        """Segment one encoded frame of `stream`, folding it into the stream's state if `adapt`."""
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        arrived = time.perf_counter()
+        async with self.registry.use(stream) as entry:
+            waited = time.perf_counter() - arrived
+            (rgb, frame), t_decode = await to_thread.run_sync(_timed, self._decode, data)
+            labels, state, t_model = await self.infer(frame, entry.state, adapt)
+            out, t_encode = await to_thread.run_sync(_timed, self._encode, fmt, rgb, labels)
+            score, alpha = self._auto(state)
+            await self.registry.commit(entry, state, score)
+        seconds = {"wait": waited, "decode": t_decode, "model": t_model, "encode": t_encode}
+        for stage in ("decode", "model", "encode"):
+            self.metrics.stage_seconds.labels(stage).observe(seconds[stage])
+        self.metrics.frames.labels("true" if adapt else "false").inc()
+        if adapt:
+            self.metrics.frames_adapted.inc()
+        h, w = labels.shape
+        result = Segmented(stream, state.frames, adapt, w, h, score, alpha, seconds)
+        if fmt == "json":
+            result.counts = out
+        else:
+            result.media_type, result.body = ("image/png" if fmt == "png" else "image/jpeg"), out
+        return result
+
+    async def infer(self, frame: torch.Tensor, state: StreamState, adapt: bool) -> tuple[np.ndarray, StreamState, float]:
+        """Labels [H, W] of one stream's frame [1, 3, H, W], the stream's new state (`state` itself
+        when not adapting) and the seconds the network took. The seam for a cross-stream batcher."""
+        async with self._model_lock:
+            return await to_thread.run_sync(self._step, frame, state, adapt)
+
+    def _decode(self, data: bytes) -> tuple[np.ndarray, torch.Tensor]:
+        rgb = imaging.decode(data, self.settings.max_image_pixels)
+        return rgb, imaging.to_frame(rgb)
+
+    def _step(self, frame: torch.Tensor, state: StreamState, adapt: bool) -> tuple[np.ndarray, StreamState, float]:
+        start = time.perf_counter()
+        labels, [new] = self.pipeline.step(frame, [state], adapt=adapt)
+        dtype = torch.uint8 if self.pipeline.num_classes <= 256 else torch.int32
+        labels = labels[0].to(dtype).cpu().numpy()
+        return labels, new, time.perf_counter() - start
+
+    def _encode(self, fmt: str, rgb: np.ndarray, labels: np.ndarray):
+        if fmt == "png":
+            return imaging.encode_labels(labels)
+        if fmt == "overlay":
+            return imaging.encode_overlay(rgb, labels, self.palette)
+        return imaging.histogram(labels, len(self.class_names))
+
+    @staticmethod
+    def _auto(state: StreamState) -> tuple[float | None, float | None]:
+        if state.auto is None:
+            return None, None
+        return float(state.auto.score), float(state.auto.alpha.float().mean())
+
+    # state export, import, reset, listing
+
+    async def describe(self, stream: str) -> dict:
+        """What GET /adaptation/state answers (see service.schemas.StreamStateSummary)."""
+        async with self.registry.use(stream, create=False) as entry:
+            if entry is None:
+                raise self._unknown(stream)
+            return await to_thread.run_sync(self._describe, entry, entry.state, list(entry.scores), stream in self.registry.on_disk)
+
+    def _describe(self, entry: StreamEntry, state: StreamState, scores: list, on_disk: bool) -> dict:
+        score, alpha = self._auto(state)
+        out = {
+            "stream": entry.stream, "checkpoint": self.fingerprint,
+            "method": {"spec": self.method, "parameters": asdict(self.spec)},
+            "frames": state.frames, "last_seen": entry.last_seen, "in_memory": True, "on_disk": on_disk,
+            "shift_score": score, "alpha_mean": alpha,
+            "since_reset": state.auto.since_reset if state.auto else None,
+            "switches": list(state.auto.switches) if state.auto else [],
+            "shift_history": [{"frame": f, "score": s} for f, s in scores],
+            "layers": [], "label_calibration": None, "fda": None,
+        }
+        if state.norm is not None:
+            adapted, source = self.pipeline.adapted, self.pipeline.source_stats
+            divergence = layer_divergence(state.norm.stats[None].float(), source, source, adapted.sizes)[0]
+            shift = divergence / self.pipeline.shift.tau if state.auto is not None else None
+            for i, (name, channels) in enumerate(zip(self.layer_names, adapted.sizes)):
+                out["layers"].append({
+                    "index": i, "name": name, "channels": channels, "divergence": float(divergence[i]),
+                    "shift": float(shift[i]) if shift is not None else None,
+                    "alpha": float(state.auto.alpha[i]) if state.auto is not None else self.spec.alpha,
+                })
+        if state.lc is not None:
+            out["label_calibration"] = {"classes": self.class_names, "weight": state.lc.weight.tolist(),
+                                        "prototypes": state.lc.prototypes().tolist()}
+        if state.fda is not None:
+            out["fda"] = {"frames": state.fda.frames, "band": int(state.fda.recent_band.shape[-1])}
+        return out
+
+    async def export(self, stream: str) -> bytes:
+        """The stream's state as snapshot bytes (service/snapshots.py)."""
+        async with self.registry.use(stream, create=False) as entry:
+            if entry is None:
+                raise self._unknown(stream)
+            return await to_thread.run_sync(snapshots.encode, stream, entry.state, self.fingerprint, self.method,
+                                            entry.last_seen)
+
+    async def import_state(self, stream: str, data: bytes) -> dict:
+        """Replace the stream's state with a snapshot's, all checks passed first: Unprocessable (422) for a
+        file that is not a snapshot or does not fit, Conflict (409) for another checkpoint or method."""
+        check_stream_id(stream)
+        payload = await to_thread.run_sync(snapshots.decode, data)
+        snapshots.check_origin(payload, self.fingerprint, self.method)
+        state = await to_thread.run_sync(snapshots.restore, payload, self.pipeline.new_state)
+        async with self.registry.use(stream) as entry:
+            await self.registry.replace(entry, state, self._auto(state)[0] if state.frames else None)
+        return await self.describe(stream)
+
+    async def reset(self, stream: str) -> list[str]:
+        if not await self.registry.reset(stream):
+            raise self._unknown(stream)
+        return [stream]
+
+    async def reset_all(self) -> list[str]:
+        return await self.registry.reset_all()
+
+    def streams(self) -> list[dict]:
+        return [{"stream": s, "frames": f, "last_seen": t, "in_memory": m, "on_disk": d}
+                for s, f, t, m, d in self.registry.streams()]
+
+    @staticmethod
+    def _unknown(stream: str) -> NotFound:
+        return NotFound(f"stream {stream!r} is not held: POST /segment with X-Stream-Id: {stream} starts it "
+                        "(GET /adaptation/streams lists the streams held)")

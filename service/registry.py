@@ -1,0 +1,186 @@
+"""The streams a server holds: at most `max_streams` states in memory, least recently used first out;
+an evicted stream is snapshotted first and resumes from its snapshot when it comes back.
+
+Every use of a stream runs under that stream's asyncio.Lock (FIFO), so requests on one stream apply
+in arrival order while other streams go on. A stream in use is never evicted. States are never
+mutated in place: a use replaces `entry.state` with the new state once everything succeeded.
+All methods run on the event loop; file I/O goes to worker threads.
+"""
+import asyncio
+import logging
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from anyio import to_thread
+
+from adapters.pipeline import StreamState
+from service.errors import Unprocessable
+from service.snapshots import DiskEntry, SnapshotStore, restore
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SCORE_HISTORY = 32  # shift scores kept per stream for GET /adaptation/state
+log = logging.getLogger("driftseg.service")
+
+
+def check_stream_id(stream: str) -> str:
+    if not STREAM_ID.match(stream):
+        raise Unprocessable(f"stream id {stream[:140]!r} is invalid: use 1 to 128 characters of A-Z a-z 0-9 . _ -")
+    return stream
+
+
+@dataclass
+class StreamEntry:
+    stream: str
+    state: StreamState
+    last_seen: float = field(default_factory=time.time)
+    scores: deque = field(default_factory=lambda: deque(maxlen=SCORE_HISTORY))  # (frame, shift score)
+    unsaved: int = 0  # adapted frames since the last snapshot
+    dirty: bool = False  # the state differs from the stream's snapshot (or it has none)
+
+
+@dataclass
+class _Slot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class StreamRegistry:
+    def __init__(self, store: SnapshotStore, new_state: Callable[[], StreamState], max_streams: int,
+                 snapshot_every: int, on_write: Callable[[], None] = lambda: None):
+        self.store, self.new_state, self.on_write = store, new_state, on_write
+        self.max_streams, self.snapshot_every = max_streams, snapshot_every
+        self.entries: OrderedDict[str, StreamEntry] = OrderedDict()  # in memory, least recently used first
+        self.on_disk: dict[str, DiskEntry] = {}  # streams with a usable snapshot
+        self._slots: dict[str, _Slot] = {}  # streams in use or waited for
+
+    async def open(self) -> None:
+        """Check the state dir and list its snapshots; their states are read when their streams come back."""
+        await to_thread.run_sync(self.store.prepare)
+        self.on_disk = await to_thread.run_sync(self.store.scan)
+
+    @asynccontextmanager
+    async def _locked(self, stream: str) -> AsyncIterator[None]:
+        slot = self._slots.setdefault(stream, _Slot())
+        slot.users += 1
+        try:
+            async with slot.lock:
+                yield
+        finally:
+            slot.users -= 1
+            if slot.users == 0 and self._slots.get(stream) is slot:
+                del self._slots[stream]
+
+    @asynccontextmanager
+    async def use(self, stream: str, create: bool = True) -> AsyncIterator[StreamEntry | None]:
+        """The stream's entry, held under its lock: from memory, else resumed from its snapshot, else
+        (if `create`) a new stream at the source state; None if there is none and `create` is False."""
+        check_stream_id(stream)
+        async with self._locked(stream):
+            entry = self.entries.get(stream)
+            if entry is None:
+                entry = await self._resume(stream, create)
+                if entry is not None:
+                    self.entries[stream] = entry
+                    await self._evict()
+            else:
+                self.entries.move_to_end(stream)
+            yield entry
+
+    async def _resume(self, stream: str, create: bool) -> StreamEntry | None:
+        if stream in self.on_disk:
+            try:
+                payload = await to_thread.run_sync(self.store.read, stream)
+                if payload is not None:
+                    state = await to_thread.run_sync(restore, payload, self.new_state)
+                    return StreamEntry(stream, state, last_seen=float(payload.get("last_seen", time.time())))
+            except Exception as e:  # a damaged snapshot must not take the stream down: it starts afresh
+                log.warning("cannot resume stream %r from %s (%s); it starts from the source state",
+                            stream, self.store.path(stream), getattr(e, "detail", e))
+            self.on_disk.pop(stream, None)
+        return StreamEntry(stream, self.new_state()) if create else None
+
+    async def _evict(self) -> None:
+        """Snapshot and drop the least recently used streams not in use until at most max_streams are held."""
+        for stream in list(self.entries):
+            if len(self.entries) <= self.max_streams:
+                return
+            if stream in self._slots:
+                continue  # in use or waited for: it stays, the cap is exceeded for a while
+            async with self._locked(stream):  # free, so taken at once; a request arriving now waits for the write
+                entry = self.entries.pop(stream, None)  # gone already if reset while we waited for a write
+                if entry is not None and entry.dirty:
+                    try:
+                        await self._write(entry)
+                    except OSError as e:
+                        log.error("cannot snapshot stream %r to %s (%s); keeping it in memory", stream,
+                                  self.store.directory, e)
+                        self.entries[stream] = entry
+                        self.entries.move_to_end(stream, last=False)
+
+    async def _write(self, entry: StreamEntry) -> None:
+        await to_thread.run_sync(self.store.write, entry.stream, entry.state, entry.last_seen)
+        entry.unsaved, entry.dirty = 0, False
+        self.on_disk[entry.stream] = DiskEntry(entry.state.frames, entry.last_seen)
+        self.on_write()
+
+    async def commit(self, entry: StreamEntry, state: StreamState, score: float | None) -> None:
+        """Store a stream's new state (call inside `use`); snapshot it every `snapshot_every` adapted frames."""
+        changed = state is not entry.state
+        entry.state, entry.last_seen = state, time.time()
+        if score is not None and changed:
+            entry.scores.append((state.frames, score))
+        if changed:
+            entry.dirty = True
+            entry.unsaved += 1
+            if self.snapshot_every and entry.unsaved >= self.snapshot_every:
+                try:
+                    await self._write(entry)
+                except OSError as e:  # the frame was served; the state is still in memory
+                    log.error("cannot snapshot stream %r to %s: %s", entry.stream, self.store.directory, e)
+
+    async def replace(self, entry: StreamEntry, state: StreamState, score: float | None) -> None:
+        """Put an imported state in place (call inside `use`) and snapshot it at once."""
+        entry.state, entry.last_seen, entry.dirty = state, time.time(), True
+        entry.scores.clear()
+        if score is not None:
+            entry.scores.append((state.frames, score))
+        await self._write(entry)
+
+    async def reset(self, stream: str) -> bool:
+        """Forget the stream, in memory and on disk: its next frame starts from the source state.
+        False if it was not held."""
+        check_stream_id(stream)
+        async with self._locked(stream):
+            held = self.entries.pop(stream, None) is not None
+            held = self.on_disk.pop(stream, None) is not None or held
+            await to_thread.run_sync(self.store.delete, stream)
+            return held
+
+    async def reset_all(self) -> list[str]:
+        streams = sorted(set(self.entries) | set(self.on_disk))
+        return [s for s in streams if await self.reset(s)]
+
+    async def flush(self) -> int:
+        """Snapshot every stream whose state changed since its last snapshot; the number written."""
+        written = 0
+        for stream in list(self.entries):
+            async with self._locked(stream):
+                entry = self.entries.get(stream)
+                if entry is not None and entry.dirty:
+                    try:
+                        await self._write(entry)
+                        written += 1
+                    except OSError as e:
+                        log.error("cannot snapshot stream %r to %s: %s", stream, self.store.directory, e)
+        return written
+
+    def streams(self) -> list[tuple[str, int, float, bool, bool]]:
+        """(stream, frames, last seen, in memory, on disk) for every stream held, most recent first."""
+        rows = {s: (s, d.frames, d.last_seen, False, True) for s, d in self.on_disk.items()}
+        for s, e in self.entries.items():
+            rows[s] = (s, e.state.frames, e.last_seen, True, s in self.on_disk)
+        return sorted(rows.values(), key=lambda r: r[2], reverse=True)

@@ -1,0 +1,72 @@
+"""A stream's adaptation state: read it (JSON summary or snapshot file), import a snapshot, reset it."""
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from service.body import read_body
+from service.deps import EngineDep, StreamId
+from service.errors import Unprocessable
+from service.registry import check_stream_id
+from service.schemas import ResetResult, StreamStateSummary
+
+router = APIRouter(tags=["adaptation state"])
+
+MAX_STATE_BYTES = 64 * 1024 * 1024  # a state is tens of KB; this only stops runaway uploads
+SNAPSHOT_TYPE = "application/octet-stream"
+_BINARY = {"type": "string", "format": "binary"}
+
+
+@router.get(
+    "/adaptation/state", response_model=StreamStateSummary,
+    responses={200: {"content": {SNAPSHOT_TYPE: {"schema": _BINARY}},
+                     "description": "format=json: a summary; format=binary: the snapshot file for PUT"},
+               404: {"description": "stream not held"}},
+)
+async def get_state(
+    engine: EngineDep,
+    stream: StreamId,
+    fmt: Annotated[Literal["json", "binary"] | None, Query(alias="format", description="json | binary (else from Accept)")] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+):
+    """The stream's state: method and parameters, frames seen, shift score and its recent history,
+    per-BN-layer drift and alpha, label-calibration prototypes; or (format=binary) the whole state as a
+    snapshot file that PUT /adaptation/state imports here or on another replica."""
+    if fmt == "binary" or (fmt is None and SNAPSHOT_TYPE in (accept or "")):
+        data = await engine.export(stream)
+        return Response(data, media_type=SNAPSHOT_TYPE,
+                        headers={"Content-Disposition": f'attachment; filename="{stream}.driftseg-state"'})
+    return await engine.describe(stream)
+
+
+@router.put(
+    "/adaptation/state", response_model=StreamStateSummary,
+    responses={409: {"description": "snapshot of another checkpoint or method"},
+               413: {"description": "body too large"},
+               422: {"description": "not a snapshot, or its state does not fit"}},
+    openapi_extra={"requestBody": {"required": True, "description": "a snapshot from GET /adaptation/state?format=binary",
+                                   "content": {SNAPSHOT_TYPE: {"schema": _BINARY}}}},
+)
+async def put_state(request: Request, engine: EngineDep, stream: StreamId) -> dict:
+    """Replace the stream's state with a snapshot's. Every check runs before the stream is touched:
+    on any error its state stays as it was."""
+    data = await read_body(request, MAX_STATE_BYTES, "snapshot", None)
+    return await engine.import_state(stream, data)
+
+
+@router.post("/adapt/reset", response_model=ResetResult, responses={404: {"description": "stream not held"}})
+async def reset(
+    engine: EngineDep,
+    stream: Annotated[str | None, Query(description="the stream to reset (or header X-Stream-Id)")] = None,
+    x_stream_id: Annotated[str | None, Header()] = None,
+    all_: Annotated[bool, Query(alias="all", description="reset every stream held")] = False,
+) -> ResetResult:
+    """Drop a stream's state (or every stream's), in memory and its snapshot on disk: its next frame
+    starts from the source model."""
+    if all_:
+        if stream is not None:
+            raise Unprocessable("give either stream=ID or all=true, not both")
+        return ResetResult(reset=await engine.reset_all())
+    target = stream if stream is not None else x_stream_id
+    if target is None:
+        raise Unprocessable("say what to reset: stream=ID (or header X-Stream-Id) or all=true")
+    return ResetResult(reset=await engine.reset(check_stream_id(target)))

@@ -1,0 +1,108 @@
+"""Response models: what the JSON answers hold, as they appear in the OpenAPI schema."""
+from pydantic import BaseModel, Field
+
+
+class ClassCount(BaseModel):
+    id: int
+    name: str
+    pixels: int
+    fraction: float
+
+
+class Timings(BaseModel):
+    wait: float = Field(description="ms waiting for the stream (earlier frames of it, a snapshot read)")
+    decode: float
+    model: float
+    encode: float
+
+
+class SegmentSummary(BaseModel):
+    stream: str
+    frame: int = Field(description="frames folded into the stream's state so far, this one included when adapted")
+    adapted: bool
+    width: int
+    height: int
+    shift_score: float | None = Field(description="the stream's shift score after this frame (auto method only; "
+                                      "about 1 at the edge of in-domain)")
+    alpha_mean: float | None = Field(description="mean over BN layers of the alpha in force for the next frame (auto only)")
+    classes: list[ClassCount]
+    timings_ms: Timings
+
+
+class MethodInfo(BaseModel):
+    spec: str
+    parameters: dict
+
+
+class ScorePoint(BaseModel):
+    frame: int
+    score: float
+
+
+class LayerDrift(BaseModel):
+    index: int
+    name: str
+    channels: int
+    divergence: float = Field(description="divergence of the stream's BN moments from the source's (adapters/auto.py)")
+    shift: float | None = Field(description="divergence in units of the checkpoint's in-domain calibration (auto only)")
+    alpha: float = Field(description="weight of the source statistics in this layer's normalisation")
+
+
+class LabelCalibration(BaseModel):
+    classes: list[str]
+    weight: list[float]
+    prototypes: list[list[float]]
+
+
+class FDAInfo(BaseModel):
+    frames: int
+    band: int
+
+
+class StreamStateSummary(BaseModel):
+    stream: str
+    checkpoint: str = Field(description="sha256 of the checkpoint file served")
+    method: MethodInfo
+    frames: int
+    last_seen: float = Field(description="unix time")
+    in_memory: bool
+    on_disk: bool
+    shift_score: float | None
+    alpha_mean: float | None
+    since_reset: int | None
+    switches: list[int] = Field(description="frames at which the stream restarted from the source (auto)")
+    shift_history: list[ScorePoint] = Field(description="the last shift scores this server saw for the stream")
+    layers: list[LayerDrift]
+    label_calibration: LabelCalibration | None
+    fda: FDAInfo | None
+
+
+class StreamInfo(BaseModel):
+    stream: str
+    frames: int
+    last_seen: float = Field(description="unix time")
+    in_memory: bool
+    on_disk: bool
+
+
+class StreamList(BaseModel):
+    streams: list[StreamInfo]
+    in_memory: int
+    on_disk: int
+    max_streams: int
+
+
+class ResetResult(BaseModel):
+    reset: list[str] = Field(description="streams whose state was dropped, in memory and on disk")
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checkpoint: str | None = None
+    method: str | None = None
+    device: str | None = None
+    detail: str | None = None

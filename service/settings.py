@@ -1,0 +1,88 @@
+"""The service's settings: one pydantic-settings class, read from DRIFTSEG_* environment variables
+(or keyword arguments, which win), validated once at start-up."""
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapters.spec import RECOMMENDED, MethodSpec, parse_method
+from models.checkpoint import DEFAULT_CHECKPOINT
+
+ENV_PREFIX = "DRIFTSEG_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="the checkpoint file to serve")
+    method: str = Field("auto", description="adaptation method spec (adapters/spec.py); 'auto' is the recommended one")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda where torch sees a GPU, else cpu")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_streams: int = Field(64, ge=1, description="stream states held in memory; the least recently used is snapshotted and evicted")
+    state_dir: Path = Field(Path("~/.cache/driftseg/state"), description="where stream snapshots are kept")
+    snapshot_every: int = Field(100, ge=0, description="snapshot a stream every N adapted frames; 0: only on eviction and shutdown")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body of /segment")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest decoded image, width x height")
+    metrics_stream_cap: int = Field(32, ge=0, description="streams with their own driftseg_shift_score series; the rest go under stream=\"_other\"")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, path: Path) -> Path:
+        path = path.expanduser()
+        if not path.is_file():
+            raise ValueError(f"checkpoint {path} does not exist: pass --checkpoint FILE or set {ENV_PREFIX}CHECKPOINT")
+        return path
+
+    @field_validator("method")
+    @classmethod
+    def _method_parses(cls, spec: str) -> str:
+        parsed = parse_method(spec)  # raises ValueError saying what is wrong
+        if parsed.norm == "tent":
+            raise ValueError("tent adapts by backprop and updates its model in place, so a stream's state cannot be "
+                             "snapshotted or rolled back; serve a backprop-free method (auto, ema, ptbn, source, +lc, +fda)")
+        return spec.strip()
+
+    @field_validator("state_dir")
+    @classmethod
+    def _expand(cls, path: Path) -> Path:
+        return path.expanduser()
+
+    @model_validator(mode="after")
+    def _device_available(self) -> "Settings":
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device 'cuda' asked for but torch sees no CUDA device: set {ENV_PREFIX}DEVICE=cpu or auto")
+        return self
+
+    @property
+    def spec(self) -> MethodSpec:
+        return parse_method(self.method)
+
+    @property
+    def method_string(self) -> str:
+        """The method spec written into snapshots: 'auto' expanded, so a snapshot still names what made
+        it after the recommended pipeline changes."""
+        return RECOMMENDED if self.method == "auto" else self.method
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment and `overrides`, or ValueError naming each bad setting by its
+    environment variable and saying what it should be."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            name = ".".join(str(part) for part in err["loc"]) or "settings"
+            where = f"{ENV_PREFIX}{name.upper()}" if err["loc"] else "settings"
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where} ({name}): {message}" + (f" (got {err['input']!r})" if err["loc"] else ""))
+        raise ValueError("invalid driftseg settings:\n" + "\n".join(lines)) from None

@@ -1,0 +1,220 @@
+"""Stream-state snapshots: the file format (also what GET/PUT /adaptation/state move) and the folder
+that keeps one file per stream.
+
+A snapshot is `torch.save` bytes of
+
+    {"format": "driftseg-stream-state", "version": 1, "checkpoint": <sha256 of the checkpoint file>,
+     "method": <method spec>, "stream": <stream id>, "last_seen": <unix time>, "state": StreamState.state_dict()}
+
+read back with `torch.load(weights_only=True)`. A file is named by the sha256 hex of its stream id
+(ids never reach the file system raw) and written atomically: a temporary file in the same folder,
+flushed and fsynced, then renamed over the old one.
+"""
+import hashlib
+import io
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adapters.pipeline import StreamState
+from adapters.spec import parse_method
+from service.errors import Conflict, Unprocessable
+
+FORMAT = "driftseg-stream-state"
+VERSION = 1
+SUFFIX = ".pt"
+log = logging.getLogger("driftseg.service")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stream_key(stream: str) -> str:
+    return hashlib.sha256(stream.encode()).hexdigest()
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+def _non_finite(value, where: str = "state") -> str | None:
+    """The path of the first non-finite tensor or float in a state dict, if any."""
+    if isinstance(value, torch.Tensor):
+        return where if value.is_floating_point() and not bool(torch.isfinite(value).all()) else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = _non_finite(v, f"{where}.{k}")
+        if found:
+            return found
+    return None
+
+
+def encode(stream: str, state: StreamState, checkpoint: str, method: str, last_seen: float) -> bytes:
+    payload = {"format": FORMAT, "version": VERSION, "checkpoint": checkpoint, "method": method,
+               "stream": stream, "last_seen": float(last_seen), "state": _to_cpu(state.state_dict())}
+    out = io.BytesIO()
+    torch.save(payload, out)
+    return out.getvalue()
+
+
+def decode(data: bytes) -> dict:
+    """The payload of a snapshot, its format and version checked; Unprocessable (422) saying what is wrong."""
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated, corrupt or code-carrying files
+        raise Unprocessable(f"not a driftseg stream-state snapshot (torch.load failed: {e}); export one with "
+                            "GET /adaptation/state?format=binary") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise Unprocessable(f"not a driftseg stream-state snapshot: no 'format': {FORMAT!r} entry")
+    if payload.get("version") != VERSION:
+        raise Unprocessable(f"snapshot version {payload.get('version')!r} is not supported; this server reads version {VERSION}")
+    for key, kind in (("checkpoint", str), ("method", str), ("stream", str), ("state", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise Unprocessable(f"snapshot field {key!r} should be a {kind.__name__}, got {type(payload.get(key)).__name__}")
+    return payload
+
+
+def check_origin(payload: dict, checkpoint: str, method: str) -> None:
+    """Conflict (409) unless the snapshot was made with this checkpoint and this method."""
+    if payload["checkpoint"] != checkpoint:
+        raise Conflict(f"the snapshot was made with checkpoint sha256 {payload['checkpoint'][:16]}..., this server "
+                       f"serves {checkpoint[:16]}...: import it into a server running that checkpoint")
+    try:
+        same = parse_method(payload["method"]) == parse_method(method)
+    except ValueError:
+        same = False
+    if not same:
+        raise Conflict(f"the snapshot was made with method {payload['method']!r}, this server runs {method!r}: "
+                       "import it into a server running that method")
+
+
+def restore(payload: dict, new_state: Callable[[], StreamState]) -> StreamState:
+    """A fresh state loaded with the snapshot's state dict; Unprocessable (422) if it does not fit."""
+    bad = _non_finite(payload["state"])
+    if bad:
+        raise Unprocessable(f"the snapshot's {bad} holds non-finite values")
+    state = new_state()
+    try:
+        state.load_state_dict(payload["state"])
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:
+        raise Unprocessable(f"the snapshot's state does not fit this server's model and method: {e}") from None
+    return state
+
+
+@dataclass
+class DiskEntry:
+    frames: int
+    last_seen: float
+
+
+class SnapshotStore:
+    """One snapshot file per stream in `directory`, for one checkpoint and method."""
+
+    def __init__(self, directory: Path, checkpoint: str, method: str):
+        self.directory, self.checkpoint, self.method = Path(directory), checkpoint, method
+
+    def prepare(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.directory, prefix=".probe", delete=True)
+            probe.close()
+        except OSError as e:
+            raise ValueError(f"state dir {self.directory} is not writable ({e}): set DRIFTSEG_STATE_DIR to a "
+                             "writable folder") from None
+
+    def path(self, stream: str) -> Path:
+        return self.directory / f"{stream_key(stream)}{SUFFIX}"
+
+    def write(self, stream: str, state: StreamState, last_seen: float) -> None:
+        data = encode(stream, state, self.checkpoint, self.method, last_seen)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path(stream))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.directory)
+
+    def read(self, stream: str) -> dict | None:
+        """The stream's snapshot payload, checked for format, origin and stream id; None if there is none.
+        Raises Unprocessable or Conflict for a file that cannot be used."""
+        try:
+            data = self.path(stream).read_bytes()
+        except FileNotFoundError:
+            return None
+        payload = decode(data)
+        check_origin(payload, self.checkpoint, self.method)
+        if payload["stream"] != stream:
+            raise Unprocessable(f"snapshot {self.path(stream).name} holds stream {payload['stream']!r}, not {stream!r}")
+        return payload
+
+    def delete(self, stream: str) -> None:
+        self.path(stream).unlink(missing_ok=True)
+
+    def scan(self) -> dict[str, DiskEntry]:
+        """Stream id -> frames and last-seen time of every usable snapshot in the folder; leftover
+        temporary files are removed, unusable snapshots are logged and left alone."""
+        found: dict[str, DiskEntry] = {}
+        skipped = []
+        for path in sorted(self.directory.iterdir()):
+            if path.name.startswith(".") and path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)  # a write cut short by a crash
+                continue
+            if path.suffix != SUFFIX or len(path.stem) != 64:
+                continue
+            try:
+                payload = decode(path.read_bytes())
+                check_origin(payload, self.checkpoint, self.method)
+                if stream_key(payload["stream"]) != path.stem:
+                    raise Unprocessable(f"holds stream {payload['stream']!r}, whose file name would differ")
+                frames = payload["state"].get("frames")
+                found[payload["stream"]] = DiskEntry(frames if isinstance(frames, int) else 0,
+                                                     float(payload.get("last_seen", path.stat().st_mtime)))
+            except (Unprocessable, Conflict, OSError) as e:
+                skipped.append(f"{path.name}: {getattr(e, 'detail', e)}")
+        if skipped:
+            log.warning("%d snapshot(s) in %s cannot be resumed by this server (their streams start from the "
+                        "source state):\n  %s", len(skipped), self.directory, "\n  ".join(skipped))
+        return found
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

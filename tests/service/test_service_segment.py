@@ -1,0 +1,164 @@
+"""POST /segment, health, metrics: one app for the module, a stream id of its own per test."""
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service_util import assert_same, exported_state
+
+
+@pytest.fixture(scope="module")
+def client(ckpt_file, tmp_path_factory):
+    from service.settings import Settings
+
+    settings = Settings(checkpoint=ckpt_file, method="auto", device="cpu", state_dir=tmp_path_factory.mktemp("state"),
+                        max_image_bytes=300_000, max_image_pixels=100_000, snapshot_every=0)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def post(client, data, stream, content_type="image/jpeg", **params):
+    return client.post("/segment", content=data, headers={"Content-Type": content_type, "X-Stream-Id": stream},
+                       params=params)
+
+
+def test_png_is_a_label_map_at_the_input_size(client, frames, camvid_jpegs):
+    r = post(client, frames[0], "png")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    labels = Image.open(io.BytesIO(r.content))
+    assert labels.mode == "L" and labels.size == (160, 120)
+    assert np.asarray(labels).max() < 11
+
+    wide = io.BytesIO()  # a PNG frame of another size and shape
+    Image.open(io.BytesIO(camvid_jpegs[1])).convert("RGB").resize((97, 61)).save(wide, format="PNG")
+    r = post(client, wide.getvalue(), "png", content_type="image/png")
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == (97, 61)
+
+
+def test_headers_and_json_summary(client, frames):
+    for i, frame in enumerate(frames[:3], start=1):
+        r = post(client, frame, "json", format="json")
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Stream-Id"] == "json" and r.headers["X-Frame-Index"] == str(i)
+        assert float(r.headers["X-Shift-Score"]) >= 0
+        timing = r.headers["Server-Timing"]
+        assert all(f"{stage};dur=" in timing for stage in ("decode", "model", "encode"))
+    body = r.json()
+    assert body["stream"] == "json" and body["frame"] == 3 and body["adapted"] is True
+    assert (body["width"], body["height"]) == (160, 120)
+    assert len(body["classes"]) == 11 and sum(c["pixels"] for c in body["classes"]) == 160 * 120
+    assert body["classes"][0]["name"] and abs(sum(c["fraction"] for c in body["classes"]) - 1) < 1e-6
+    assert 0 <= body["alpha_mean"] <= 1 and body["shift_score"] == pytest.approx(float(r.headers["X-Shift-Score"]), abs=1e-4)
+    assert set(body["timings_ms"]) == {"wait", "decode", "model", "encode"}
+
+
+def test_overlay_by_query_and_by_accept(client, frames):
+    for r in (post(client, frames[0], "overlay", format="overlay"),
+              client.post("/segment?stream=overlay", content=frames[0],
+                          headers={"Content-Type": "image/jpeg", "Accept": "image/jpeg"})):
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "image/jpeg"
+        im = Image.open(io.BytesIO(r.content))
+        assert im.format == "JPEG" and im.mode == "RGB" and im.size == (160, 120)
+    r = client.post("/segment?stream=overlay", content=frames[0],
+                    headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
+    assert r.json()["frame"] == 3
+
+
+def test_multipart_upload(client, frames):
+    r = client.post("/segment?stream=multipart&format=json", files={"image": ("f.jpg", frames[1], "image/jpeg")})
+    assert r.status_code == 200, r.text
+    assert r.json()["frame"] == 1 and r.json()["width"] == 160
+    r = client.post("/segment?stream=multipart", files={"other": ("f.jpg", frames[1], "image/jpeg")})
+    assert r.status_code == 422 and "'image'" in r.json()["detail"]
+    r = client.post("/segment?stream=multipart", files={"image": ("f.txt", b"hello", "text/plain")})
+    assert r.status_code == 415
+
+
+def test_adapt_false_leaves_the_state(client, frames):
+    post(client, frames[0], "frozen")
+    before = exported_state(client, "frozen")
+    r = post(client, frames[1], "frozen", adapt="false")
+    assert r.status_code == 200 and r.headers["X-Frame-Index"] == "1"
+    assert_same(exported_state(client, "frozen"), before)
+    assert post(client, frames[1], "frozen").headers["X-Frame-Index"] == "2"
+
+
+@pytest.mark.parametrize("case", ["415", "413-bytes", "413-pixels", "422-garbage", "422-truncated"])
+def test_errors_leave_the_state_unchanged(client, frames, camvid_jpegs, case):
+    stream = f"err-{case}"
+    assert post(client, frames[0], stream).status_code == 200
+    before = exported_state(client, stream)
+    if case == "415":
+        r = post(client, frames[1], stream, content_type="text/plain")
+        assert r.status_code == 415 and "image/jpeg" in r.json()["detail"]
+    elif case == "413-bytes":
+        r = post(client, b"\xff" * 300_001, stream)
+        assert r.status_code == 413 and "DRIFTSEG_MAX_IMAGE_BYTES" in r.json()["detail"]
+    elif case == "413-pixels":
+        r = post(client, camvid_jpegs[0], stream)  # 480x360, over the 100k pixel limit
+        assert r.status_code == 413 and "480x360" in r.json()["detail"]
+    elif case == "422-garbage":
+        r = post(client, b"not an image at all", stream)
+        assert r.status_code == 422 and "decode" in r.json()["detail"]
+    else:
+        r = post(client, frames[1][: len(frames[1]) // 2], stream)
+        assert r.status_code == 422
+    assert_same(exported_state(client, stream), before)
+    assert post(client, frames[1], stream).headers["X-Frame-Index"] == "2"
+
+
+@pytest.mark.parametrize("stream", ["../etc", "a/b", "x" * 129, "sp ace", ""])
+def test_bad_stream_ids_are_rejected(client, frames, stream):
+    r = client.post("/segment", params={"stream": stream}, content=frames[0], headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 422 and "stream id" in r.json()["detail"]
+
+
+def test_stream_from_query_header_or_default(client, frames):
+    r = client.post("/segment?stream=q.1", content=frames[0], headers={"Content-Type": "image/jpeg"})
+    assert r.headers["X-Stream-Id"] == "q.1"
+    r = client.post("/segment", content=frames[0], headers={"Content-Type": "image/jpeg"})
+    assert r.headers["X-Stream-Id"] == "default"
+    r = client.post("/segment?stream=a", content=frames[0], headers={"Content-Type": "image/jpeg", "X-Stream-Id": "b"})
+    assert r.status_code == 422
+
+
+def test_health_readiness_metrics_openapi(client, frames):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["device"] == "cpu"
+    post(client, frames[0], "metrics")
+    text = client.get("/metrics").text
+    for name in ("driftseg_requests_total", "driftseg_request_duration_seconds_bucket",
+                 "driftseg_stage_duration_seconds_bucket", "driftseg_frames_adapted_total", "driftseg_streams_held",
+                 'driftseg_shift_score{stream="metrics"}', "process_resident_memory_bytes"):
+        assert name in text, name
+    assert 'route="/segment",status="200"' in text and 'stage="model"' in text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/segment", "/adaptation/state", "/adaptation/streams", "/adapt/reset", "/metrics", "/healthz",
+            "/readyz"} <= set(paths)
+    assert "image/jpeg" in paths["/segment"]["post"]["requestBody"]["content"]
+
+
+def test_readyz_is_503_before_the_model_is_loaded(make_settings):
+    client = TestClient(create_app(make_settings()))  # no `with`: the lifespan has not run
+    assert client.get("/readyz").status_code == 503
+    r = client.post("/segment", content=b"x", headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 503 and "readyz" in r.json()["detail"]
+
+
+def test_shift_score_series_are_capped(make_settings, frames):
+    with TestClient(create_app(make_settings(metrics_stream_cap=2))) as client:
+        for s in ("c1", "c2", "c3", "c4"):
+            post(client, frames[0], s)
+        text = client.get("/metrics").text
+    series = [line for line in text.splitlines() if line.startswith("driftseg_shift_score{")]
+    assert len(series) == 3 and any('stream="_other"' in line for line in series)
+    assert not any('stream="c1"' in line for line in series)  # the least recently seen ones are aggregated
