@@ -82,6 +82,7 @@ class ShiftCalibration:
 
     @classmethod
     def from_dict(cls, d: dict, layers: int) -> ShiftCalibration:
+        """The calibration of the first `layers` BN layers (those a network adapts)."""
         try:
             cal = cls(torch.tensor(d["tau"], dtype=torch.float32), torch.tensor(d["kappa"], dtype=torch.float32),
                       float(d["momentum"]), str(d["split"]), int(d["frames"]))
@@ -89,6 +90,9 @@ class ShiftCalibration:
             raise ValueError(f"malformed shift calibration in the checkpoint: {e!r}") from None
         for name in ("tau", "kappa"):
             value = getattr(cal, name)
+            if value.ndim == 1 and len(value) > layers:
+                value = value[:layers]
+                setattr(cal, name, value)
             if value.shape != (layers,) or not bool((value > 0).all()) or not bool(torch.isfinite(value).all()):
                 raise ValueError(f"shift calibration {name} should be {layers} positive finite values, "
                                  f"got shape {list(value.shape)}")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.registry import fold_batchnorm
+
 
 class StreamBatchNorm2d(nn.Module):
     """A BatchNorm2d whose statistics come from each sample's stream state."""
@@ -57,18 +59,25 @@ class StreamBatchNorm2d(nn.Module):
 class AdaptedNet(nn.Module):
     """A copy of `model` whose BatchNorm2d layers normalise with per-stream blended statistics."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, layers: int | None = None):
+        """Adapt the first `layers` BN layers in module order (all when None); the rest are folded
+        into their convolutions, as in the frozen model: cheaper, for shifts that the early layers'
+        statistics carry (light, colour, noise, blur)."""
         super().__init__()
-        self.model = copy.deepcopy(model)
-        self.norms: list[StreamBatchNorm2d] = []
-        for parent in list(self.model.modules()):
-            for name, child in parent.named_children():
-                if isinstance(child, nn.BatchNorm2d):
-                    norm = StreamBatchNorm2d(child)
-                    setattr(parent, name, norm)
-                    self.norms.append(norm)
-        if not self.norms:
+        names = [name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        if not names:
             raise ValueError("the model has no BatchNorm2d layer to adapt")
+        if layers is not None and not 1 <= layers <= len(names):
+            raise ValueError(f"layers must be in [1, {len(names)}] (the model's BN layers), got {layers}")
+        adapted = names[:layers]
+        self.model = fold_batchnorm(model, keep=set(adapted)) if layers is not None else copy.deepcopy(model)
+        self.norms: list[StreamBatchNorm2d] = []
+        for name in adapted:
+            parent_name, _, child = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name)
+            norm = StreamBatchNorm2d(getattr(parent, child))
+            setattr(parent, child, norm)
+            self.norms.append(norm)
         self.sizes = [n.num_features for n in self.norms]
 
     @property

@@ -82,7 +82,9 @@ class Pipeline:
         self.input_size = list(ckpt.input_size)
         self.model = ckpt.build_model(self.device)
         self.frozen = fold_batchnorm(self.model) if spec.norm == "source" else None
-        self.adapted = AdaptedNet(self.model).to(self.device).eval() if spec.norm in ("ema", "auto") else None
+        self.adapted = None
+        if spec.norm in ("ema", "auto"):
+            self.adapted = AdaptedNet(self.model, spec.layers or None).to(self.device).eval()
         self.source_stats = self.adapted.source_state() if self.adapted is not None else None
         if spec.norm == "auto":
             if "shift" not in ckpt.extra:

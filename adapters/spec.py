@@ -2,9 +2,10 @@
 
     source                      frozen model, the checkpoint's BN statistics
     ptbn                        prediction-time BN: each frame's own statistics (ema(m=1,alpha=0))
-    ema(m=0.1,alpha=0)          EMA AdaBN, statistics blended with the source's by alpha
-    auto(m=0.1,floor=0,switch=2)  EMA AdaBN with per-layer alpha from the shift score and restarts
-                                at domain switches (adapters/auto.py)
+    ema(m=0.1,alpha=0,layers=0) EMA AdaBN, statistics blended with the source's by alpha; only
+                                the first `layers` BN layers adapted, the rest folded (0: all)
+    auto(m=0.1,floor=0,switch=2,layers=0)  EMA AdaBN with per-layer alpha from the shift score and
+                                restarts at domain switches (adapters/auto.py)
     tent(lr=0.001,steps=1)      TENT, the backprop peer
     lc(forget=1)                label calibration with running prototypes
     fda(beta=0.01,mode=ratio,m=0.1)   FDA against the stream's recent spectrum
@@ -23,6 +24,7 @@ class MethodSpec:
     norm: str = "source"
     momentum: float = 0.1
     alpha: float = 0.0
+    layers: int = 0  # BN layers adapted, the first ones; 0: all
     auto_floor: float = 0.0
     auto_switch: float = 2.0
     tent_lr: float = 1e-3
@@ -38,6 +40,7 @@ class MethodSpec:
             (self.norm in NORMS, f"norm must be one of {NORMS}"),
             (0.0 <= self.momentum <= 1.0, "ema m must be in [0, 1]"),
             (0.0 <= self.alpha <= 1.0, "ema alpha must be in [0, 1]"),
+            (self.layers >= 0, "layers must be >= 0 (0: all BN layers)"),
             (0.0 <= self.auto_floor <= 1.0, "auto floor must be in [0, 1]"),
             (self.auto_switch > 0, "auto switch must be > 0"),
             (self.tent_lr > 0 and self.tent_steps >= 1, "tent needs lr > 0 and steps >= 1"),
@@ -55,8 +58,8 @@ class MethodSpec:
 _COMPONENTS = {
     "source": ({"norm": "source"}, {}),
     "ptbn": ({"norm": "ema", "momentum": 1.0, "alpha": 0.0}, {}),
-    "ema": ({"norm": "ema"}, {"m": "momentum", "alpha": "alpha"}),
-    "auto": ({"norm": "auto"}, {"m": "momentum", "floor": "auto_floor", "switch": "auto_switch"}),
+    "ema": ({"norm": "ema"}, {"m": "momentum", "alpha": "alpha", "layers": "layers"}),
+    "auto": ({"norm": "auto"}, {"m": "momentum", "floor": "auto_floor", "switch": "auto_switch", "layers": "layers"}),
     "tent": ({"norm": "tent"}, {"lr": "tent_lr", "steps": "tent_steps"}),
     "lc": ({"lc": True}, {"forget": "lc_forget"}),
     "fda": ({"fda_mode": "ratio"}, {"beta": "fda_beta", "mode": "fda_mode", "m": "fda_momentum"}),

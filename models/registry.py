@@ -1,6 +1,6 @@
 """Segmentation networks by registry name (torchvision builds them; no weights are downloaded)."""
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 
 import torch
 from torch import nn
@@ -45,17 +45,18 @@ def create_model(
     return SegmentationNet(net, mean, std)
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
+def fold_batchnorm(model: nn.Module, keep: Container[str] = ()) -> nn.Module:
     """A copy of `model` (in eval mode) with every BatchNorm2d that follows a Conv2d in a Sequential
-    folded into the conv's weights: the frozen network as a server runs it, and the fair baseline
-    for the adapted one, whose BN layers cannot be folded."""
+    folded into the conv's weights, except those named in `keep`: the frozen network as a server
+    runs it, and the fair baseline for the adapted one, whose BN layers cannot be folded."""
     folded = copy.deepcopy(model).eval()
-    for module in folded.modules():
+    for prefix, module in folded.named_modules():
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module.named_children())
         for (_, first), (name, second) in zip(children, children[1:]):
-            if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d):
+            qualified = f"{prefix}.{name}" if prefix else name
+            if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d) and qualified not in keep:
                 fused = fuse_conv_bn_eval(first, second)
                 first.weight, first.bias = fused.weight, fused.bias
                 setattr(module, name, nn.Identity())

@@ -103,3 +103,9 @@ def test_auto_state_round_trip_reset_and_refusal() -> None:
         assert target.since_reset == 0 and torch.all(target.alpha == 1)
     state.reset()
     assert state.since_reset == 0 and state.switches == [] and torch.all(state.alpha == 1)
+
+
+def test_calibration_of_the_first_layers_is_a_prefix() -> None:
+    d = {"tau": [1.0, 2.0, 3.0], "kappa": [4.0, 5.0, 6.0], "momentum": 0.1, "split": "s", "frames": 3}
+    cal = ShiftCalibration.from_dict(d, layers=2)
+    assert cal.tau.tolist() == [1.0, 2.0] and cal.kappa.tolist() == [4.0, 5.0]

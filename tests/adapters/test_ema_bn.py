@@ -414,3 +414,20 @@ def test_lraspp_alpha_one_is_frozen() -> None:
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(ptbn, expected, atol=1e-3)  # the state does reach the network
     assert new_state.shape == state.shape and torch.isfinite(new_state).all()
+
+
+def test_adapting_the_first_layers_only_folds_the_rest() -> None:
+    model = _tiny_net()
+    full = AdaptedNet(model)
+    first = AdaptedNet(model, layers=1)
+    assert len(first.norms) == 1 and first.sizes == [4] and first.state_size == 4
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in first.model.modules())  # the second BN is folded
+    x = _images(2, seed=3)
+    m, a = _full(2, 0.3), _full(2, 0.0)
+    # the second layer keeps its source statistics: as in the full net with that layer's alpha at 1
+    logits, state = first(x, full.source_state()[:, :4][None].repeat(2, 1, 1), m, a)
+    expected, expected_state = full(x, full.source_state()[None].repeat(2, 1, 1), m, torch.tensor([[0.0, 1.0]] * 2))
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(state, expected_state[:, :, :4])
+    with pytest.raises(ValueError, match=r"layers must be in \[1, 2\]"):
+        AdaptedNet(model, layers=3)

@@ -2,7 +2,7 @@
 never mutated, round-trip through state_dict, and load all or nothing; auto restarts at a switch."""
 import pytest
 import torch
-from conftest import domain_frames
+from synthetic_frames import domain_frames
 
 from adapters.pipeline import Pipeline
 from adapters.spec import parse_method

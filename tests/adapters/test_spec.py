@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from adapters.spec import MethodSpec, parse_method
+from adapters.spec import RECOMMENDED, MethodSpec, parse_method
 
 
 def test_source_is_the_default_spec() -> None:
@@ -130,3 +130,11 @@ def test_two_norms_cannot_be_combined(spec: str) -> None:
 def test_repeated_component(spec: str) -> None:
     with pytest.raises(ValueError, match="twice"):
         parse_method(spec)
+
+
+def test_layers_parameter_of_ema_and_auto() -> None:
+    assert parse_method("ema(m=0.1,layers=12)").layers == 12
+    assert parse_method("auto(layers=20)+lc").layers == 20
+    assert parse_method("auto").layers == parse_method(RECOMMENDED).layers
+    with pytest.raises(ValueError, match="layers"):
+        parse_method("ema(layers=-1)")

@@ -1,6 +1,6 @@
 """bench/speed.py: round-robin timing gives every method the same frames and ratios to source."""
 import torch
-from conftest import domain_frames
+from synthetic_frames import domain_frames
 
 from bench.speed import measure, with_ratios
 
