@@ -32,6 +32,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.ready = True
         log.info("driftseg ready: %s on %s, method %s, %d stream snapshot(s) in %s", settings.checkpoint,
                  engine.device, engine.method, len(engine.registry.on_disk), settings.state_dir)
+        if settings.api_key is None:
+            log.info("DRIFTSEG_API_KEY is not set: every route is open")
+        else:
+            log.info("X-API-Key required on %s", "every stream route" if settings.api_key_everywhere
+                     else "PUT /adaptation/state and POST /adapt/reset")
         try:
             yield
         finally:

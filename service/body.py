@@ -47,7 +47,10 @@ async def read_image(request: Request, limit: int) -> bytes:
     Unprocessable (422) saying what to send instead."""
     kind = media_type(request)
     if kind in MEDIA_TYPES:
-        return await read_body(request, limit, "image")
+        data = await read_body(request, limit, "image")
+        if not data:
+            raise Unprocessable(f"the body is empty: send the frame's encoded bytes ({ACCEPTED})")
+        return data
     if kind != "multipart/form-data":
         raise UnsupportedMediaType(f"content type {kind or '(none)'!r} is not accepted: send {ACCEPTED}")
     body = await read_body(request, limit + MULTIPART_OVERHEAD, "multipart body")
@@ -68,4 +71,6 @@ async def read_image(request: Request, limit: int) -> bytes:
         await form.close()
     if len(data) > limit:
         raise PayloadTooLarge(f"the image is {len(data)} bytes, over the limit of {limit} (DRIFTSEG_MAX_IMAGE_BYTES)")
+    if not data:
+        raise Unprocessable("the multipart field 'image' is empty: send the frame's encoded bytes in it")
     return data

@@ -1,13 +1,44 @@
-"""Dependencies shared by the routes: the engine (503 until it is ready) and the stream id."""
+"""Dependencies shared by the routes: the API key (when one is set), the engine (503 until it is
+ready) and the stream id."""
+import secrets
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
+from fastapi.security import APIKeyHeader
 
 from service.engine import Engine
-from service.errors import NotReady, Unprocessable
+from service.errors import NotReady, Unauthorized, Unprocessable
 from service.registry import check_stream_id
 
 DEFAULT_STREAM = "default"
+API_KEY_HEADER = "X-API-Key"
+
+_api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False, scheme_name="APIKey",
+    description="needed only where the server sets DRIFTSEG_API_KEY: always on PUT /adaptation/state and "
+                "POST /adapt/reset, and with DRIFTSEG_API_KEY_EVERYWHERE also on POST /segment and GET /adaptation/*")
+
+
+def _check_key(request: Request, given: str | None, everywhere_only: bool) -> None:
+    settings = request.app.state.settings
+    if settings.api_key is None or (everywhere_only and not settings.api_key_everywhere):
+        return
+    if not given:
+        raise Unauthorized(f"this route needs the header {API_KEY_HEADER}: send {API_KEY_HEADER}: <the server's "
+                           "DRIFTSEG_API_KEY>")
+    # bytes, so that a non-ASCII header is a mismatch rather than compare_digest's TypeError
+    if not secrets.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
+        raise Unauthorized(f"the header {API_KEY_HEADER} does not match the server's key (DRIFTSEG_API_KEY)")
+
+
+def require_key(request: Request, x_api_key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    """Routes that change a stream's state: 401 without the key, wherever DRIFTSEG_API_KEY is set."""
+    _check_key(request, x_api_key, everywhere_only=False)
+
+
+def require_key_everywhere(request: Request, x_api_key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    """The other stream routes: 401 without the key where DRIFTSEG_API_KEY_EVERYWHERE is set too."""
+    _check_key(request, x_api_key, everywhere_only=True)
 
 
 def get_engine(request: Request) -> Engine:
@@ -26,5 +57,7 @@ def get_stream_id(
     return check_stream_id(stream if stream is not None else x_stream_id if x_stream_id is not None else DEFAULT_STREAM)
 
 
+WriteAccess = Annotated[None, Depends(require_key)]
+ReadAccess = Annotated[None, Depends(require_key_everywhere)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 StreamId = Annotated[str, Depends(get_stream_id)]

@@ -77,18 +77,25 @@ class StreamRegistry:
     @asynccontextmanager
     async def use(self, stream: str, create: bool = True) -> AsyncIterator[StreamEntry | None]:
         """The stream's entry, held under its lock: from memory, else resumed from its snapshot, else
-        (if `create`) a new stream at the source state; None if there is none and `create` is False."""
+        (if `create`) a new stream at the source state; None if there is none and `create` is False.
+        A new stream whose first use fails (an undecodable frame, say) is dropped again: no stream is left."""
         check_stream_id(stream)
         async with self._locked(stream):
-            entry = self.entries.get(stream)
+            entry, new = self.entries.get(stream), False
             if entry is None:
                 entry = await self._resume(stream, create)
                 if entry is not None:
+                    new = stream not in self.on_disk  # _resume forgets a snapshot it could not read
                     self.entries[stream] = entry
                     await self._evict()
             else:
                 self.entries.move_to_end(stream)
-            yield entry
+            try:
+                yield entry
+            except BaseException:
+                if new and not entry.dirty and self.entries.get(stream) is entry:
+                    del self.entries[stream]
+                raise
 
     async def _resume(self, stream: str, create: bool) -> StreamEntry | None:
         if stream in self.on_disk:

@@ -4,13 +4,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters.spec import RECOMMENDED, MethodSpec, parse_method
 from models.checkpoint import DEFAULT_CHECKPOINT
 
 ENV_PREFIX = "DRIFTSEG_"
+SECRETS = {"api_key"}  # settings whose values error messages never repeat
 
 
 class Settings(BaseSettings):
@@ -27,6 +28,10 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body of /segment")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest decoded image, width x height")
     metrics_stream_cap: int = Field(32, ge=0, description="streams with their own driftseg_shift_score series; the rest go under stream=\"_other\"")
+    api_key: SecretStr | None = Field(None, description="when set, the routes that change a stream's state (PUT "
+                                      "/adaptation/state, POST /adapt/reset) need header X-API-Key equal to it")
+    api_key_everywhere: bool = Field(False, description="also require X-API-Key on POST /segment and GET "
+                                     "/adaptation/*; /healthz, /readyz and /metrics stay open")
 
     @field_validator("checkpoint")
     @classmethod
@@ -49,6 +54,26 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, path: Path) -> Path:
         return path.expanduser()
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is None:
+            return key
+        value = key.get_secret_value()
+        if not value.strip():
+            raise ValueError(f"the API key is empty: unset {ENV_PREFIX}API_KEY to turn access control off, or set a key")
+        if not all("!" <= c <= "~" for c in value):
+            raise ValueError("the API key has spaces, control or non-ASCII characters, which do not survive an HTTP "
+                             "header: use printable ASCII (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+        return key
+
+    @model_validator(mode="after")
+    def _everywhere_needs_a_key(self) -> "Settings":
+        if self.api_key_everywhere and self.api_key is None:
+            raise ValueError(f"{ENV_PREFIX}API_KEY_EVERYWHERE is set but {ENV_PREFIX}API_KEY is not: every route "
+                             "would stay open; set the key too")
+        return self
 
     @model_validator(mode="after")
     def _device_available(self) -> "Settings":
@@ -84,5 +109,6 @@ def load_settings(**overrides) -> Settings:
             name = ".".join(str(part) for part in err["loc"]) or "settings"
             where = f"{ENV_PREFIX}{name.upper()}" if err["loc"] else "settings"
             message = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {where} ({name}): {message}" + (f" (got {err['input']!r})" if err["loc"] else ""))
+            shown = err["loc"] and err["loc"][0] not in SECRETS
+            lines.append(f"  {where} ({name}): {message}" + (f" (got {err['input']!r})" if shown else ""))
         raise ValueError("invalid driftseg settings:\n" + "\n".join(lines)) from None

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.body import read_image
-from service.deps import EngineDep, StreamId
+from service.deps import EngineDep, ReadAccess, StreamId
 from service.engine import Segmented
 from service.imaging import MEDIA_TYPES
 from service.schemas import ClassCount, SegmentSummary, Timings
@@ -29,6 +29,7 @@ _RESPONSES = {
     200: {"description": "format=png: the label map, one uint8 class index per pixel at the frame's size; "
                          "format=overlay: the frame blended with the class colours; format=json: a summary",
           "content": {"image/png": {"schema": _BINARY}, "image/jpeg": {"schema": _BINARY}}},
+    401: {"description": "X-API-Key missing or wrong (only where DRIFTSEG_API_KEY_EVERYWHERE is set)"},
     413: {"description": "body or image too large"},
     415: {"description": "content type not accepted"},
     422: {"description": "undecodable image or invalid stream id"},
@@ -57,6 +58,7 @@ def _headers(r: Segmented) -> dict[str, str]:
 
 @router.post("/segment", response_model=SegmentSummary, responses=_RESPONSES, openapi_extra=_REQUEST_BODY)
 async def segment(
+    _access: ReadAccess,
     request: Request,
     engine: EngineDep,
     stream: StreamId,

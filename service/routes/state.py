@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from service.body import read_body
-from service.deps import EngineDep, StreamId
+from service.deps import EngineDep, ReadAccess, StreamId, WriteAccess
 from service.errors import Unprocessable
 from service.registry import check_stream_id
 from service.schemas import ResetResult, StreamStateSummary
@@ -20,9 +20,11 @@ _BINARY = {"type": "string", "format": "binary"}
     "/adaptation/state", response_model=StreamStateSummary,
     responses={200: {"content": {SNAPSHOT_TYPE: {"schema": _BINARY}},
                      "description": "format=json: a summary; format=binary: the snapshot file for PUT"},
+               401: {"description": "X-API-Key missing or wrong (only where DRIFTSEG_API_KEY_EVERYWHERE is set)"},
                404: {"description": "stream not held"}},
 )
 async def get_state(
+    _access: ReadAccess,
     engine: EngineDep,
     stream: StreamId,
     fmt: Annotated[Literal["json", "binary"] | None, Query(alias="format", description="json | binary (else from Accept)")] = None,
@@ -40,21 +42,25 @@ async def get_state(
 
 @router.put(
     "/adaptation/state", response_model=StreamStateSummary,
-    responses={409: {"description": "snapshot of another checkpoint or method"},
+    responses={401: {"description": "X-API-Key missing or wrong (where DRIFTSEG_API_KEY is set)"},
+               409: {"description": "snapshot of another checkpoint or method"},
                413: {"description": "body too large"},
                422: {"description": "not a snapshot, or its state does not fit"}},
     openapi_extra={"requestBody": {"required": True, "description": "a snapshot from GET /adaptation/state?format=binary",
                                    "content": {SNAPSHOT_TYPE: {"schema": _BINARY}}}},
 )
-async def put_state(request: Request, engine: EngineDep, stream: StreamId) -> dict:
+async def put_state(_access: WriteAccess, request: Request, engine: EngineDep, stream: StreamId) -> dict:
     """Replace the stream's state with a snapshot's. Every check runs before the stream is touched:
     on any error its state stays as it was."""
     data = await read_body(request, MAX_STATE_BYTES, "snapshot", None)
     return await engine.import_state(stream, data)
 
 
-@router.post("/adapt/reset", response_model=ResetResult, responses={404: {"description": "stream not held"}})
+@router.post("/adapt/reset", response_model=ResetResult,
+             responses={401: {"description": "X-API-Key missing or wrong (where DRIFTSEG_API_KEY is set)"},
+                        404: {"description": "stream not held"}})
 async def reset(
+    _access: WriteAccess,
     engine: EngineDep,
     stream: Annotated[str | None, Query(description="the stream to reset (or header X-Stream-Id)")] = None,
     x_stream_id: Annotated[str | None, Header()] = None,

@@ -1,14 +1,15 @@
 """The streams a server holds."""
 from fastapi import APIRouter
 
-from service.deps import EngineDep
+from service.deps import EngineDep, ReadAccess
 from service.schemas import StreamList
 
 router = APIRouter(tags=["streams"])
 
 
-@router.get("/adaptation/streams", response_model=StreamList)
-async def list_streams(engine: EngineDep) -> StreamList:
+@router.get("/adaptation/streams", response_model=StreamList,
+            responses={401: {"description": "X-API-Key missing or wrong (only where DRIFTSEG_API_KEY_EVERYWHERE is set)"}})
+async def list_streams(_access: ReadAccess, engine: EngineDep) -> StreamList:
     """Streams held in memory or as snapshots in the state dir, most recently seen first."""
     rows = engine.streams()
     return StreamList(streams=rows, in_memory=len(engine.registry.entries), on_disk=len(engine.registry.on_disk),

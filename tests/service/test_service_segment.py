@@ -115,6 +115,75 @@ def test_errors_leave_the_state_unchanged(client, frames, camvid_jpegs, case):
     assert post(client, frames[1], stream).headers["X-Frame-Index"] == "2"
 
 
+BAD_INPUTS = ["not-jpeg", "not-png", "not-webp", "png-as-jpeg-header-only", "empty", "empty-png", "empty-multipart",
+              "format=gif", "format=empty", "adapt=maybe", "adapt=empty"]
+
+
+def send_bad_input(client, frames, stream, case):
+    """One bad /segment request; the response."""
+    if case.startswith("not-"):  # bytes that are no image, under an image content type
+        return post(client, b"GIF89a" + bytes(range(256)) * 4, stream, content_type=f"image/{case[4:]}")
+    if case == "png-as-jpeg-header-only":
+        return post(client, b"\x89PNG\r\n\x1a\n", stream, content_type="image/jpeg")
+    if case == "empty":
+        return post(client, b"", stream)
+    if case == "empty-png":
+        return post(client, b"", stream, content_type="image/png")
+    if case == "empty-multipart":
+        return client.post("/segment", params={"stream": stream}, files={"image": ("f.jpg", b"", "image/jpeg")})
+    name, value = case.split("=")
+    return post(client, frames[1], stream, **{name: "" if value == "empty" else value})
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_422_and_changes_nothing(client, frames, case):
+    stream, fresh = f"bad-{case.replace('=', '-')}", f"fresh-{case.replace('=', '-')}"
+    assert post(client, frames[0], stream).status_code == 200
+    before = exported_state(client, stream)
+    for target in (stream, fresh):
+        r = send_bad_input(client, frames, target, case)
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        if "=" in case:  # FastAPI's validation error, naming the parameter
+            assert detail[0]["loc"] == ["query", case.split("=")[0]], detail
+        elif case.startswith("empty"):
+            assert "empty" in detail, detail
+        else:
+            assert "decode" in detail, detail
+    assert_same(exported_state(client, stream), before)
+    assert client.get("/adaptation/state", params={"stream": fresh}).status_code == 404  # no stream made
+    assert post(client, frames[1], stream).headers["X-Frame-Index"] == "2"
+
+
+def test_bad_values_on_the_state_routes_are_422(client, frames):
+    assert post(client, frames[0], "q-bad").status_code == 200
+    before = exported_state(client, "q-bad")
+    octet = {"Content-Type": "application/octet-stream"}
+    for r in (client.get("/adaptation/state", params={"stream": "q-bad", "format": "gif"}),
+              client.post("/adapt/reset", params={"stream": "q-bad", "all": "maybe"}),
+              client.put("/adaptation/state", params={"stream": "q-bad"}, content=b"", headers=octet),
+              client.put("/adaptation/state", params={"stream": "q-new"}, content=b"", headers=octet)):
+        assert r.status_code == 422, r.text
+    assert_same(exported_state(client, "q-bad"), before)
+    assert client.get("/adaptation/state", params={"stream": "q-new"}).status_code == 404
+
+
+def test_truncated_camvid_jpeg_is_422(make_settings, camvid_jpegs):
+    """The first half of a full-size CamVid JPEG: its header decodes (480x360), its pixels do not."""
+    with TestClient(create_app(make_settings(max_image_pixels=480 * 360))) as client:
+        assert post(client, camvid_jpegs[0], "cut").status_code == 200
+        before = exported_state(client, "cut")
+        for data in (camvid_jpegs[1][: len(camvid_jpegs[1]) // 2], camvid_jpegs[1][:200], camvid_jpegs[1][:2]):
+            r = post(client, data, "cut")
+            assert r.status_code == 422, r.text
+            assert "decode" in r.json()["detail"]
+            assert_same(exported_state(client, "cut"), before)
+            assert post(client, data, "cut-fresh").status_code == 422
+        assert client.get("/adaptation/state?stream=cut-fresh").status_code == 404
+        assert post(client, camvid_jpegs[1], "cut").headers["X-Frame-Index"] == "2"
+        assert client.get("/metrics").text.count('status="500"') == 0
+
+
 @pytest.mark.parametrize("stream", ["../etc", "a/b", "x" * 129, "sp ace", ""])
 def test_bad_stream_ids_are_rejected(client, frames, stream):
     r = client.post("/segment", params={"stream": stream}, content=frames[0], headers={"Content-Type": "image/jpeg"})

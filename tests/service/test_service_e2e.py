@@ -1,0 +1,130 @@
+"""End to end: a real `driftseg serve` process on the default checkpoint, a dusk stream through it,
+reset, SIGTERM, and a second process on the same state dir that resumes the stream."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.data import resolve_data_dir
+from models.checkpoint import DEFAULT_CHECKPOINT
+
+REPO = Path(__file__).resolve().parents[2]
+STREAM = "dusk-cam"
+READY_TIMEOUT = 60
+
+
+def dusk_frames(n: int) -> list[bytes]:
+    try:
+        data = resolve_data_dir(None)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    names = json.loads((data / "splits.json").read_text())["target_dusk"][:n]
+    paths = [data / "images" / f"{name}.jpg" for name in names]
+    if len(paths) < n or not all(p.is_file() for p in paths):
+        pytest.skip(f"needs {n} target_dusk frames in {data / 'images'}")
+    return [p.read_bytes() for p in paths]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(state_dir: Path, log: Path) -> tuple[subprocess.Popen, httpx.Client]:
+    """`driftseg serve` on a free loopback port, once GET /readyz answers 200; the process and a client."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTSEG_")}
+    env.update(DRIFTSEG_STATE_DIR=str(state_dir), DRIFTSEG_DEVICE="cpu")
+    port = free_port()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "driftseg_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                                 "--log-level", "info"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            client.close()
+            pytest.fail(f"driftseg serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if client.get("/readyz", timeout=2).status_code == 200:
+                return proc, client
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            client.close()
+            proc.kill()
+            pytest.fail(f"driftseg serve not ready after {READY_TIMEOUT} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> int:
+    """SIGTERM, then the exit status (killed after 20 s). uvicorn shuts down gracefully and then
+    re-raises the signal it caught, so a clean stop exits with -SIGTERM (or 0 on older uvicorn)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def post(client: httpx.Client, frame: bytes) -> httpx.Response:
+    r = client.post("/segment", params={"stream": STREAM, "format": "json"}, content=frame,
+                    headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    return r
+
+
+@pytest.mark.slow
+def test_serve_adapt_reset_restart(tmp_path):
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip(f"no default checkpoint at {DEFAULT_CHECKPOINT}")
+    frames = dusk_frames(9)
+    state_dir, log = tmp_path / "state", tmp_path / "serve.log"
+    procs = []
+    try:
+        proc, client = start(state_dir, log)
+        procs.append(proc)
+        with closing(client):
+            assert client.get("/readyz").json()["device"] == "cpu"
+            for i, frame in enumerate(frames[:6], start=1):
+                body = post(client, frame).json()
+                assert body["frame"] == i and (body["width"], body["height"]) == (480, 360)
+            state = client.get("/adaptation/state", params={"stream": STREAM}).json()
+            assert state["frames"] == 6
+            assert isinstance(state["shift_score"], float) and state["shift_score"] >= 0
+            assert [p["frame"] for p in state["shift_history"]] == [1, 2, 3, 4, 5, 6]
+
+            assert client.post("/adapt/reset", params={"stream": STREAM}).json() == {"reset": [STREAM]}
+            assert client.get("/adaptation/state", params={"stream": STREAM}).status_code == 404
+            assert client.get("/adaptation/streams").json()["streams"] == []
+            for i, frame in enumerate(frames[6:], start=1):
+                assert post(client, frame).json()["frame"] == i
+        assert stop(proc) in (0, -signal.SIGTERM)
+        text = log.read_text()
+        assert "1 stream snapshot(s) written" in text and "Application shutdown complete" in text
+
+        proc, client = start(state_dir, log)  # the same state dir, a new port
+        procs.append(proc)
+        with closing(client):
+            streams = client.get("/adaptation/streams").json()["streams"]
+            assert [(s["stream"], s["frames"], s["in_memory"], s["on_disk"]) for s in streams] == [(STREAM, 3, False, True)]
+            state = client.get("/adaptation/state", params={"stream": STREAM}).json()
+            assert state["frames"] == 3 and state["shift_score"] is not None
+            assert post(client, frames[0]).json()["frame"] == 4
+        assert stop(proc) in (0, -signal.SIGTERM)
+        assert log.read_text().count("Application shutdown complete") == 2
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
