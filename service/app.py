@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": "5"} if exc.status_code == 503 else None
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     for router in (segment.router, state.router, streams.router, health.router):

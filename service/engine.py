@@ -8,6 +8,7 @@ touches the network: a cross-stream batcher replaces it (it receives one stream'
 and returns that stream's labels and new state), nothing else changes.
 """
 import asyncio
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -20,7 +21,7 @@ from adapters.ema_bn import StreamBatchNorm2d
 from adapters.pipeline import Pipeline, StreamState
 from models.checkpoint import load_checkpoint
 from service import imaging, snapshots
-from service.errors import NotFound
+from service.errors import NotFound, Overloaded
 from service.metrics import Metrics
 from service.registry import StreamEntry, StreamRegistry, check_stream_id
 from service.settings import Settings
@@ -62,6 +63,8 @@ class Engine:
         self.registry = StreamRegistry(self.store, pipeline.new_state, settings.max_streams, settings.snapshot_every,
                                        on_write=metrics.snapshots.inc)
         self.ready = False
+        self.pending = 0  # /segment requests admitted and not yet answered
+        self.model_seconds = 0.0  # running mean of a frame's time in the network, for Retry-After
         self._model_lock = asyncio.Lock()  # AdaptedNet keeps per-call inputs on its modules: one step at a time
         adapted = pipeline.adapted
         if adapted is not None:
@@ -93,11 +96,26 @@ class Engine:
         """Segment one encoded frame of `stream`, folding it into the stream's state if `adapt`."""
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        if self.pending >= self.settings.max_pending:
+            # the model works through the queue one frame after another: that long until it is empty
+            retry = max(1, math.ceil(self.pending * self.model_seconds))
+            raise Overloaded(f"{self.pending} frames are in flight, the most this server takes "
+                             f"(DRIFTSEG_MAX_PENDING); retry in {retry} s", retry)
+        self.pending += 1
+        self.metrics.in_flight.inc()
+        try:
+            return await self._segment(stream, data, adapt, fmt)
+        finally:
+            self.pending -= 1
+            self.metrics.in_flight.dec()
+
+    async def _segment(self, stream: str, data: bytes, adapt: bool, fmt: str) -> Segmented:
         arrived = time.perf_counter()
         async with self.registry.use(stream) as entry:
             waited = time.perf_counter() - arrived
             (rgb, frame), t_decode = await to_thread.run_sync(_timed, self._decode, data)
             labels, state, t_model = await self.infer(frame, entry.state, adapt)
+            self.model_seconds += 0.1 * (t_model - self.model_seconds)
             out, t_encode = await to_thread.run_sync(_timed, self._encode, fmt, rgb, labels)
             score, alpha = self._auto(state)
             await self.registry.commit(entry, state, score)

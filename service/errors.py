@@ -4,6 +4,7 @@ The app turns them into JSON {"detail": ...} (service/app.py)."""
 
 class ServiceError(Exception):
     status_code = 500
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, detail: str):
         super().__init__(detail)
@@ -36,3 +37,14 @@ class Unprocessable(ServiceError):
 
 class NotReady(ServiceError):
     status_code = 503
+    retry_after = 5
+
+
+class Overloaded(ServiceError):
+    """More /segment requests in flight than the server takes: the client should retry later."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after: int):
+        super().__init__(detail)
+        self.retry_after = retry_after

@@ -4,6 +4,8 @@
     driftseg_request_duration_seconds{route}          histogram of request time
     driftseg_stage_duration_seconds{stage}            histogram of decode | model | encode time
     driftseg_frames_total{adapted}                    frames segmented, folded into their stream or not
+    driftseg_segment_in_flight                        /segment requests admitted and not yet answered (the
+                                                      queue depth; beyond max_pending a request gets a 503)
     driftseg_frames_adapted_total                     frames folded into their stream's state
     driftseg_snapshots_written_total                  stream snapshots written to the state dir
     driftseg_streams_held{where}                      streams in memory / with a snapshot on disk
@@ -18,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector, ProcessCollector,
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
@@ -43,6 +45,8 @@ class Metrics:
         self.frames = Counter("driftseg_frames", "Frames segmented", ["adapted"], registry=self.registry)
         self.frames_adapted = Counter("driftseg_frames_adapted", "Frames folded into their stream's state",
                                       registry=self.registry)
+        self.in_flight = Gauge("driftseg_segment_in_flight", "/segment requests admitted and not yet answered",
+                               registry=self.registry)
         self.snapshots = Counter("driftseg_snapshots_written", "Stream snapshots written", registry=self.registry)
         for stage in ("decode", "model", "encode"):
             self.stage_seconds.labels(stage)  # every series exists from the start

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     max_streams: int = Field(64, ge=1, description="stream states held in memory; the least recently used is snapshotted and evicted")
     state_dir: Path = Field(Path("~/.cache/driftseg/state"), description="where stream snapshots are kept")
     snapshot_every: int = Field(100, ge=0, description="snapshot a stream every N adapted frames; 0: only on eviction and shutdown")
+    max_pending: int = Field(32, ge=1, description="/segment requests in flight at once (waiting for their stream, "
+                             "decoding, queued for the model); beyond it a request is answered 503 with Retry-After")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body of /segment")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest decoded image, width x height")
     metrics_stream_cap: int = Field(32, ge=0, description="streams with their own driftseg_shift_score series; the rest go under stream=\"_other\"")

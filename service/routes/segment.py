@@ -33,7 +33,7 @@ _RESPONSES = {
     413: {"description": "body or image too large"},
     415: {"description": "content type not accepted"},
     422: {"description": "undecodable image or invalid stream id"},
-    503: {"description": "model not loaded yet"},
+    503: {"description": "model not loaded yet, or more requests in flight than DRIFTSEG_MAX_PENDING (see Retry-After)"},
 }
 
 

@@ -1,6 +1,8 @@
 """POST /segment, health, metrics: one app for the module, a stream id of its own per test."""
 import io
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -221,6 +223,36 @@ def test_readyz_is_503_before_the_model_is_loaded(make_settings):
     assert client.get("/readyz").status_code == 503
     r = client.post("/segment", content=b"x", headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 503 and "readyz" in r.json()["detail"]
+
+
+def test_a_full_queue_is_503_with_retry_after(make_settings, frames):
+    """With max_pending=1 and one frame held inside the model, the next request is turned away at
+    once, the queue gauge says why, and the held frame still completes."""
+    with TestClient(create_app(make_settings(max_pending=1))) as client:
+        engine = client.app.state.engine
+        inside, release = threading.Event(), threading.Event()
+        step = engine._step
+
+        def held_step(*args):
+            inside.set()
+            assert release.wait(30)
+            return step(*args)
+
+        engine._step = held_step
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(post, client, frames[0], "cam-a")
+            assert inside.wait(30)
+            assert "driftseg_segment_in_flight 1.0" in client.get("/metrics").text
+            r = post(client, frames[1], "cam-b")
+            release.set()
+            assert first.result().status_code == 200
+        assert r.status_code == 503 and "DRIFTSEG_MAX_PENDING" in r.json()["detail"]
+        assert int(r.headers["Retry-After"]) >= 1
+        held = [s["stream"] for s in client.get("/adaptation/streams").json()["streams"]]
+        assert held == ["cam-a"]  # cam-b was never started
+        engine._step = step
+        assert post(client, frames[1], "cam-b").status_code == 200  # the queue has room again
+        assert "driftseg_segment_in_flight 0.0" in client.get("/metrics").text
 
 
 def test_shift_score_series_are_capped(make_settings, frames):
