@@ -76,7 +76,9 @@ def to_input_size(images: torch.Tensor, size: list[int]) -> torch.Tensor:
 
 
 class Pipeline:
-    def __init__(self, ckpt: Checkpoint, spec: MethodSpec, device: str | torch.device = "cpu"):
+    def __init__(self, ckpt: Checkpoint, spec: MethodSpec, device: str | torch.device = "cpu", compile: bool = False):
+        """`compile`: run the per-frame tensor work (`core`) through torch.compile, with CUDA graphs
+        on a GPU; the first frame of each batch size and frame size pays the compilation."""
         self.spec, self.device = spec, torch.device(device)
         self.num_classes = ckpt.num_classes
         self.input_size = list(ckpt.input_size)
@@ -96,6 +98,11 @@ class Pipeline:
             h, w = ckpt.input_size
             self.fda_b = band_size(h, w, spec.fda_beta)
             self.source_band = center_crop_band(ckpt.source_amplitude.float(), self.fda_b).to(self.device)
+        self.core = self._core
+        if compile:
+            if spec.norm == "tent":
+                raise ValueError("tent adapts by backprop, outside the compiled forward: it cannot be compiled")
+            self.core = torch.compile(self._core, mode="reduce-overhead" if self.device.type == "cuda" else "default")
 
     def new_state(self) -> StreamState:
         """A stream's state at the source: what every stream starts from and resets to."""
@@ -117,74 +124,106 @@ class Pipeline:
             raise ValueError(f"images should be [B, 3, H, W], got {list(images.shape)}")
         if len(states) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} frames but {len(states)} stream states")
-        size = images.shape[-2:]
-        images = to_input_size(images.to(self.device), self.input_size)
-        new = [replace(s, frames=s.frames + 1) for s in states]
-
-        if self.fda_b:
-            band = low_freq_amplitude(images, self.fda_b)
-            recent = update_recent(torch.stack([s.fda.recent_band for s in states]), band, self.spec.fda_momentum)
-            images = transfer(images, self.source_band, self.fda_b, self.spec.fda_mode, recent)
-            for s, old, r in zip(new, states, recent):
-                s.fda = replace(old.fda, recent_band=r, frames=old.fda.frames + 1)
-
-        scores = self._forward(images, states, new)
-        switched = [s.auto is not None and s.auto.switches[-1:] == [s.frames] for s in new]
-
-        if self.spec.lc:  # at the network's resolution: 4x fewer pixels than the frame's
-            scores, sums, weights = calibrated_scores(
-                scores.softmax(1),
-                torch.stack([s.lc.proto_sum for s in states]),
-                torch.stack([s.lc.weight for s in states]),
-                self.spec.lc_forget,
-            )
-            for s, p, w, restart in zip(new, sums, weights, switched):
-                # a new domain gets new prototypes, as it gets new statistics
-                s.lc = LabelCalibrationState.initial(self.num_classes, self.device) if restart else LabelCalibrationState(p, w)
-        if scores.shape[-2:] != size:
-            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-        # max(1).indices, not argmax(1): the same labels, 5x faster over the channel dim on the CPU
-        return scores.max(1).indices, (new if adapt else states)
-
-    def _forward(self, images: torch.Tensor, states: list[StreamState], new: list[StreamState]) -> torch.Tensor:
-        if self.spec.norm == "source":
-            return self.frozen(images)
+        tent = None
         if self.spec.norm == "tent":
             if len(states) != 1:
                 raise ValueError("tent adapts one stream at a time: pass a batch of 1")
-            # TENT's state is a whole model: it is updated in place, there is no copy to return
-            new[0].tent = states[0].tent
-            return states[0].tent.forward_and_adapt(images)
-        b = images.shape[0]
-        old = torch.stack([s.norm.stats for s in states])
+            tent = states[0].tent  # a whole model, updated in place: there is no copy to return
+        torch.compiler.cudagraph_mark_step_begin()  # a new frame: the last one's graph outputs are ours
+        labels, out = self.core(images.to(self.device), self._gather(states), tent)
+        # clones: a CUDA graph's outputs are overwritten by its next replay
+        return labels.clone(), (self._scatter(states, {k: v.clone() for k, v in out.items()}) if adapt else states)
+
+    def _gather(self, states: list[StreamState]) -> dict[str, torch.Tensor]:
+        """The streams' states stacked into the batch tensors that `core` takes."""
+        batch = {}
+        if self.adapted is not None:
+            batch["stats"] = torch.stack([s.norm.stats for s in states])
         if self.spec.norm == "auto":
-            since = torch.tensor([s.auto.since_reset for s in states], device=self.device)
-            momentum = momentum_schedule(since, self.spec.momentum)
-            alpha = torch.stack([s.auto.alpha for s in states])
+            batch["alpha"] = torch.stack([s.auto.alpha for s in states])
+            batch["since"] = torch.tensor([s.auto.since_reset for s in states], device=self.device)
+            batch["level"] = torch.tensor([s.auto.switch_level for s in states], device=self.device)
+        if self.fda_b:
+            batch["fda_recent"] = torch.stack([s.fda.recent_band for s in states])
+        if self.spec.lc:
+            batch["lc_sum"] = torch.stack([s.lc.proto_sum for s in states])
+            batch["lc_weight"] = torch.stack([s.lc.weight for s in states])
+        return batch
+
+    def _core(self, images: torch.Tensor, batch: dict[str, torch.Tensor], tent: TentStream | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The tensor work of one step, a pure function of the frames and the stacked states
+        (`_gather`): label maps and the new state tensors. Nothing in it reads a value back to the
+        host, so that a GPU can replay it as one CUDA graph."""
+        size = images.shape[-2:]
+        images = to_input_size(images, self.input_size)
+        out = {}
+        if self.fda_b:
+            band = low_freq_amplitude(images, self.fda_b)
+            out["fda_recent"] = update_recent(batch["fda_recent"], band, self.spec.fda_momentum)
+            images = transfer(images, self.source_band, self.fda_b, self.spec.fda_mode, out["fda_recent"])
+
+        if self.frozen is not None:
+            scores = self.frozen(images)
+        elif tent is not None:
+            scores = tent.forward_and_adapt(images)
         else:
-            momentum = torch.full((b,), self.spec.momentum, device=self.device)
-            alpha = torch.full((b,), self.spec.alpha, device=self.device)
-        logits, norm = self.adapted(images, old, momentum, alpha)
-        for s, prev, n in zip(new, states, norm):
-            s.norm = replace(prev.norm, stats=n)
-        if self.spec.norm == "auto":
-            self._update_auto(states, new, old, norm, momentum)
+            scores = self._adapted_forward(images, batch, out)
+
+        if self.spec.lc:  # at the network's resolution: 4x fewer pixels than the frame's
+            scores, out["lc_sum"], out["lc_weight"] = calibrated_scores(
+                scores.softmax(1), batch["lc_sum"], batch["lc_weight"], self.spec.lc_forget)
+        if scores.shape[-2:] != size:
+            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+        # max(1).indices, not argmax(1): the same labels, 5x faster over the channel dim on the CPU
+        return scores.max(1).indices, out
+
+    def _adapted_forward(self, images: torch.Tensor, batch: dict[str, torch.Tensor], out: dict) -> torch.Tensor:
+        """EMA AdaBN; for auto, also the shift score, the next frame's alpha and the switch test
+        (see adapters/auto.py), all as tensors: a stream that switches restarts from the source."""
+        b, old = images.shape[0], batch["stats"]
+        if self.spec.norm == "ema":
+            momentum = torch.full((b,), self.spec.momentum, device=images.device)
+            alpha = torch.full((b,), self.spec.alpha, device=images.device)
+            logits, out["stats"] = self.adapted(images, old, momentum, alpha)
+            return logits
+        since = batch["since"]
+        momentum = momentum_schedule(since, self.spec.momentum)
+        logits, stats = self.adapted(images, old, momentum, batch["alpha"])
+        sizes, cal, source = self.adapted.sizes, self.shift, self.source_stats
+        shift = layer_divergence(stats, source, source, sizes) / cal.tau
+        jump = (layer_divergence(frame_moments(old, stats, momentum), old, source, sizes) / cal.kappa).mean(1)
+        warm = round(1 / max(self.spec.momentum, 1e-3))  # no second restart before the EMA has filled
+        restart = (since >= warm) & (jump > self.spec.auto_switch * batch["level"].clamp_min(1.0))
+        out["restart"] = restart
+        out["stats"] = torch.where(restart[:, None, None], source, stats)
+        out["alpha"] = torch.where(restart[:, None], 1.0, (2 - shift).clamp(self.spec.auto_floor, 1))
+        out["since"] = torch.where(restart, 0, since + 1)
+        out["level"] = torch.where(restart, 0.0, torch.lerp(batch["level"], jump, momentum))
+        out["score"], out["switch_score"] = shift.mean(1), jump
         return logits
 
-    def _update_auto(self, states, new, old, norm, momentum) -> None:
-        """The shift score and per-layer alpha for each stream's next frame; a restart from the
-        source where the frame looks like a new domain (see adapters/auto.py)."""
-        sizes, cal, source = self.adapted.sizes, self.shift, self.source_stats
-        shift = layer_divergence(norm, source, source, sizes) / cal.tau
-        jump = (layer_divergence(frame_moments(old, norm, momentum), old, source, sizes) / cal.kappa).mean(1)
-        alpha = (2 - shift).clamp(self.spec.auto_floor, 1)
-        warm = round(1 / max(self.spec.momentum, 1e-3))  # no second restart before the EMA has filled
-        for s, prev, a, m, score, z in zip(new, states, alpha, momentum.tolist(), shift.mean(1).tolist(), jump.tolist()):
-            auto = prev.auto
-            since, switches = auto.since_reset + 1, auto.switches
-            level = (1 - m) * auto.switch_level + m * z
-            if since > warm and z > self.spec.auto_switch * max(auto.switch_level, 1.0):
-                s.norm = replace(prev.norm, stats=prev.norm.source.clone())
-                a, since, level, switches = torch.ones_like(a), 0, 0.0, (switches + [s.frames])[-HISTORY:]
-            s.auto = AutoState(alpha=a, since_reset=since, score=score, switch_score=z, switch_level=level,
-                               switches=switches)
+    def _scatter(self, states: list[StreamState], out: dict[str, torch.Tensor]) -> list[StreamState]:
+        """New stream states from `core`'s outputs; the given ones are left untouched."""
+        new = [replace(s, frames=s.frames + 1) for s in states]
+        if "stats" in out:
+            for s, prev, stats in zip(new, states, out["stats"]):
+                s.norm = replace(prev.norm, stats=stats)
+        restarted = [False] * len(states)
+        if self.spec.norm == "auto":
+            # one read back to the host for every stream's scalars
+            host = torch.stack([out["score"], out["switch_score"], out["level"], out["since"].float(),
+                                out["restart"].float()], 1).tolist()
+            restarted = [bool(r) for *_, r in host]
+            for s, prev, alpha, (score, jump, level, since, restart) in zip(new, states, out["alpha"], host):
+                switches = (prev.auto.switches + [s.frames])[-HISTORY:] if restart else prev.auto.switches
+                s.auto = AutoState(alpha=alpha, since_reset=int(since), score=score, switch_score=jump,
+                                   switch_level=level, switches=switches)
+        if self.fda_b:
+            for s, prev, recent in zip(new, states, out["fda_recent"]):
+                s.fda = replace(prev.fda, recent_band=recent, frames=prev.fda.frames + 1)
+        if self.spec.lc:
+            for s, p, w, restart in zip(new, out["lc_sum"], out["lc_weight"], restarted):
+                # a new domain gets new prototypes, as it gets new statistics
+                s.lc = LabelCalibrationState.initial(self.num_classes, self.device) if restart else LabelCalibrationState(p, w)
+        return new

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, replace
 
 NORMS = ("source", "ema", "auto", "tent")
-RECOMMENDED = "auto(m=0.1,floor=0.2,switch=2)+lc"  # chosen by bench/results/methods.json
+RECOMMENDED = "auto(m=0.1,floor=0.2,switch=2,layers=20)+lc"  # chosen by bench/results/methods.json
 FDA_MODES = ("swap", "ratio")
 
 

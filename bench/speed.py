@@ -6,6 +6,7 @@ measures the machine's load as much as the method.
 """
 import argparse
 import json
+import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -22,9 +23,11 @@ from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 
 
 def measure(ckpt: Checkpoint, frames: Sequence[torch.Tensor], methods: Sequence[str], device: torch.device,
-            warmup: int = 3) -> dict[str, dict]:
-    """{method: {"median_ms", "mean_ms", "frames"}} over `frames` ([1, 3, H, W] each), round robin."""
-    pipelines = {m: Pipeline(ckpt, parse_method(m), device) for m in methods}
+            warmup: int = 3, compile: bool = False) -> dict[str, dict]:
+    """{method: {"median_ms", "mean_ms", "frames"}} over `frames` ([1, 3, H, W] each), round robin.
+    With `compile`, every method but tent (which cannot be) runs compiled."""
+    pipelines = {m: Pipeline(ckpt, spec, device, compile=compile and spec.norm != "tent")
+                 for m, spec in ((m, parse_method(m)) for m in methods)}
     states = {m: p.new_state() for m, p in pipelines.items()}
     times: dict[str, list[float]] = {m: [] for m in methods}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -63,6 +66,9 @@ def main(argv=None) -> None:
     p.add_argument("--methods", nargs="+", default=["source", "ptbn", "tent", "auto"],
                    help="method specs; `source` is always timed, as the baseline")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each method's per-frame work (CUDA graphs on a GPU; tent stays eager)")
+    p.add_argument("--warmup", type=int, default=3, help="frames run before timing starts (compilation happens there)")
     p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
     args = p.parse_args(argv)
     methods = ["source"] + [m for m in args.methods if m != "source"]
@@ -71,11 +77,12 @@ def main(argv=None) -> None:
         device = resolve_device(args.device)
         stream = open_stream(args.stream, FrameFolder.open(args.data))
         frames = [to_tensor(image) for image, _ in stream.frames(args.frames)]
-        timings = with_ratios(measure(ckpt, frames, methods, device))
+        timings = with_ratios(measure(ckpt, frames, methods, device, args.warmup, args.compile))
     except (ValueError, KeyError, FileNotFoundError) as e:
         p.exit(2, f"driftseg bench speed: error: {e}\n")
     result = {"checkpoint": str(args.checkpoint), "stream": args.stream, "device": str(device),
-              "threads": torch.get_num_threads(), "frame_size": list(frames[0].shape[-2:]), "methods": timings}
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+              "compiled": args.compile, "torch": torch.__version__, "threads": torch.get_num_threads(), "frame_size": list(frames[0].shape[-2:]), "methods": timings}
     print(markdown_table(timings))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
