@@ -26,6 +26,9 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
         raise
     except Image.DecompressionBombError as e:
         raise PayloadTooLarge(f"the image is far over the pixel limit of {max_pixels} ({e})") from None
+    except Image.UnidentifiedImageError:  # its message names an internal BytesIO, not the fault
+        raise Unprocessable("cannot decode the body as a JPEG, PNG or WebP image: it is none of them, or is cut "
+                            f"short (it starts with {data[:8]!r})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise Unprocessable(f"cannot decode the body as a JPEG, PNG or WebP image: {e}") from None
     if rgb.ndim != 3 or 0 in rgb.shape:
