@@ -2,7 +2,8 @@
 
     settings.py   one pydantic-settings class, DRIFTSEG_* environment variables
     app.py        create_app(settings): routers, metrics middleware, lifespan (load, warm up, flush)
-    engine.py     the pipeline, the stream registry and the request path (decode -> infer -> encode)
+    engine.py     the pipeline, the stream registry and the request path (decode -> batch -> encode)
+    batcher.py    cross-stream micro-batching: frames of different streams through the network together
     registry.py   streams held in memory (LRU, per-stream locks), snapshotted to the state dir
     snapshots.py  the stream-state snapshot format and the folder of snapshots
     imaging.py    decode frames, encode label maps and overlays

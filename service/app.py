@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         try:
             engine = await to_thread.run_sync(Engine.load, settings, metrics)
-            await engine.registry.open()
+            await engine.start()
         except Exception as e:
             log.error("driftseg cannot start: %s", e)
             raise
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             engine.ready = False  # /readyz turns 503 while the streams are flushed
-            written = await engine.registry.flush()
+            written = await engine.stop()
             log.info("driftseg stopped: %d stream snapshot(s) written to %s", written, settings.state_dir)
 
     app = FastAPI(title="driftseg", version="0.1.0", lifespan=lifespan,

@@ -1,13 +1,11 @@
 """The engine: the pipeline every stream shares, the stream registry, and the request path
 
-    stream lock (arrival order) -> decode -> infer (model lock) -> encode -> commit the new state
+    stream lock (arrival order) -> decode -> batcher (frames of other streams join) -> encode
+    -> commit the new state
 
 run off the event loop in worker threads. A stream's new state is stored only once decode, step and
-encode all succeeded, so a failed request leaves the stream as it was. `infer` is the one place that
-touches the network: a cross-stream batcher replaces it (it receives one stream's frame and state
-and returns that stream's labels and new state), nothing else changes.
+encode all succeeded, so a failed request leaves the stream as it was.
 """
-import asyncio
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +19,7 @@ from adapters.ema_bn import StreamBatchNorm2d
 from adapters.pipeline import Pipeline, StreamState
 from models.checkpoint import load_checkpoint
 from service import imaging, snapshots
+from service.batcher import Batcher
 from service.errors import NotFound, Overloaded
 from service.metrics import Metrics
 from service.registry import StreamEntry, StreamRegistry, check_stream_id
@@ -64,8 +63,10 @@ class Engine:
                                        on_write=metrics.snapshots.inc)
         self.ready = False
         self.pending = 0  # /segment requests admitted and not yet answered
-        self.model_seconds = 0.0  # running mean of a frame's time in the network, for Retry-After
-        self._model_lock = asyncio.Lock()  # AdaptedNet keeps per-call inputs on its modules: one step at a time
+        self.model_seconds = 0.0  # running mean of a batch's time in the network, for Retry-After
+        # tent adapts one stream at a time; AdaptedNet runs one step at a time, which the batcher keeps to
+        max_batch = 1 if self.spec.norm == "tent" else settings.max_batch
+        self.batcher = Batcher(self._step, max_batch, settings.max_batch_delay_ms / 1000, metrics.observe_batch)
         adapted = pipeline.adapted
         if adapted is not None:
             names = {id(m): name for name, m in adapted.model.named_modules() if isinstance(m, StreamBatchNorm2d)}
@@ -87,8 +88,17 @@ class Engine:
         """One mid-grey frame at the network's input size through the whole path, state discarded."""
         h, w = self.pipeline.input_size
         rgb = np.full((h, w, 3), 128, dtype=np.uint8)
-        labels, _, _ = self._step(imaging.to_frame(rgb), self.pipeline.new_state(), True)
+        [labels], _ = self._step(imaging.to_frame(rgb), [self.pipeline.new_state()])
         imaging.encode_labels(labels)
+
+    async def start(self) -> None:
+        await self.registry.open()
+        self.batcher.start()
+
+    async def stop(self) -> int:
+        """Stop serving frames and snapshot every stream whose state changed; the number written."""
+        await self.batcher.stop()
+        return await self.registry.flush()
 
     # the request path
 
@@ -97,8 +107,8 @@ class Engine:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
         if self.pending >= self.settings.max_pending:
-            # the model works through the queue one frame after another: that long until it is empty
-            retry = max(1, math.ceil(self.pending * self.model_seconds))
+            # the network takes the queue max_batch frames at a time: about that long until it is empty
+            retry = max(1, math.ceil(self.pending / self.batcher.max_batch * self.model_seconds))
             raise Overloaded(f"{self.pending} frames are in flight, the most this server takes "
                              f"(DRIFTSEG_MAX_PENDING); retry in {retry} s", retry)
         self.pending += 1
@@ -114,7 +124,7 @@ class Engine:
         async with self.registry.use(stream) as entry:
             waited = time.perf_counter() - arrived
             (rgb, frame), t_decode = await to_thread.run_sync(_timed, self._decode, data)
-            labels, state, t_model = await self.infer(frame, entry.state, adapt)
+            labels, state, t_model = await self.batcher.submit(frame, entry.state, adapt)
             self.model_seconds += 0.1 * (t_model - self.model_seconds)
             out, t_encode = await to_thread.run_sync(_timed, self._encode, fmt, rgb, labels)
             score, alpha = self._auto(state)
@@ -133,22 +143,16 @@ class Engine:
             result.media_type, result.body = ("image/png" if fmt == "png" else "image/jpeg"), out
         return result
 
-    async def infer(self, frame: torch.Tensor, state: StreamState, adapt: bool) -> tuple[np.ndarray, StreamState, float]:
-        """Labels [H, W] of one stream's frame [1, 3, H, W], the stream's new state (`state` itself
-        when not adapting) and the seconds the network took. The seam for a cross-stream batcher."""
-        async with self._model_lock:
-            return await to_thread.run_sync(self._step, frame, state, adapt)
-
     def _decode(self, data: bytes) -> tuple[np.ndarray, torch.Tensor]:
         rgb = imaging.decode(data, self.settings.max_image_pixels)
         return rgb, imaging.to_frame(rgb)
 
-    def _step(self, frame: torch.Tensor, state: StreamState, adapt: bool) -> tuple[np.ndarray, StreamState, float]:
-        start = time.perf_counter()
-        labels, [new] = self.pipeline.step(frame, [state], adapt=adapt)
+    def _step(self, frames: torch.Tensor, states: list[StreamState]) -> tuple[list[np.ndarray], list[StreamState]]:
+        """One batch of frames of different streams: label maps and new states (the batcher hands the
+        old state back to a request that does not adapt; the labels are the same either way)."""
+        labels, new = self.pipeline.step(frames, states)
         dtype = torch.uint8 if self.pipeline.num_classes <= 256 else torch.int32
-        labels = labels[0].to(dtype).cpu().numpy()
-        return labels, new, time.perf_counter() - start
+        return list(labels.to(dtype).cpu().numpy()), new
 
     def _encode(self, fmt: str, rgb: np.ndarray, labels: np.ndarray):
         if fmt == "png":

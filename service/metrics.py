@@ -6,6 +6,8 @@
     driftseg_frames_total{adapted}                    frames segmented, folded into their stream or not
     driftseg_segment_in_flight                        /segment requests admitted and not yet answered (the
                                                       queue depth; beyond max_pending a request gets a 503)
+    driftseg_batch_size                               histogram of frames per batch through the network
+    driftseg_queue_wait_seconds                       histogram of a frame's wait for its batch
     driftseg_frames_adapted_total                     frames folded into their stream's state
     driftseg_snapshots_written_total                  stream snapshots written to the state dir
     driftseg_streams_held{where}                      streams in memory / with a snapshot on disk
@@ -47,6 +49,10 @@ class Metrics:
                                       registry=self.registry)
         self.in_flight = Gauge("driftseg_segment_in_flight", "/segment requests admitted and not yet answered",
                                registry=self.registry)
+        self.batch_size = Histogram("driftseg_batch_size", "Frames per batch through the network",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self.queue_wait = Histogram("driftseg_queue_wait_seconds", "A frame's wait for its batch",
+                                    buckets=LATENCY_BUCKETS, registry=self.registry)
         self.snapshots = Counter("driftseg_snapshots_written", "Stream snapshots written", registry=self.registry)
         for stage in ("decode", "model", "encode"):
             self.stage_seconds.labels(stage)  # every series exists from the start
@@ -62,6 +68,11 @@ class Metrics:
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
         self.request_seconds.labels(route).observe(seconds)
+
+    def observe_batch(self, size: int, waits: list[float]) -> None:
+        self.batch_size.observe(size)
+        for wait in waits:
+            self.queue_wait.observe(wait)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     snapshot_every: int = Field(100, ge=0, description="snapshot a stream every N adapted frames; 0: only on eviction and shutdown")
     max_pending: int = Field(32, ge=1, description="/segment requests in flight at once (waiting for their stream, "
                              "decoding, queued for the model); beyond it a request is answered 503 with Retry-After")
+    max_batch: int = Field(8, ge=1, description="most frames (of different streams) in one batch through the network")
+    max_batch_delay_ms: float = Field(2.0, ge=0, description="how long the first frame of a batch waits for others to join")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body of /segment")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest decoded image, width x height")
     metrics_stream_cap: int = Field(32, ge=0, description="streams with their own driftseg_shift_score series; the rest go under stream=\"_other\"")

@@ -232,14 +232,14 @@ def test_a_full_queue_is_503_with_retry_after(make_settings, frames):
     with TestClient(create_app(make_settings(max_pending=1))) as client:
         engine = client.app.state.engine
         inside, release = threading.Event(), threading.Event()
-        step = engine._step
+        step = engine.batcher.step
 
         def held_step(*args):
             inside.set()
             assert release.wait(30)
             return step(*args)
 
-        engine._step = held_step
+        engine.batcher.step = held_step
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(post, client, frames[0], "cam-a")
             assert inside.wait(30)
@@ -251,7 +251,7 @@ def test_a_full_queue_is_503_with_retry_after(make_settings, frames):
         assert int(r.headers["Retry-After"]) >= 1
         held = [s["stream"] for s in client.get("/adaptation/streams").json()["streams"]]
         assert held == ["cam-a"]  # cam-b was never started
-        engine._step = step
+        engine.batcher.step = step
         assert post(client, frames[1], "cam-b").status_code == 200  # the queue has room again
         assert "driftseg_segment_in_flight 0.0" in client.get("/metrics").text
 

@@ -1,0 +1,118 @@
+"""Cross-stream micro-batching: frames of different streams that arrive close together go through
+the network as one batch.
+
+    await batcher.submit(frame, state, adapt) -> (labels, new state, seconds the batch took)
+
+One worker task takes the first waiting frame, then whatever else arrives within `max_delay`
+seconds (at most `max_batch` frames), groups them by frame size (a batch is one tensor) and runs
+each group as one step of the adapted function in a worker thread, one group at a time. A stream
+never has two frames in a batch: the engine holds a stream's lock from decode to commit, so a
+stream has at most one frame waiting, and a frame whose request was cancelled is dropped before it
+is batched. A failed step answers each of its requests with the error, and no state changes: the
+step returns new states and never mutates the ones it was given.
+"""
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from anyio import to_thread
+
+from adapters.pipeline import StreamState
+from service.errors import NotReady
+
+# frames [B, 3, H, W] and their streams' states -> labels per frame and the new states
+Step = Callable[[torch.Tensor, list[StreamState]], tuple[list[np.ndarray], list[StreamState]]]
+
+
+@dataclass
+class _Request:
+    frame: torch.Tensor  # [1, 3, H, W]
+    state: StreamState
+    adapt: bool
+    arrived: float
+    future: asyncio.Future
+
+
+class Batcher:
+    def __init__(self, step: Step, max_batch: int, max_delay: float,
+                 on_batch: Callable[[int, list[float]], None] = lambda size, waits: None):
+        """`on_batch(size, waits)` is told each batch's size and its frames' seconds in the queue."""
+        if max_batch < 1 or max_delay < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_delay >= 0, got {max_batch}, {max_delay}")
+        self.step, self.max_batch, self.max_delay, self.on_batch = step, max_batch, max_delay, on_batch
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the worker on the running event loop."""
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name="driftseg-batcher")
+
+    async def stop(self) -> None:
+        """Stop the worker; frames still waiting are answered NotReady (503)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        while not self._queue.empty():
+            request = self._queue.get_nowait()
+            if not request.future.done():
+                request.future.set_exception(NotReady("the server is shutting down: retry on another replica"))
+
+    async def submit(self, frame: torch.Tensor, state: StreamState, adapt: bool) -> tuple[np.ndarray, StreamState, float]:
+        """The labels of one stream's frame [1, 3, H, W], the stream's new state (`state` itself when
+        not adapting) and the seconds its batch took in the network."""
+        if self._worker is None:
+            raise NotReady("the model is not serving: wait for GET /readyz to answer 200")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Request(frame, state, adapt, time.perf_counter(), future))
+        return await future
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._collect()
+            groups: dict[tuple[int, ...], list[_Request]] = {}
+            for request in batch:
+                groups.setdefault(tuple(request.frame.shape), []).append(request)
+            for group in groups.values():
+                await self._run(group)
+
+    async def _collect(self) -> list[_Request]:
+        """The first waiting frame and those that come within max_delay of it, cancelled ones dropped."""
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.max_delay
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return [r for r in batch if not r.future.done()]
+
+    async def _run(self, group: list[_Request]) -> None:
+        start = time.perf_counter()
+        self.on_batch(len(group), [start - r.arrived for r in group])
+        frames = torch.cat([r.frame for r in group])
+        try:
+            labels, states = await to_thread.run_sync(self.step, frames, [r.state for r in group])
+        except BaseException as e:  # every request of the batch hears of it; the worker goes on unless stopped
+            error = NotReady("the server is shutting down: retry") if isinstance(e, asyncio.CancelledError) else e
+            for r in group:
+                if not r.future.done():
+                    r.future.set_exception(error)
+            if not isinstance(e, Exception):
+                raise
+            return
+        seconds = time.perf_counter() - start
+        for r, lab, new in zip(group, labels, states):
+            if not r.future.done():
+                r.future.set_result((lab, new if r.adapt else r.state, seconds))
