@@ -8,6 +8,8 @@ COMMANDS = {
     ("calibrate",): ("training.calibrate:main", "store the automatic mode's shift calibration in a checkpoint"),
     ("bench", "accuracy"): ("bench.cli:accuracy_main", "the online benchmark: methods x streams"),
     ("bench", "speed"): ("bench.speed:main", "per-frame cost of methods at batch 1, round robin, vs the frozen model"),
+    ("bench", "model"): ("bench.model:main", "raw throughput of the frozen and adapted pipeline at batch sizes, no HTTP"),
+    ("bench", "load"): ("bench.load:main", "closed-loop load test of a running server: frames/s, latency, errors"),
     ("serve",): ("service.cli:main", "serve segmentation over HTTP, adapting per stream"),
 }
 

@@ -5,6 +5,7 @@ checkpoint's source state; the score is mIoU (and mean Dice) from one confusion 
 stream. `continual` also gets one row per segment, named `continual/<i>-<segment>`.
 """
 import json
+import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,11 @@ from models.checkpoint import Checkpoint
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 -> float [1, 3, H, W] in [0, 1]."""
     return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+
+
+def device_name(device: torch.device) -> str:
+    """What the device is, for result files: the GPU's name, or the CPU's."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
 def resolve_device(device: str) -> torch.device:

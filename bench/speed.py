@@ -6,7 +6,6 @@ measures the machine's load as much as the method.
 """
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ import torch
 
 from adapters.pipeline import Pipeline
 from adapters.spec import parse_method
-from bench.accuracy import resolve_device, to_tensor
+from bench.accuracy import device_name, resolve_device, to_tensor
 from bench.data import FrameFolder
 from bench.streams import open_stream
 from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
@@ -81,7 +80,7 @@ def main(argv=None) -> None:
     except (ValueError, KeyError, FileNotFoundError) as e:
         p.exit(2, f"driftseg bench speed: error: {e}\n")
     result = {"checkpoint": str(args.checkpoint), "stream": args.stream, "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+              "device_name": device_name(device),
               "compiled": args.compile, "torch": torch.__version__, "threads": torch.get_num_threads(), "frame_size": list(frames[0].shape[-2:]), "methods": timings}
     print(markdown_table(timings))
     if args.out:

@@ -1,5 +1,7 @@
 """End to end: a real `driftseg serve` process on the default checkpoint, a dusk stream through it,
-reset, SIGTERM, and a second process on the same state dir that resumes the stream."""
+reset, SIGTERM, a second process on the same state dir that resumes the stream, and a short
+`bench load` run against it."""
+import asyncio
 import json
 import os
 import signal
@@ -14,6 +16,7 @@ import httpx
 import pytest
 
 from bench.data import resolve_data_dir
+from bench.load import run_level
 from models.checkpoint import DEFAULT_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,6 +124,12 @@ def test_serve_adapt_reset_restart(tmp_path):
             state = client.get("/adaptation/state", params={"stream": STREAM}).json()
             assert state["frames"] == 3 and state["shift_score"] is not None
             assert post(client, frames[0]).json()["frame"] == 4
+
+            # the load test against this server: answered frames, no errors, its streams reset after
+            level = asyncio.run(run_level(str(client.base_url), 2, frames[:3], duration=1.0))
+            assert level["cameras"] == 2 and level["frames"] > 0 and level["errors"] == 0
+            assert 0 < level["server_p50_ms"] <= level["p50_ms"] <= level["p99_ms"]
+            assert [s["stream"] for s in client.get("/adaptation/streams").json()["streams"]] == [STREAM]
         assert stop(proc) in (0, -signal.SIGTERM)
         assert log.read_text().count("Application shutdown complete") == 2
     finally:

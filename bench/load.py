@@ -1,0 +1,124 @@
+"""`driftseg bench load`: a closed-loop load test of a running `driftseg serve`.
+
+Each simulated camera is one stream: it sends its frames in order (480x360 JPEGs of a stream of the
+data folder, each camera starting at another frame) and waits for each answer before the next. For
+each number of cameras it reports the frames answered per second, the client's latency percentiles,
+the server's own time per frame (the sum of its Server-Timing stages) and the errors. The cameras'
+streams are reset afterwards, so a run leaves the server as it found it.
+"""
+import argparse
+import asyncio
+import io
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from bench.data import FrameFolder
+from bench.streams import open_stream
+
+
+def jpeg_frames(stream: str, data: str | None, count: int) -> list[bytes]:
+    out = []
+    for image, _ in open_stream(stream, FrameFolder.open(data)).frames(count):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    if not out:
+        raise ValueError(f"stream {stream!r} has no frames")
+    return out
+
+
+def server_ms(response: httpx.Response) -> float:
+    """The sum of the Server-Timing stages (wait, decode, model, encode), in ms."""
+    total = 0.0
+    for part in response.headers.get("server-timing", "").split(","):
+        _, _, dur = part.partition(";dur=")
+        total += float(dur) if dur else 0.0
+    return total
+
+
+async def _camera(client: httpx.AsyncClient, stream: str, frames: list[bytes], offset: int, until: float,
+                  record: dict) -> None:
+    headers = {"Content-Type": "image/jpeg", "X-Stream-Id": stream}
+    await client.post("/segment", content=frames[offset % len(frames)], headers=headers)  # warm, not counted
+    i = offset + 1
+    while time.perf_counter() < until:
+        start = time.perf_counter()
+        try:
+            r = await client.post("/segment", content=frames[i % len(frames)], headers=headers)
+        except httpx.HTTPError as e:
+            record["errors"].append(type(e).__name__)
+        else:
+            if r.status_code == 200:
+                record["latency"].append(time.perf_counter() - start)
+                record["server"].append(server_ms(r))
+            else:
+                record["errors"].append(str(r.status_code))
+        i += 1
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+async def run_level(url: str, cameras: int, frames: list[bytes], duration: float) -> dict:
+    record = {"latency": [], "server": [], "errors": []}
+    limits = httpx.Limits(max_connections=cameras, max_keepalive_connections=cameras)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        streams = [f"load-{cameras}-{i}" for i in range(cameras)]
+        start = time.perf_counter()
+        await asyncio.gather(*(_camera(client, s, frames, i * 7, start + duration, record)
+                               for i, s in enumerate(streams)))
+        elapsed = time.perf_counter() - start
+        for s in streams:
+            await client.post("/adapt/reset", params={"stream": s})
+    lat = record["latency"]
+    if not lat:
+        raise RuntimeError(f"no frame was answered with 200 at {cameras} cameras: errors {record['errors'][:5]}")
+    return {"cameras": cameras, "frames": len(lat), "seconds": round(elapsed, 2),
+            "frames_per_s": round(len(lat) / elapsed, 1),
+            "p50_ms": round(1000 * _percentile(lat, 50), 2), "p95_ms": round(1000 * _percentile(lat, 95), 2),
+            "p99_ms": round(1000 * _percentile(lat, 99), 2),
+            "server_p50_ms": round(statistics.median(record["server"]), 2),
+            "errors": len(record["errors"]), "error_kinds": sorted(set(record["errors"]))}
+
+
+def markdown_table(levels: Sequence[dict]) -> str:
+    lines = ["| cameras | frames/s | p50 ms | p95 ms | p99 ms | server p50 ms | errors |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['cameras']} | {r['frames_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} "
+              f"| {r['server_p50_ms']:.1f} | {r['errors']} |" for r in levels]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="driftseg bench load", description=__doc__)
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
+    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
+    p.add_argument("--stream", default="day", help="the frames the cameras send (a stream spec)")
+    p.add_argument("--frames", type=int, default=40, help="distinct frames, cycled")
+    p.add_argument("--streams", nargs="+", type=int, default=[1, 8, 32], help="numbers of cameras, one level each")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per level")
+    p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+    args = p.parse_args(argv)
+    try:
+        frames = jpeg_frames(args.stream, args.data, args.frames)
+        levels = []
+        for cameras in args.streams:
+            levels.append(asyncio.run(run_level(args.url, cameras, frames, args.duration)))
+            print(f"{cameras} cameras: {levels[-1]['frames_per_s']} frames/s, p99 {levels[-1]['p99_ms']} ms", flush=True)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, httpx.HTTPError) as e:
+        p.exit(2, f"driftseg bench load: error: {e}\n")
+    table = markdown_table(levels)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"url": args.url, "stream": args.stream, "duration_s": args.duration,
+                                        "levels": levels}, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(table + "\n")
+        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")

@@ -1,0 +1,86 @@
+"""`driftseg bench model`: the raw throughput of the frozen and the adapted pipeline at given batch
+sizes, without HTTP: the ceiling the service's throughput (`driftseg bench load`) is measured
+against. Each batch carries frames of as many different streams; the methods take turns batch by
+batch, so the machine's load weighs on each alike.
+"""
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from adapters.pipeline import Pipeline
+from adapters.spec import parse_method
+from bench.accuracy import device_name, resolve_device, to_tensor
+from bench.data import FrameFolder
+from bench.streams import open_stream
+from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
+
+
+def measure(ckpt: Checkpoint, frame: torch.Tensor, methods: Sequence[str], batches: Sequence[int],
+            device: torch.device, steps: int, warmup: int = 3) -> dict[int, dict[str, dict]]:
+    """{batch: {method: {"ms_per_batch", "frames_per_s"}}} from the median of `steps` timed steps."""
+    pipelines = {m: Pipeline(ckpt, parse_method(m), device) for m in methods}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    out = {}
+    for b in batches:
+        frames = frame.to(device).repeat(b, 1, 1, 1)
+        states = {m: [p.new_state() for _ in range(b)] for m, p in pipelines.items()}
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for i in range(warmup + steps):
+            for m, pipeline in pipelines.items():
+                sync()
+                start = time.perf_counter()
+                _, states[m] = pipeline.step(frames, states[m])
+                sync()
+                if i >= warmup:
+                    times[m].append(time.perf_counter() - start)
+        out[b] = {m: {"ms_per_batch": round(1000 * statistics.median(t), 3),
+                      "frames_per_s": round(b / statistics.median(t), 1)} for m, t in times.items()}
+    return out
+
+
+def markdown_table(result: dict[int, dict[str, dict]], methods: Sequence[str]) -> str:
+    base = methods[0]
+    head = ["batch"] + [f"`{m}` {col}" for m in methods for col in ("ms/batch", "frames/s")]
+    head += [f"`{m}` x `{base}`" for m in methods[1:]]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for b, row in result.items():
+        cells = [str(b)] + [f"{row[m][key]:.1f}" for m in methods for key in ("ms_per_batch", "frames_per_s")]
+        cells += [f"{row[m]['ms_per_batch'] / row[base]['ms_per_batch']:.2f}" for m in methods[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="driftseg bench model", description=__doc__)
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
+    p.add_argument("--stream", default="day", help="the stream whose first frame is timed")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    p.add_argument("--methods", nargs="+", default=["source", "auto"], help="the first is the baseline of the ratios")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per batch size and method")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+    args = p.parse_args(argv)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        device = resolve_device(args.device)
+        image, _ = next(open_stream(args.stream, FrameFolder.open(args.data)).frames(1))
+        frame = to_tensor(image)
+        result = measure(ckpt, frame, args.methods, args.batches, device, args.steps)
+    except (ValueError, KeyError, FileNotFoundError, StopIteration) as e:
+        p.exit(2, f"driftseg bench model: error: {e!r}\n")
+    table = markdown_table(result, args.methods)
+    print(table)
+    if args.out:
+        doc = {"checkpoint": str(args.checkpoint), "device": str(device), "device_name": device_name(device),
+               "threads": torch.get_num_threads(), "torch": torch.__version__, "frame_size": list(frame.shape[-2:]),
+               "methods": args.methods, "batches": {str(b): row for b, row in result.items()}}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(table + "\n")
+        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")

@@ -1,0 +1,21 @@
+"""bench/model.py: every method timed at every batch size, throughput consistent with the time."""
+import pytest
+import torch
+from synthetic_frames import domain_frames
+
+from bench.model import markdown_table, measure
+
+
+def test_throughput_at_each_batch_size(tiny_ckpt) -> None:
+    frame = domain_frames(1, seed=0)
+    result = measure(tiny_ckpt, frame, ["source", "auto"], [1, 3], torch.device("cpu"), steps=2, warmup=1)
+    assert list(result) == [1, 3]
+    for b, row in result.items():
+        assert list(row) == ["source", "auto"]
+        for t in row.values():
+            assert t["ms_per_batch"] > 0
+            assert t["frames_per_s"] == pytest.approx(b / (t["ms_per_batch"] / 1000), rel=1e-2)
+    lines = markdown_table(result, ["source", "auto"]).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| 1 |") and lines[3].startswith("| 3 |")
+    ratio = result[3]["auto"]["ms_per_batch"] / result[3]["source"]["ms_per_batch"]
+    assert lines[3].endswith(f"| {ratio:.2f} |")
