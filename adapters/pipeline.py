@@ -98,6 +98,7 @@ class Pipeline:
             h, w = ckpt.input_size
             self.fda_b = band_size(h, w, spec.fda_beta)
             self.source_band = center_crop_band(ckpt.source_amplitude.float(), self.fda_b).to(self.device)
+        self.adapt_core = self._adapt_core
         self.core = self._core
         if compile:
             if spec.norm == "tent":
@@ -130,11 +131,11 @@ class Pipeline:
                 raise ValueError("tent adapts one stream at a time: pass a batch of 1")
             tent = states[0].tent  # a whole model, updated in place: there is no copy to return
         torch.compiler.cudagraph_mark_step_begin()  # a new frame: the last one's graph outputs are ours
-        labels, out = self.core(images.to(self.device), self._gather(states), tent)
+        labels, out = self.core(images.to(self.device), self.stack_states(states), tent)
         # clones: a CUDA graph's outputs are overwritten by its next replay
         return labels.clone(), (self._scatter(states, {k: v.clone() for k, v in out.items()}) if adapt else states)
 
-    def _gather(self, states: list[StreamState]) -> dict[str, torch.Tensor]:
+    def stack_states(self, states: list[StreamState]) -> dict[str, torch.Tensor]:
         """The streams' states stacked into the batch tensors that `core` takes."""
         batch = {}
         if self.adapted is not None:
@@ -153,10 +154,20 @@ class Pipeline:
     def _core(self, images: torch.Tensor, batch: dict[str, torch.Tensor], tent: TentStream | None = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The tensor work of one step, a pure function of the frames and the stacked states
-        (`_gather`): label maps and the new state tensors. Nothing in it reads a value back to the
+        (`stack_states`): label maps and the new state tensors. Nothing in it reads a value back to the
         host, so that a GPU can replay it as one CUDA graph."""
         size = images.shape[-2:]
-        images = to_input_size(images, self.input_size)
+        scores, out = self.adapt_core(to_input_size(images, self.input_size), batch, tent)
+        if scores.shape[-2:] != size:
+            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+        # max(1).indices, not argmax(1): the same labels, 5x faster over the channel dim on the CPU
+        return scores.max(1).indices, out
+
+    def _adapt_core(self, images: torch.Tensor, batch: dict[str, torch.Tensor], tent: TentStream | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The adapted function at the network's input size: FDA, the network with the streams' BN
+        statistics, the switch test, label calibration -> class scores at the network's resolution
+        and the new state tensors. `adapt_core` is this, or another engine's (adapters/onnx_engine.py)."""
         out = {}
         if self.fda_b:
             band = low_freq_amplitude(images, self.fda_b)
@@ -173,10 +184,7 @@ class Pipeline:
         if self.spec.lc:  # at the network's resolution: 4x fewer pixels than the frame's
             scores, out["lc_sum"], out["lc_weight"] = calibrated_scores(
                 scores.softmax(1), batch["lc_sum"], batch["lc_weight"], self.spec.lc_forget)
-        if scores.shape[-2:] != size:
-            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-        # max(1).indices, not argmax(1): the same labels, 5x faster over the channel dim on the CPU
-        return scores.max(1).indices, out
+        return scores, out
 
     def _adapted_forward(self, images: torch.Tensor, batch: dict[str, torch.Tensor], out: dict) -> torch.Tensor:
         """EMA AdaBN; for auto, also the shift score, the next frame's alpha and the switch test
@@ -197,7 +205,7 @@ class Pipeline:
         restart = (since >= warm) & (jump > self.spec.auto_switch * batch["level"].clamp_min(1.0))
         out["restart"] = restart
         out["stats"] = torch.where(restart[:, None, None], source, stats)
-        out["alpha"] = torch.where(restart[:, None], 1.0, (2 - shift).clamp(self.spec.auto_floor, 1))
+        out["alpha"] = torch.where(restart[:, None], 1.0, (2 - shift).clamp_max(1.0).clamp_min(self.spec.auto_floor))
         out["since"] = torch.where(restart, 0, since + 1)
         out["level"] = torch.where(restart, 0.0, torch.lerp(batch["level"], jump, momentum))
         out["score"], out["switch_score"] = shift.mean(1), jump

@@ -6,12 +6,14 @@ batch, so the machine's load weighs on each alike.
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from adapters import onnx_engine
 from adapters.pipeline import Pipeline
 from adapters.spec import parse_method
 from bench.accuracy import device_name, resolve_device, to_tensor
@@ -20,27 +22,43 @@ from bench.streams import open_stream
 from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 
 
-def measure(ckpt: Checkpoint, frame: torch.Tensor, methods: Sequence[str], batches: Sequence[int],
-            device: torch.device, steps: int, warmup: int = 3) -> dict[int, dict[str, dict]]:
-    """{batch: {method: {"ms_per_batch", "frames_per_s"}}} from the median of `steps` timed steps."""
-    pipelines = {m: Pipeline(ckpt, parse_method(m), device) for m in methods}
+def measure(pipelines: dict[str, Pipeline], frame: torch.Tensor, batches: Sequence[int], steps: int,
+            warmup: int = 3) -> dict[int, dict[str, dict]]:
+    """{batch: {label: {"ms_per_batch", "frames_per_s"}}} from the median of `steps` timed steps."""
+    device = next(iter(pipelines.values())).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out = {}
     for b in batches:
         frames = frame.to(device).repeat(b, 1, 1, 1)
-        states = {m: [p.new_state() for _ in range(b)] for m, p in pipelines.items()}
-        times: dict[str, list[float]] = {m: [] for m in methods}
+        states = {k: [p.new_state() for _ in range(b)] for k, p in pipelines.items()}
+        times: dict[str, list[float]] = {k: [] for k in pipelines}
         for i in range(warmup + steps):
-            for m, pipeline in pipelines.items():
+            for k, pipeline in pipelines.items():
                 sync()
                 start = time.perf_counter()
-                _, states[m] = pipeline.step(frames, states[m])
+                _, states[k] = pipeline.step(frames, states[k])
                 sync()
                 if i >= warmup:
-                    times[m].append(time.perf_counter() - start)
-        out[b] = {m: {"ms_per_batch": round(1000 * statistics.median(t), 3),
-                      "frames_per_s": round(b / statistics.median(t), 1)} for m, t in times.items()}
+                    times[k].append(time.perf_counter() - start)
+        out[b] = {k: {"ms_per_batch": round(1000 * statistics.median(t), 3),
+                      "frames_per_s": round(b / statistics.median(t), 1)} for k, t in times.items()}
     return out
+
+
+def build(ckpt: Checkpoint, methods: Sequence[str], engines: Sequence[str], device: torch.device,
+          workdir: Path) -> dict[str, Pipeline]:
+    """A pipeline per method and engine, labelled `method` (torch) or `method (onnx)`; the onnx ones
+    run a file exported into `workdir`."""
+    pipelines = {}
+    for method in methods:
+        for engine in engines:
+            pipeline = Pipeline(ckpt, parse_method(method), device)
+            if engine == "onnx":
+                path = workdir / f"{len(pipelines)}.onnx"
+                onnx_engine.export(pipeline, path, {})
+                pipeline.adapt_core = onnx_engine.OnnxCore(path, pipeline, {})
+            pipelines[method if engine == "torch" else f"{method} (onnx)"] = pipeline
+    return pipelines
 
 
 def markdown_table(result: dict[int, dict[str, dict]], methods: Sequence[str]) -> str:
@@ -62,6 +80,8 @@ def main(argv=None) -> None:
     p.add_argument("--stream", default="day", help="the stream whose first frame is timed")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--methods", nargs="+", default=["source", "auto"], help="the first is the baseline of the ratios")
+    p.add_argument("--engines", nargs="+", default=["torch"], choices=["torch", "onnx"],
+                   help="run each method on each engine (onnx: exported first, which takes a while)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per batch size and method")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
@@ -71,15 +91,17 @@ def main(argv=None) -> None:
         device = resolve_device(args.device)
         image, _ = next(open_stream(args.stream, FrameFolder.open(args.data)).frames(1))
         frame = to_tensor(image)
-        result = measure(ckpt, frame, args.methods, args.batches, device, args.steps)
+        with tempfile.TemporaryDirectory() as workdir:
+            pipelines = build(ckpt, args.methods, args.engines, device, Path(workdir))
+            result = measure(pipelines, frame, args.batches, args.steps)
     except (ValueError, KeyError, FileNotFoundError, StopIteration) as e:
         p.exit(2, f"driftseg bench model: error: {e!r}\n")
-    table = markdown_table(result, args.methods)
+    table = markdown_table(result, list(pipelines))
     print(table)
     if args.out:
         doc = {"checkpoint": str(args.checkpoint), "device": str(device), "device_name": device_name(device),
                "threads": torch.get_num_threads(), "torch": torch.__version__, "frame_size": list(frame.shape[-2:]),
-               "methods": args.methods, "batches": {str(b): row for b, row in result.items()}}
+               "methods": list(pipelines), "batches": {str(b): row for b, row in result.items()}}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(table + "\n")

@@ -4,6 +4,7 @@ It carries everything serving and adaptation need: the architecture, class names
 the input size, the weights with the source BN statistics, the source domain's mean
 low-frequency amplitude band (for FDA), and provenance (config, data, metrics, git commit).
 """
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -169,3 +170,12 @@ def _validate(ckpt: Checkpoint, path: Path) -> None:
     bad = [k for k, v in ckpt.weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{path}: non-finite values in weights {bad[:5]}")
+
+
+def file_sha256(path: Path) -> str:
+    """The checkpoint file's fingerprint: what stream snapshots and exported engines record."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -3,7 +3,7 @@ import argparse
 import copy
 import sys
 
-SETTINGS_FLAGS = ("checkpoint", "method", "device", "host", "port", "state_dir", "max_streams")
+SETTINGS_FLAGS = ("checkpoint", "method", "device", "engine", "onnx_model", "host", "port", "state_dir", "max_streams")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -14,6 +14,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="checkpoint file (default: $DRIFTSEG_CHECKPOINT or the bundled one)")
     p.add_argument("--method", help="method spec (default: $DRIFTSEG_METHOD or auto)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: $DRIFTSEG_DEVICE or auto")
+    p.add_argument("--engine", choices=["torch", "onnx"], help="what runs the adapted function (default: $DRIFTSEG_ENGINE or torch)")
+    p.add_argument("--onnx-model", help="the file `driftseg export onnx` wrote, for --engine onnx (default: exported at start-up)")
     p.add_argument("--host", help="default: $DRIFTSEG_HOST or 127.0.0.1")
     p.add_argument("--port", type=int, help="default: $DRIFTSEG_PORT or 8000")
     p.add_argument("--state-dir", help="stream snapshots (default: $DRIFTSEG_STATE_DIR or ~/.cache/driftseg/state)")

@@ -6,6 +6,7 @@
 run off the event loop in worker threads. A stream's new state is stored only once decode, step and
 encode all succeeded, so a failed request leaves the stream as it was.
 """
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -14,10 +15,11 @@ import numpy as np
 import torch
 from anyio import to_thread
 
+from adapters import onnx_engine
 from adapters.auto import layer_divergence
 from adapters.ema_bn import StreamBatchNorm2d
 from adapters.pipeline import Pipeline, StreamState
-from models.checkpoint import load_checkpoint
+from models.checkpoint import file_sha256, load_checkpoint
 from service import imaging, snapshots
 from service.batcher import Batcher
 from service.errors import NotFound, Overloaded
@@ -79,8 +81,13 @@ class Engine:
         """Load the checkpoint, build the pipeline and warm it up (blocking; the lifespan runs it in a thread)."""
         ckpt = load_checkpoint(settings.checkpoint)
         pipeline = Pipeline(ckpt, settings.spec, settings.torch_device)
-        engine = cls(settings, pipeline, ckpt.class_names, ckpt.palette, snapshots.file_sha256(settings.checkpoint),
-                     metrics)
+        fingerprint = file_sha256(settings.checkpoint)
+        if settings.engine == "onnx":
+            method_digest = hashlib.sha256(settings.method_string.encode()).hexdigest()[:12]
+            path = settings.onnx_model or settings.state_dir / "onnx" / f"{fingerprint[:16]}-{method_digest}.onnx"
+            pipeline.adapt_core = onnx_engine.load_or_export(
+                pipeline, path, onnx_engine.onnx_metadata(fingerprint, settings.method_string))
+        engine = cls(settings, pipeline, ckpt.class_names, ckpt.palette, fingerprint, metrics)
         engine.warm_up()
         return engine
 

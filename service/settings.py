@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda where torch sees a GPU, else cpu")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    engine: Literal["torch", "onnx"] = Field("torch", description="what runs the adapted function: torch, or "
+                                             "onnxruntime on a file exported by `driftseg export onnx`")
+    onnx_model: Path | None = Field(None, description="the exported file for engine onnx; default: exported at "
+                                    "start-up into the state dir, one file per checkpoint and method")
     max_streams: int = Field(64, ge=1, description="stream states held in memory; the least recently used is snapshotted and evicted")
     state_dir: Path = Field(Path("~/.cache/driftseg/state"), description="where stream snapshots are kept")
     snapshot_every: int = Field(100, ge=0, description="snapshot a stream every N adapted frames; 0: only on eviction and shutdown")
@@ -54,10 +58,10 @@ class Settings(BaseSettings):
                              "snapshotted or rolled back; serve a backprop-free method (auto, ema, ptbn, source, +lc, +fda)")
         return spec.strip()
 
-    @field_validator("state_dir")
+    @field_validator("state_dir", "onnx_model")
     @classmethod
-    def _expand(cls, path: Path) -> Path:
-        return path.expanduser()
+    def _expand(cls, path: Path | None) -> Path | None:
+        return path.expanduser() if path is not None else None
 
     @field_validator("api_key")
     @classmethod
@@ -77,6 +81,15 @@ class Settings(BaseSettings):
         if self.api_key_everywhere and self.api_key is None:
             raise ValueError(f"{ENV_PREFIX}API_KEY_EVERYWHERE is set but {ENV_PREFIX}API_KEY is not: every route "
                              "would stay open; set the key too")
+        return self
+
+    @model_validator(mode="after")
+    def _engine_takes_the_method(self) -> "Settings":
+        if self.engine == "onnx" and self.spec.fda_mode is not None:
+            raise ValueError(f"engine onnx cannot run FDA (its FFT has no ONNX export here): drop +fda from "
+                             f"{ENV_PREFIX}METHOD or use {ENV_PREFIX}ENGINE=torch")
+        if self.onnx_model is not None and self.engine != "onnx":
+            raise ValueError(f"{ENV_PREFIX}ONNX_MODEL is set but {ENV_PREFIX}ENGINE is not onnx")
         return self
 
     @model_validator(mode="after")

@@ -32,14 +32,6 @@ SUFFIX = ".pt"
 log = logging.getLogger("driftseg.service")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def stream_key(stream: str) -> str:
     return hashlib.sha256(stream.encode()).hexdigest()
 

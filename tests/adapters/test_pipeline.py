@@ -5,45 +5,18 @@ import torch
 from synthetic_frames import domain_frames
 
 from adapters.pipeline import Pipeline
+from pipeline_util import assert_same_state, run
 from adapters.spec import parse_method
 
 SPECS = ["source", "ptbn", "ema(m=0.2,alpha=0.5)+lc", "auto(m=0.2)+lc+fda(beta=0.05)", "fda(mode=swap)"]
-
-
-def _run(pipeline, frames, state=None):
-    state = state or pipeline.new_state()
-    labels = []
-    for frame in frames:
-        out, (state,) = pipeline.step(frame[None], [state])
-        labels.append(out[0])
-    return torch.stack(labels), state
-
-
-def _assert_same_state(a, b) -> None:
-    da, db = a.state_dict(), b.state_dict()
-    assert da.keys() == db.keys()
-    for key in da:
-        if isinstance(da[key], dict):
-            for k in da[key]:
-                va, vb = da[key][k], db[key][k]
-                if isinstance(va, torch.Tensor):
-                    # batched convs sum in another order, and normalising by one frame's statistics
-                    # amplifies that in low-variance channels: a few elements differ by ~1e-3, while
-                    # mixing up two streams would move most of them by far more
-                    torch.testing.assert_close(va, vb, rtol=2e-2, atol=1e-2)
-                    assert (va - vb).abs().mean() < 1e-4 * max(1.0, vb.abs().mean().item())
-                else:
-                    assert va == pytest.approx(vb, rel=2e-3, abs=1e-3), (key, k)
-        else:
-            assert da[key] == db[key]
 
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_batched_streams_equal_streams_run_apart(tiny_ckpt, spec) -> None:
     pipeline = Pipeline(tiny_ckpt, parse_method(spec))
     a_frames, b_frames = domain_frames(4, seed=1), domain_frames(4, seed=2, shift=0.6)
-    a_labels, a_state = _run(pipeline, a_frames)
-    b_labels, b_state = _run(pipeline, b_frames)
+    a_labels, a_state = run(pipeline, a_frames)
+    b_labels, b_state = run(pipeline, b_frames)
     states = [pipeline.new_state(), pipeline.new_state()]
     batched = []
     for fa, fb in zip(a_frames, b_frames):
@@ -53,8 +26,8 @@ def test_batched_streams_equal_streams_run_apart(tiny_ckpt, spec) -> None:
     # labels may differ only where two classes tie to float precision
     assert (batched[:, 0] != a_labels).float().mean() < 1e-3
     assert (batched[:, 1] != b_labels).float().mean() < 1e-3
-    _assert_same_state(states[0], a_state)
-    _assert_same_state(states[1], b_state)
+    assert_same_state(states[0], a_state)
+    assert_same_state(states[1], b_state)
 
 
 def test_labels_come_back_at_the_frame_size(tiny_ckpt) -> None:
@@ -66,7 +39,7 @@ def test_labels_come_back_at_the_frame_size(tiny_ckpt) -> None:
 
 def test_step_never_mutates_the_given_states_and_adapt_false_keeps_them(tiny_ckpt) -> None:
     pipeline = Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc+fda"))
-    _, state = _run(pipeline, domain_frames(3, seed=4))
+    _, state = run(pipeline, domain_frames(3, seed=4))
     before = state.state_dict()
     frame = domain_frames(1, seed=5, shift=0.5)
     labels, (new,) = pipeline.step(frame, [state])
@@ -83,19 +56,19 @@ def test_step_never_mutates_the_given_states_and_adapt_false_keeps_them(tiny_ckp
 
 def test_state_dict_round_trip_continues_identically(tiny_ckpt) -> None:
     pipeline = Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc+fda"))
-    _, state = _run(pipeline, domain_frames(5, seed=6, shift=0.4))
+    _, state = run(pipeline, domain_frames(5, seed=6, shift=0.4))
     restored = pipeline.new_state()
     restored.load_state_dict(state.state_dict())
     next_frames = domain_frames(2, seed=7, shift=0.4)
-    a_labels, a_state = _run(pipeline, next_frames, state)
-    b_labels, b_state = _run(pipeline, next_frames, restored)
+    a_labels, a_state = run(pipeline, next_frames, state)
+    b_labels, b_state = run(pipeline, next_frames, restored)
     assert torch.equal(a_labels, b_labels)
-    _assert_same_state(a_state, b_state)
+    assert_same_state(a_state, b_state)
 
 
 def test_bad_state_dict_is_refused_and_leaves_the_state_as_it_was(tiny_ckpt) -> None:
     pipeline = Pipeline(tiny_ckpt, parse_method("auto+fda"))
-    _, state = _run(pipeline, domain_frames(3, seed=8))
+    _, state = run(pipeline, domain_frames(3, seed=8))
     before = state.state_dict()
     bad = state.state_dict()
     bad["auto"]["alpha"] = torch.full_like(bad["auto"]["alpha"], 0.5)  # valid part, loaded first
@@ -104,7 +77,7 @@ def test_bad_state_dict_is_refused_and_leaves_the_state_as_it_was(tiny_ckpt) -> 
         state.load_state_dict(bad)
     with pytest.raises(ValueError, match="should hold"):
         state.load_state_dict({"frames": 3})
-    _assert_same_state(state, _restored(pipeline, before))
+    assert_same_state(state, _restored(pipeline, before))
 
 
 def _restored(pipeline, d):
@@ -115,19 +88,19 @@ def _restored(pipeline, d):
 
 def test_reset_returns_to_the_source_state(tiny_ckpt) -> None:
     pipeline = Pipeline(tiny_ckpt, parse_method("auto+fda"))
-    _, state = _run(pipeline, domain_frames(3, seed=9, shift=0.7))
+    _, state = run(pipeline, domain_frames(3, seed=9, shift=0.7))
     state.reset()
-    _assert_same_state(state, pipeline.new_state())
+    assert_same_state(state, pipeline.new_state())
 
 
 def test_auto_stays_at_the_source_in_domain_and_restarts_at_a_switch(tiny_ckpt) -> None:
     pipeline = Pipeline(tiny_ckpt, parse_method("auto(m=0.1)"))
     in_domain = domain_frames(30, seed=10)
     shifted = domain_frames(20, seed=11, shift=0.8)
-    _, state = _run(pipeline, in_domain)
+    _, state = run(pipeline, in_domain)
     assert state.auto.switches == []
     assert state.auto.alpha.mean() > 0.8  # mostly the source statistics
-    _, state = _run(pipeline, shifted, state)
+    _, state = run(pipeline, shifted, state)
     assert state.auto.switches and 31 <= state.auto.switches[0] <= 33, state.auto.switches
     assert state.auto.score > 1 and state.auto.alpha.mean() < 0.8
 
@@ -151,12 +124,12 @@ def test_compiled_pipeline_equals_eager_on_cuda(tiny_ckpt, spec, monkeypatch) ->
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     eager, compiled = (Pipeline(tiny_ckpt, parse_method(spec), "cuda", compile=c) for c in (False, True))
     frames = torch.cat([domain_frames(6, seed=1), domain_frames(6, seed=2, shift=0.8)]).cuda()
-    e_labels, e_state = _run(eager, frames)
-    c_first, c_mid = _run(compiled, frames[:6])
+    e_labels, e_state = run(eager, frames)
+    c_first, c_mid = run(compiled, frames[:6])
     kept = c_mid.state_dict()
-    c_rest, c_state = _run(compiled, frames[6:], c_mid)
+    c_rest, c_state = run(compiled, frames[6:], c_mid)
     torch.testing.assert_close(c_mid.state_dict(), kept, rtol=0, atol=0)  # untouched by the replays after it
     assert (torch.cat([c_first, c_rest]) != e_labels).float().mean() < 1e-2  # near-ties of the untrained network
-    _assert_same_state(c_state, e_state)
+    assert_same_state(c_state, e_state)
     if e_state.auto is not None:
         assert c_state.auto.switches == e_state.auto.switches

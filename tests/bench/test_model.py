@@ -3,12 +3,13 @@ import pytest
 import torch
 from synthetic_frames import domain_frames
 
-from bench.model import markdown_table, measure
+from bench.model import build, markdown_table, measure
 
 
-def test_throughput_at_each_batch_size(tiny_ckpt) -> None:
+def test_throughput_at_each_batch_size(tiny_ckpt, tmp_path) -> None:
     frame = domain_frames(1, seed=0)
-    result = measure(tiny_ckpt, frame, ["source", "auto"], [1, 3], torch.device("cpu"), steps=2, warmup=1)
+    pipelines = build(tiny_ckpt, ["source", "auto"], ["torch"], torch.device("cpu"), tmp_path)
+    result = measure(pipelines, frame, [1, 3], steps=2, warmup=1)
     assert list(result) == [1, 3]
     for b, row in result.items():
         assert list(row) == ["source", "auto"]

@@ -1,0 +1,163 @@
+"""The adapted function in onnxruntime.
+
+`Pipeline.adapt_core` (FDA excepted: its FFT has no ONNX export here) is exported with every stream
+state tensor as a graph input and its new value as a graph output, the batch dimension dynamic, so
+the adaptation itself (EMA statistics, alpha, the switch test, label calibration) runs inside the
+runtime. `OnnxCore` is a drop-in for `pipeline.adapt_core`; resizing the frames to the network's
+size and the label maps back to theirs stay in torch.
+
+    export(pipeline, path, metadata)      write the .onnx file (atomically), metadata inside it
+    OnnxCore(path, pipeline, expect)      run it; refused if its metadata is not `expect`
+    driftseg export onnx --out FILE       the command
+"""
+import argparse
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from adapters.pipeline import Pipeline
+
+log = logging.getLogger("driftseg.onnx")
+OPSET = 18
+IR_VERSION = 10  # onnx 1.23 can write IR 14, which onnxruntime 1.31 refuses ("max supported IR version: 13")
+
+
+class _FlatCore(nn.Module):
+    """`pipeline.adapt_core` with positional tensors in and out, as an exporter wants it."""
+
+    def __init__(self, pipeline: Pipeline, inputs: list[str], outputs: list[str]):
+        super().__init__()
+        self.pipeline, self.inputs, self.outputs = pipeline, inputs, outputs
+        # registered, so that the exporter sees their weights as the graph's initialisers
+        self.network = pipeline.frozen if pipeline.frozen is not None else pipeline.adapted
+
+    def forward(self, images: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        scores, out = self.pipeline._adapt_core(images, dict(zip(self.inputs, states)))
+        return (scores, *(out[name] for name in self.outputs))
+
+
+def _names(pipeline: Pipeline) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Example stacked states of two streams, and the names of the new states `adapt_core` returns."""
+    if pipeline.spec.norm == "tent":
+        raise ValueError("tent adapts by backprop: it has no ONNX export")
+    if pipeline.fda_b:
+        raise ValueError("FDA's FFT has no ONNX export here: export the method without +fda")
+    batch = pipeline.stack_states([pipeline.new_state(), pipeline.new_state()])
+    images = torch.rand(2, 3, *pipeline.input_size, device=pipeline.device)
+    with torch.no_grad():
+        _, out = pipeline._adapt_core(images, batch)
+    return batch, list(out)
+
+
+def export(pipeline: Pipeline, path: Path, metadata: dict[str, str]) -> Path:
+    """Write `pipeline`'s adapted function to `path` (temp file, fsync, rename) with `metadata`
+    (e.g. the checkpoint's fingerprint and the method) stored in the model."""
+    import onnx
+
+    batch, outputs = _names(pipeline)
+    inputs = list(batch)
+    images = torch.rand(2, 3, *pipeline.input_size, device=pipeline.device)
+    dim = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            _FlatCore(pipeline, inputs, outputs).eval(), (images, *batch.values()), dynamo=True, opset_version=OPSET,
+            input_names=["images", *inputs], output_names=["scores", *(f"new_{name}" for name in outputs)],
+            dynamic_shapes={"images": {0: dim}, **({"states": tuple({0: dim} for _ in inputs)} if inputs else {})},
+            verbose=False)
+    model = program.model_proto
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    for key, value in {**metadata, "inputs": ",".join(inputs), "outputs": ",".join(outputs)}.items():
+        model.metadata_props.add(key=f"driftseg.{key}", value=str(value))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is for others to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class OnnxCore:
+    """`pipeline.adapt_core` run by onnxruntime from an exported file."""
+
+    def __init__(self, path: Path, pipeline: Pipeline, expect: dict[str, str]):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        # no busy-waiting between runs: the threads would take the cores from decoding and from torch
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # errors only: a CUDA provider that cannot load is reported below, once
+        providers = ["CPUExecutionProvider"]
+        if pipeline.device.type == "cuda":
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own classes, not all Exceptions of one kind
+            raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
+        self.provider = self.session.get_providers()[0]
+        if pipeline.device.type == "cuda" and self.provider != "CUDAExecutionProvider":
+            log.warning("onnxruntime's CUDA provider could not load (onnxruntime-gpu with CUDA 13 and cuDNN 9 "
+                        "needed): running on the CPU")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        for key, value in expect.items():
+            if meta.get(f"driftseg.{key}") != value:
+                raise ValueError(f"{path} was exported for {key} {meta.get(f'driftseg.{key}')!r}, not {value!r}: "
+                                 "export it again with `driftseg export onnx`")
+        _, outputs = _names(pipeline)
+        self.inputs = meta["driftseg.inputs"].split(",") if meta.get("driftseg.inputs") else []
+        self.outputs = meta["driftseg.outputs"].split(",") if meta.get("driftseg.outputs") else []
+        if self.outputs != outputs:
+            raise ValueError(f"{path} returns states {self.outputs}, the method needs {outputs}: export it again")
+        self.device = pipeline.device
+
+    def __call__(self, images: torch.Tensor, batch: dict[str, torch.Tensor], tent=None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        feeds = {"images": images.detach().cpu().numpy()}
+        feeds.update({name: batch[name].detach().cpu().numpy() for name in self.inputs})
+        results = self.session.run(None, feeds)
+        scores, *states = (torch.from_numpy(np.ascontiguousarray(r)).to(self.device) for r in results)
+        return scores, dict(zip(self.outputs, states))
+
+
+def load_or_export(pipeline: Pipeline, path: Path, metadata: dict[str, str]) -> OnnxCore:
+    """The engine from `path`, exported there first if there is no file yet."""
+    if not path.is_file():
+        log.info("exporting the adapted function to %s", path)
+        export(pipeline, path, metadata)
+    return OnnxCore(path, pipeline, metadata)
+
+
+def main(argv=None) -> None:
+    from adapters.spec import RECOMMENDED, parse_method
+    from models.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
+
+    p = argparse.ArgumentParser(prog="driftseg export onnx", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--method", default="auto", help="method spec (tent and +fda have no export)")
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    args = p.parse_args(argv)
+    method = RECOMMENDED if args.method == "auto" else args.method
+    try:
+        pipeline = Pipeline(load_checkpoint(args.checkpoint), parse_method(method))
+        export(pipeline, args.out, onnx_metadata(file_sha256(args.checkpoint), method))
+    except (ValueError, FileNotFoundError) as e:
+        p.exit(2, f"driftseg export onnx: error: {e}\n")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) for {method}")
+
+
+def onnx_metadata(checkpoint_sha256: str, method: str) -> dict[str, str]:
+    """What an exported file must match to be served: the checkpoint file's sha256 and the method."""
+    return {"checkpoint": checkpoint_sha256, "method": method}
