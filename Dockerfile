@@ -1,0 +1,37 @@
+# driftseg: `driftseg serve` on the default checkpoint, settings from DRIFTSEG_* environment variables.
+# The torch 2.14.1 wheel that pyproject.toml pins carries the CUDA 13 runtime libraries, so this image
+# runs on an NVIDIA GPU (host driver and NVIDIA container toolkit) and, without one, on the CPU.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/driftseg
+COPY pyproject.toml README.md driftseg_cli.py ./
+COPY models/ models/
+COPY adapters/ adapters/
+COPY bench/ bench/
+COPY training/ training/
+COPY service/ service/
+RUN pip install . && rm -rf /root/.cache
+
+RUN useradd --create-home --uid 10001 driftseg && mkdir -p /var/lib/driftseg/state \
+    && chown -R driftseg:driftseg /var/lib/driftseg
+COPY --chown=driftseg:driftseg models/checkpoints/camvid-lraspp.pt /opt/driftseg/checkpoints/camvid-lraspp.pt
+
+ENV DRIFTSEG_CHECKPOINT=/opt/driftseg/checkpoints/camvid-lraspp.pt \
+    DRIFTSEG_STATE_DIR=/var/lib/driftseg/state \
+    DRIFTSEG_HOST=0.0.0.0 \
+    DRIFTSEG_PORT=8000
+USER driftseg
+EXPOSE 8000
+VOLUME ["/var/lib/driftseg/state"]
+
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request, os; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('DRIFTSEG_PORT', '8000'), timeout=2)"]
+
+# SIGTERM lets uvicorn drain and the lifespan flush every stream's snapshot before exit
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["driftseg", "serve"]

@@ -1,0 +1,138 @@
+"""deploy/ and the Dockerfile, checked where no cluster or Docker engine is at hand: every
+Kubernetes manifest against the Kubernetes schema; the probes, drain and router against what the
+service serves; every metric the alerts and the dashboard query against what the service exports;
+the Dockerfile's user, health check, entry point, copied files and settings."""
+import json
+import re
+import shlex
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from driftseg_cli import COMMANDS
+from service.app import create_app
+from service.metrics import Metrics
+from service.settings import ENV_PREFIX, Settings
+
+REPO = Path(__file__).resolve().parents[2]
+K8S_VERSION = "1.33.0"
+MANIFESTS = sorted((REPO / "deploy" / "k8s").glob("*.yaml"))
+
+
+def resources() -> list[dict]:
+    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def by_kind(kind: str) -> list[dict]:
+    return [r for r in resources() if r["kind"] == kind]
+
+
+def setting_names() -> set[str]:
+    return {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name the service's /metrics can show (histograms and counters with their suffixes)."""
+    metrics = Metrics(stream_cap=4)
+    names = set()
+    for family in metrics.registry.collect():
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+        if family.type == "histogram":
+            names.update(f"{family.name}_{s}" for s in ("bucket", "sum", "count"))
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+    # the gauges read from the engine at scrape time, which a bare Metrics has no engine for
+    return names | {"driftseg_streams_held", "driftseg_shift_score", "driftseg_gpu_memory_bytes"}
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifests_are_valid_kubernetes(path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_schema_check_can_fail():
+    bad = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}, "spec": {"replicas": "two"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+def test_replicas_probe_drain_and_settings():
+    [sts] = by_kind("StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    routes = set(create_app(Settings()).openapi()["paths"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz" in routes
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" in routes
+    drain = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] >= drain + 30  # the drain, then the snapshot flush
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {e["name"] for e in container["env"]} <= setting_names()
+    assert any(m["mountPath"] == "/var/lib/driftseg/state" for m in container["volumeMounts"])
+
+
+def test_router_hashes_the_stream_id_onto_every_replica():
+    [sts] = by_kind("StatefulSet")
+    [config] = [c for c in by_kind("ConfigMap") if "nginx.conf" in c["data"]]
+    conf = config["data"]["nginx.conf"]
+    assert re.search(r"hash \$stream_key consistent;", conf)
+    assert "default $http_x_stream_id;" in conf and '"" $arg_stream;' in conf
+    servers = re.findall(r"server (\S+):8000", conf)
+    name, service = sts["metadata"]["name"], sts["spec"]["serviceName"]
+    assert servers == [f"{name}-{i}.{service}" for i in range(sts["spec"]["replicas"])]
+    [headless] = [s for s in by_kind("Service") if s["metadata"]["name"] == service]
+    assert headless["spec"]["clusterIP"] == "None"
+
+
+def _queried_metrics(exprs: list[str]) -> set[str]:
+    return {name for expr in exprs for name in re.findall(r"\bdriftseg_[a-z_]+", expr)}
+
+
+def test_alert_rules_query_metrics_the_service_exports():
+    rules = yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())["groups"][0]["rules"]
+    assert {"DriftsegQueueSaturated", "DriftsegServerErrors", "DriftsegStreamShifted"} <= {r["alert"] for r in rules}
+    for rule in rules:
+        assert rule["expr"] and rule["for"] and rule["annotations"]["summary"]
+    queried = _queried_metrics([r["expr"] for r in rules])
+    assert queried and queried <= exported_metric_names(), queried - exported_metric_names()
+    assert "alerts.yml" in yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())["rule_files"]
+
+
+def test_dashboard_queries_metrics_the_service_exports():
+    dashboard = json.loads((REPO / "deploy/grafana/driftseg.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queried = _queried_metrics(exprs)
+    assert len(queried) >= 8 and queried <= exported_metric_names(), queried - exported_metric_names()
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", (REPO / "Dockerfile").read_text())
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_dockerfile_user_health_entrypoint_files_and_settings():
+    steps = dockerfile()
+    users = [args for op, args in steps if op == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    [health] = [args for op, args in steps if op == "HEALTHCHECK"]
+    assert "/healthz" in health
+    [entry] = [json.loads(args) for op, args in steps if op == "ENTRYPOINT"]
+    assert entry[0] == "driftseg" and tuple(entry[1:]) in COMMANDS
+    for op, args in steps:
+        if op == "COPY":
+            sources = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
+            for source in sources:
+                assert (REPO / source).exists(), f"Dockerfile copies {source}, which is not in the repo"
+        if op == "ENV":
+            for name in re.findall(r"\b(DRIFTSEG_[A-Z_]+)=", args):
+                assert name in setting_names(), f"Dockerfile sets {name}, which no setting reads"
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert "models/" not in ignored and ".venv/" in ignored
