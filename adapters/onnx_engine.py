@@ -57,8 +57,6 @@ def _names(pipeline: Pipeline) -> tuple[dict[str, torch.Tensor], list[str]]:
 def export(pipeline: Pipeline, path: Path, metadata: dict[str, str]) -> Path:
     """Write `pipeline`'s adapted function to `path` (temp file, fsync, rename) with `metadata`
     (e.g. the checkpoint's fingerprint and the method) stored in the model."""
-    import onnx
-
     batch, outputs = _names(pipeline)
     inputs = list(batch)
     images = torch.rand(2, 3, *pipeline.input_size, device=pipeline.device)

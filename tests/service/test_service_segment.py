@@ -1,12 +1,10 @@
 """POST /segment, health, metrics: one app for the module, a stream id of its own per test."""
 import io
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
