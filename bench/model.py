@@ -7,7 +7,6 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from adapters.pipeline import Pipeline
 from adapters.spec import parse_method
 from bench.accuracy import device_name, resolve_device, to_tensor
 from bench.data import FrameFolder
+from bench.speed import round_robin
 from bench.streams import open_stream
 from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 
@@ -25,21 +25,9 @@ from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 def measure(pipelines: dict[str, Pipeline], frame: torch.Tensor, batches: Sequence[int], steps: int,
             warmup: int = 3) -> dict[int, dict[str, dict]]:
     """{batch: {label: {"ms_per_batch", "frames_per_s"}}} from the median of `steps` timed steps."""
-    device = next(iter(pipelines.values())).device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out = {}
     for b in batches:
-        frames = frame.to(device).repeat(b, 1, 1, 1)
-        states = {k: [p.new_state() for _ in range(b)] for k, p in pipelines.items()}
-        times: dict[str, list[float]] = {k: [] for k in pipelines}
-        for i in range(warmup + steps):
-            for k, pipeline in pipelines.items():
-                sync()
-                start = time.perf_counter()
-                _, states[k] = pipeline.step(frames, states[k])
-                sync()
-                if i >= warmup:
-                    times[k].append(time.perf_counter() - start)
+        times = round_robin(pipelines, [frame.repeat(b, 1, 1, 1)] * (warmup + steps), warmup)
         out[b] = {k: {"ms_per_batch": round(1000 * statistics.median(t), 3),
                       "frames_per_s": round(b / statistics.median(t), 1)} for k, t in times.items()}
     return out

@@ -8,7 +8,7 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -21,27 +21,35 @@ from bench.streams import open_stream
 from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 
 
+def round_robin(pipelines: dict[str, Pipeline], batches: Iterable[torch.Tensor], warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of each pipeline, the pipelines taking turns batch by batch on the same
+    batches ([B, 3, H, W], frame b of stream b; B fixed); the first `warmup` batches are not timed."""
+    states: dict[str, list] = {}
+    times: dict[str, list[float]] = {k: [] for k in pipelines}
+    for i, batch in enumerate(batches):
+        for k, pipeline in pipelines.items():
+            batch = batch.to(pipeline.device)
+            states.setdefault(k, [pipeline.new_state() for _ in range(batch.shape[0])])
+            sync = torch.cuda.synchronize if pipeline.device.type == "cuda" else (lambda: None)
+            sync()
+            start = time.perf_counter()
+            _, states[k] = pipeline.step(batch, states[k])
+            sync()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - start)
+    return times
+
+
 def measure(ckpt: Checkpoint, frames: Sequence[torch.Tensor], methods: Sequence[str], device: torch.device,
             warmup: int = 3, compile: bool = False) -> dict[str, dict]:
     """{method: {"median_ms", "mean_ms", "frames"}} over `frames` ([1, 3, H, W] each), round robin.
     With `compile`, every method but tent (which cannot be) runs compiled."""
     pipelines = {m: Pipeline(ckpt, spec, device, compile=compile and spec.norm != "tent")
                  for m, spec in ((m, parse_method(m)) for m in methods)}
-    states = {m: p.new_state() for m, p in pipelines.items()}
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for i, frame in enumerate(frames):
-        frame = frame.to(device)
-        for m, pipeline in pipelines.items():
-            sync()
-            t0 = time.perf_counter()
-            _, (states[m],) = pipeline.step(frame, [states[m]])
-            sync()
-            if i >= warmup:
-                times[m].append(1000 * (time.perf_counter() - t0))
+    times = round_robin(pipelines, frames, warmup)
     if not times[methods[0]]:
         raise ValueError(f"need more than {warmup} frames to time (the first {warmup} warm up)")
-    return {m: {"median_ms": round(statistics.median(t), 3), "mean_ms": round(statistics.fmean(t), 3),
+    return {m: {"median_ms": round(1000 * statistics.median(t), 3), "mean_ms": round(1000 * statistics.fmean(t), 3),
                 "frames": len(t)} for m, t in times.items()}
 
 
