@@ -6,10 +6,13 @@
 run off the event loop in worker threads. A stream's new state is stored only once decode, step and
 encode all succeeded, so a failed request leaves the stream as it was.
 """
+import asyncio
 import hashlib
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,10 +27,21 @@ from service import imaging, snapshots
 from service.batcher import Batcher
 from service.errors import NotFound, Overloaded
 from service.metrics import Metrics
+from service.redis_store import RedisSnapshotStore
 from service.registry import StreamEntry, StreamRegistry, check_stream_id
 from service.settings import Settings
 
 FORMATS = ("png", "overlay", "json")
+log = logging.getLogger("driftseg.service")
+
+
+def open_store(settings: Settings, checkpoint: str, method: str):
+    """The snapshot store DRIFTSEG_STATE_STORE names: Redis, shared by replicas, or a folder."""
+    url = settings.state_store
+    if url is not None and url.startswith(("redis://", "rediss://")):
+        return RedisSnapshotStore(url, checkpoint, method)
+    directory = Path(url.removeprefix("file://")) if url is not None else settings.state_dir
+    return snapshots.SnapshotStore(directory, checkpoint, method)
 
 
 @dataclass
@@ -60,7 +74,7 @@ class Engine:
         self.device, self.spec, self.method = pipeline.device, pipeline.spec, settings.method_string
         self.class_names, self.palette = list(class_names), np.asarray(palette, dtype=np.uint8)
         self.fingerprint = fingerprint
-        self.store = snapshots.SnapshotStore(settings.state_dir, fingerprint, self.method)
+        self.store = open_store(settings, fingerprint, self.method)
         self.registry = StreamRegistry(self.store, pipeline.new_state, settings.max_streams, settings.snapshot_every,
                                        on_write=metrics.snapshots.inc)
         self.ready = False
@@ -101,11 +115,21 @@ class Engine:
     async def start(self) -> None:
         await self.registry.open()
         self.batcher.start()
+        self._store_watch = asyncio.get_running_loop().create_task(self._watch_store())
 
     async def stop(self) -> int:
         """Stop serving frames and snapshot every stream whose state changed; the number written."""
+        self._store_watch.cancel()
         await self.batcher.stop()
         return await self.registry.flush()
+
+    async def _watch_store(self) -> None:
+        """While the state store is down, try it every few seconds; once it answers, write every stream
+        whose state changed meanwhile (the registry kept them in memory)."""
+        while True:
+            await asyncio.sleep(self.settings.store_retry_seconds)
+            if not self.store.healthy and await to_thread.run_sync(self.store.ping):
+                log.info("state store back: %d stream snapshot(s) caught up", await self.registry.flush())
 
     # the request path
 

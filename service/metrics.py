@@ -14,6 +14,7 @@
     driftseg_shift_score{stream}                      shift score of the `metrics_stream_cap` most recently
                                                       seen streams in memory; the highest of the others under
                                                       stream="_other" (a bounded number of series)
+    driftseg_state_store_up                           1 while the snapshot store answers, 0 while degraded
     driftseg_gpu_memory_bytes{kind}                   torch's allocated / reserved CUDA memory (CUDA only)
     process_*, python_*                               the client's default process, platform and GC collectors
 """
@@ -105,6 +106,10 @@ class _EngineCollector(Collector):
                 score.add_metric([OTHER], max(v for _, v in scored[cap:]))
         yield held
         yield score
+        if engine is not None:
+            up = GaugeMetricFamily("driftseg_state_store_up", "1 while the snapshot store answers, 0 while degraded")
+            up.add_metric([], 1.0 if engine.store.healthy else 0.0)
+            yield up
         if engine is not None and engine.device.type == "cuda":
             gpu = GaugeMetricFamily("driftseg_gpu_memory_bytes", "CUDA memory held by torch", labels=["kind"])
             gpu.add_metric(["allocated"], torch.cuda.memory_allocated(engine.device))

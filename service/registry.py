@@ -98,12 +98,15 @@ class StreamRegistry:
                 raise
 
     async def _resume(self, stream: str, create: bool) -> StreamEntry | None:
-        if stream in self.on_disk:
+        # a shared store may hold a snapshot that another replica wrote after this one listed the store
+        if stream in self.on_disk or self.store.shared:
             try:
                 payload = await to_thread.run_sync(self.store.read, stream)
                 if payload is not None:
                     state = await to_thread.run_sync(restore, payload, self.new_state)
-                    return StreamEntry(stream, state, last_seen=float(payload.get("last_seen", time.time())))
+                    last_seen = float(payload.get("last_seen", time.time()))
+                    self.on_disk[stream] = DiskEntry(state.frames, last_seen)
+                    return StreamEntry(stream, state, last_seen=last_seen)
             except Exception as e:  # a damaged snapshot must not take the stream down: it starts afresh
                 log.warning("cannot resume stream %r from %s (%s); it starts from the source state",
                             stream, self.store.path(stream), getattr(e, "detail", e))
@@ -117,6 +120,8 @@ class StreamRegistry:
                 return
             if stream in self._slots:
                 continue  # in use or waited for: it stays, the cap is exceeded for a while
+            if stream in self.entries and self.entries[stream].dirty and not self.store.healthy:
+                continue  # its state would be lost: it stays in memory until the store is back
             async with self._locked(stream):  # free, so taken at once; a request arriving now waits for the write
                 entry = self.entries.pop(stream, None)  # gone already if reset while we waited for a write
                 if entry is not None and entry.dirty:
@@ -128,8 +133,9 @@ class StreamRegistry:
                         self.entries[stream] = entry
                         self.entries.move_to_end(stream, last=False)
 
-    async def _write(self, entry: StreamEntry) -> None:
-        await to_thread.run_sync(self.store.write, entry.stream, entry.state, entry.last_seen)
+    async def _write(self, entry: StreamEntry, force: bool = False) -> None:
+        """Snapshot the stream (a shared store keeps a newer snapshot than this one, unless `force`)."""
+        await to_thread.run_sync(self.store.write, entry.stream, entry.state, entry.last_seen, force)
         entry.unsaved, entry.dirty = 0, False
         self.on_disk[entry.stream] = DiskEntry(entry.state.frames, entry.last_seen)
         self.on_write()
@@ -143,7 +149,8 @@ class StreamRegistry:
         if changed:
             entry.dirty = True
             entry.unsaved += 1
-            if self.snapshot_every and entry.unsaved >= self.snapshot_every:
+            # while the store is down, frames do not wait on it: the engine's watcher catches up
+            if self.snapshot_every and entry.unsaved >= self.snapshot_every and self.store.healthy:
                 try:
                     await self._write(entry)
                 except OSError as e:  # the frame was served; the state is still in memory
@@ -155,7 +162,7 @@ class StreamRegistry:
         entry.scores.clear()
         if score is not None:
             entry.scores.append((state.frames, score))
-        await self._write(entry)
+        await self._write(entry, force=True)  # an import may have fewer frames than what it replaces
 
     async def reset(self, stream: str) -> bool:
         """Forget the stream, in memory and on disk: its next frame starts from the source state.

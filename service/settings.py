@@ -28,6 +28,9 @@ class Settings(BaseSettings):
                                     "start-up into the state dir, one file per checkpoint and method")
     max_streams: int = Field(64, ge=1, description="stream states held in memory; the least recently used is snapshotted and evicted")
     state_dir: Path = Field(Path("~/.cache/driftseg/state"), description="where stream snapshots are kept")
+    state_store: str | None = Field(None, description="where stream snapshots live: file:///DIR (default: the state "
+                                    "dir) or redis://[:password@]host:port/db, shared by replicas")
+    store_retry_seconds: float = Field(5.0, gt=0, description="while the state store is down, how often to try it again")
     snapshot_every: int = Field(100, ge=0, description="snapshot a stream every N adapted frames; 0: only on eviction and shutdown")
     max_pending: int = Field(32, ge=1, description="/segment requests in flight at once (waiting for their stream, "
                              "decoding, queued for the model); beyond it a request is answered 503 with Retry-After")
@@ -57,6 +60,13 @@ class Settings(BaseSettings):
             raise ValueError("tent adapts by backprop and updates its model in place, so a stream's state cannot be "
                              "snapshotted or rolled back; serve a backprop-free method (auto, ema, ptbn, source, +lc, +fda)")
         return spec.strip()
+
+    @field_validator("state_store")
+    @classmethod
+    def _store_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("file:///", "redis://", "rediss://")):
+            raise ValueError(f"state store {url!r} is neither file:///DIR nor redis://host:port/db")
+        return url
 
     @field_validator("state_dir", "onnx_model")
     @classmethod

@@ -104,6 +104,16 @@ def check_origin(payload: dict, checkpoint: str, method: str) -> None:
                        "import it into a server running that method")
 
 
+def stream_payload(data: bytes, stream: str, checkpoint: str, method: str, where: str) -> dict:
+    """A stored snapshot's payload, checked for format, origin and that it is `stream`'s; Unprocessable
+    or Conflict naming `where` it came from otherwise."""
+    payload = decode(data)
+    check_origin(payload, checkpoint, method)
+    if payload["stream"] != stream:
+        raise Unprocessable(f"snapshot {where} holds stream {payload['stream']!r}, not {stream!r}")
+    return payload
+
+
 def restore(payload: dict, new_state: Callable[[], StreamState]) -> StreamState:
     """A fresh state loaded with the snapshot's state dict; Unprocessable (422) if it does not fit."""
     bad = _non_finite(payload["state"])
@@ -124,10 +134,17 @@ class DiskEntry:
 
 
 class SnapshotStore:
-    """One snapshot file per stream in `directory`, for one checkpoint and method."""
+    """One snapshot file per stream in `directory`, for one checkpoint and method, written by this
+    server alone (service/redis_store.py is the store that replicas share)."""
+
+    shared = False  # only this server writes here: the folder's listing at start-up stays true
+    healthy = True
 
     def __init__(self, directory: Path, checkpoint: str, method: str):
         self.directory, self.checkpoint, self.method = Path(directory), checkpoint, method
+
+    def ping(self) -> bool:
+        return True
 
     def prepare(self) -> None:
         try:
@@ -141,7 +158,8 @@ class SnapshotStore:
     def path(self, stream: str) -> Path:
         return self.directory / f"{stream_key(stream)}{SUFFIX}"
 
-    def write(self, stream: str, state: StreamState, last_seen: float) -> None:
+    def write(self, stream: str, state: StreamState, last_seen: float, force: bool = False) -> bool:
+        """Replace the stream's snapshot (one writer, so always: `force` is for the shared store)."""
         data = encode(stream, state, self.checkpoint, self.method, last_seen)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
         try:
@@ -154,6 +172,7 @@ class SnapshotStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(self.directory)
+        return True
 
     def read(self, stream: str) -> dict | None:
         """The stream's snapshot payload, checked for format, origin and stream id; None if there is none.
@@ -162,11 +181,7 @@ class SnapshotStore:
             data = self.path(stream).read_bytes()
         except FileNotFoundError:
             return None
-        payload = decode(data)
-        check_origin(payload, self.checkpoint, self.method)
-        if payload["stream"] != stream:
-            raise Unprocessable(f"snapshot {self.path(stream).name} holds stream {payload['stream']!r}, not {stream!r}")
-        return payload
+        return stream_payload(data, stream, self.checkpoint, self.method, self.path(stream).name)
 
     def delete(self, stream: str) -> None:
         self.path(stream).unlink(missing_ok=True)

@@ -15,12 +15,16 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request):
-    """200 once the model is loaded and warmed up; 503 before that and while shutting down."""
+    """200 once the model is loaded and warmed up (with `detail` saying so when the state store is
+    down); 503 before that and while shutting down."""
     engine = getattr(request.app.state, "engine", None)
     if engine is None or not engine.ready:
         body = Readiness(ready=False, detail="the model is not loaded yet, or the server is shutting down")
         return JSONResponse(body.model_dump(), status_code=503)
-    return Readiness(ready=True, checkpoint=engine.fingerprint, method=engine.method, device=str(engine.device))
+    # degraded, still ready: frames are served and states kept in memory until the store is back
+    detail = None if engine.store.healthy else f"degraded: state store {engine.store.directory} unavailable"
+    return Readiness(ready=True, checkpoint=engine.fingerprint, method=engine.method, device=str(engine.device),
+                     detail=detail)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

@@ -45,7 +45,7 @@ def exported_metric_names() -> set[str]:
         if family.type == "counter":
             names.add(f"{family.name}_total")
     # the gauges read from the engine at scrape time, which a bare Metrics has no engine for
-    return names | {"driftseg_streams_held", "driftseg_shift_score", "driftseg_gpu_memory_bytes"}
+    return names | {"driftseg_streams_held", "driftseg_shift_score", "driftseg_gpu_memory_bytes", "driftseg_state_store_up"}
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
