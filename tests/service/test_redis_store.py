@@ -2,8 +2,6 @@
 snapshots, a stream resumed by another replica, and serving on while Redis is down, caught up when
 it is back."""
 import shutil
-import socket
-import subprocess
 import time
 
 import pytest
@@ -12,40 +10,9 @@ from fastapi.testclient import TestClient
 from adapters.pipeline import StreamState
 from service.app import create_app
 from service.redis_store import RedisSnapshotStore, StoreUnavailable
+from service_util import RedisServer, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt install redis-server)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    def __init__(self, port: int, workdir):
-        self.port, self.workdir, self.proc = port, workdir, None
-
-    def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
 
 @pytest.fixture

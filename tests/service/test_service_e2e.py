@@ -3,14 +3,8 @@ reset, SIGTERM, a second process on the same state dir that resumes the stream, 
 `bench load` run against it."""
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from contextlib import closing
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,10 +12,9 @@ import pytest
 from bench.data import resolve_data_dir
 from bench.load import run_level
 from models.checkpoint import DEFAULT_CHECKPOINT
+from service_util import start, stop
 
-REPO = Path(__file__).resolve().parents[2]
 STREAM = "dusk-cam"
-READY_TIMEOUT = 60
 
 
 def dusk_frames(n: int) -> list[bytes]:
@@ -34,50 +27,6 @@ def dusk_frames(n: int) -> list[bytes]:
     if len(paths) < n or not all(p.is_file() for p in paths):
         pytest.skip(f"needs {n} target_dusk frames in {data / 'images'}")
     return [p.read_bytes() for p in paths]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(state_dir: Path, log: Path) -> tuple[subprocess.Popen, httpx.Client]:
-    """`driftseg serve` on a free loopback port, once GET /readyz answers 200; the process and a client."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTSEG_")}
-    env.update(DRIFTSEG_STATE_DIR=str(state_dir), DRIFTSEG_DEVICE="cpu")
-    port = free_port()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "driftseg_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--log-level", "info"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            client.close()
-            pytest.fail(f"driftseg serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if client.get("/readyz", timeout=2).status_code == 200:
-                return proc, client
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            client.close()
-            proc.kill()
-            pytest.fail(f"driftseg serve not ready after {READY_TIMEOUT} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen) -> int:
-    """SIGTERM, then the exit status (killed after 20 s). uvicorn shuts down gracefully and then
-    re-raises the signal it caught, so a clean stop exits with -SIGTERM (or 0 on older uvicorn)."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
 
 
 def post(client: httpx.Client, frame: bytes) -> httpx.Response:
