@@ -96,6 +96,9 @@ class StreamRegistry:
                 if new and not entry.dirty and self.entries.get(stream) is entry:
                     del self.entries[stream]
                 raise
+        if len(self.entries) > self.max_streams:
+            # streams that were all in use when the cap was passed: evict now that one is free
+            await self._evict()
 
     async def _resume(self, stream: str, create: bool) -> StreamEntry | None:
         # a shared store may hold a snapshot that another replica wrote after this one listed the store
