@@ -3,6 +3,7 @@
 version CI runs; set it to 600 or more by hand), with the server's memory flat and every stream's
 frame count going on across its evictions."""
 import os
+import statistics
 import threading
 import time
 from contextlib import closing
@@ -67,11 +68,13 @@ def test_memory_stays_flat_while_streams_churn(tmp_path):
         stop(proc)
 
     warm = [m for t, m in samples if t >= SECONDS / 4]  # after the first quarter: allocator warmed up
+    third = max(1, len(warm) // 3)
+    early, late = statistics.median(warm[:third]), statistics.median(warm[-third:])
     print(f"\n{STREAMS} streams, registry of {MAX_STREAMS}, {SECONDS:.0f} s: "
-          f"{sum(map(len, counts.values()))} frames, RSS {warm[0]:.0f} -> {max(warm):.0f} -> {warm[-1]:.0f} MiB, "
-          f"{streams['on_disk']} snapshots on disk")
+          f"{sum(map(len, counts.values()))} frames, RSS median {early:.0f} MiB early, {late:.0f} MiB late "
+          f"(peak {max(warm):.0f}: batches of several frames come and go), {streams['on_disk']} snapshots on disk")
     assert not errors, errors[:3]
     for stream, seen in counts.items():
         assert seen and seen == list(range(1, len(seen) + 1)), stream  # restored after every eviction
     assert streams["in_memory"] <= MAX_STREAMS + 1 and streams["on_disk"] >= STREAMS - MAX_STREAMS
-    assert max(warm) - warm[0] < 0.1 * warm[0] + 30  # flat: no growth with frames or churn
+    assert late - early < 0.05 * early + 50  # flat: no growth with frames or churn
