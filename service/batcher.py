@@ -8,8 +8,9 @@ seconds (at most `max_batch` frames), groups them by frame size (a batch is one 
 each group as one step of the adapted function in a worker thread, one group at a time. A stream
 never has two frames in a batch: the engine holds a stream's lock from decode to commit, so a
 stream has at most one frame waiting, and a frame whose request was cancelled is dropped before it
-is batched. A failed step answers each of its requests with the error, and no state changes: the
-step returns new states and never mutates the ones it was given.
+is batched. A failed step, or one that answers another number of frames than it was given, answers
+each of its requests with the error, and no state changes: the step returns new states and never
+mutates the ones it was given.
 """
 import asyncio
 import time
@@ -104,6 +105,9 @@ class Batcher:
         frames = torch.cat([r.frame for r in group])
         try:
             labels, states = await to_thread.run_sync(self.step, frames, [r.state for r in group])
+            if len(labels) != len(group) or len(states) != len(group):
+                raise RuntimeError(f"the step answered {len(labels)} label maps and {len(states)} states "
+                                   f"for {len(group)} frames")
         except BaseException as e:  # every request of the batch hears of it; the worker goes on unless stopped
             error = NotReady("the server is shutting down: retry") if isinstance(e, asyncio.CancelledError) else e
             for r in group:

@@ -99,6 +99,20 @@ def test_a_failed_batch_answers_each_request_and_the_worker_goes_on():
     assert later[0].item() == 3 and later[1] == 1
 
 
+def test_a_step_that_answers_too_few_fails_every_request():
+    def short_step(frames, states):
+        return [np.zeros((1, 1))], states[:1]  # one answer for two frames
+
+    async def main():
+        batcher = await _started(short_step)
+        answers = await asyncio.gather(batcher.submit(frame(1), 0, True), batcher.submit(frame(2), 0, True),
+                                       return_exceptions=True)
+        await batcher.stop()
+        return answers
+
+    assert all(isinstance(a, RuntimeError) and "for 2 frames" in str(a) for a in run(main()))
+
+
 def test_a_cancelled_request_never_reaches_the_network():
     async def main():
         step = FakeStep()
