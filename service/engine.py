@@ -128,8 +128,11 @@ class Engine:
         whose state changed meanwhile (the registry kept them in memory)."""
         while True:
             await asyncio.sleep(self.settings.store_retry_seconds)
-            if not self.store.healthy and await to_thread.run_sync(self.store.ping):
-                log.info("state store back: %d stream snapshot(s) caught up", await self.registry.flush())
+            try:
+                if not self.store.healthy and await to_thread.run_sync(self.store.ping):
+                    log.info("state store back: %d stream snapshot(s) caught up", await self.registry.flush())
+            except Exception:  # the watcher must outlive whatever one attempt ran into
+                log.exception("state store catch-up failed; trying again in %s s", self.settings.store_retry_seconds)
 
     # the request path
 
