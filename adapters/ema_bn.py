@@ -54,8 +54,9 @@ class StreamBatchNorm2d(nn.Module):
         # per-sample statistics: sample b's channels become channels b*C.. of one sample, so that
         # one fused batch_norm normalises them all (on the CPU 1.5x faster than scale-and-shift by hand)
         b, c, h, w = x.shape
+        weight, bias = (self.weight, self.bias) if b == 1 else (self.weight.repeat(b), self.bias.repeat(b))
         out = F.batch_norm(x.reshape(1, b * c, h, w), mean.reshape(-1), var.reshape(-1),
-                           self.weight.repeat(b), self.bias.repeat(b), False, 0.0, self.eps)
+                           weight, bias, False, 0.0, self.eps)
         return out.view(b, c, h, w)
 
 
