@@ -12,8 +12,6 @@ size and the label maps back to theirs stay in torch.
 """
 import argparse
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from adapters.pipeline import Pipeline
+from models.checkpoint import write_atomically
 
 log = logging.getLogger("driftseg.onnx")
 OPSET = 18
@@ -71,18 +70,7 @@ def export(pipeline: Pipeline, path: Path, metadata: dict[str, str]) -> Path:
     model.ir_version = min(model.ir_version, IR_VERSION)
     for key, value in {**metadata, "inputs": ",".join(inputs), "outputs": ",".join(outputs)}.items():
         model.metadata_props.add(key=f"driftseg.{key}", value=str(value))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is for others to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda f: f.write(model.SerializeToString()))
     return path
 
 

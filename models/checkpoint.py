@@ -8,8 +8,10 @@ import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -88,24 +90,31 @@ def compact_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> None:
-    """Write atomically: a reader never sees a half-written checkpoint."""
-    path = Path(path)
+def write_atomically(path: Path, write: Callable[[BinaryIO], None], private: bool = False) -> None:
+    """Write `path` through a temp file beside it (`.NAME.*.tmp`), flushed, fsynced and renamed over
+    it: a reader sees the old file or the new one, never half of one. The file gets the permissions
+    the umask allows, or stays readable by its owner alone if `private`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(ckpt)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is not
+        if not private:  # mkstemp makes the file private
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> None:
+    """Write atomically: a reader never sees a half-written checkpoint."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(ckpt)}
+    write_atomically(Path(path), lambda f: torch.save(payload, f))
 
 
 _TYPES = {

@@ -24,6 +24,7 @@ import torch
 
 from adapters.pipeline import StreamState
 from adapters.spec import parse_method
+from models.checkpoint import write_atomically
 from service.errors import Conflict, Unprocessable
 
 FORMAT = "driftseg-stream-state"
@@ -161,16 +162,7 @@ class SnapshotStore:
     def write(self, stream: str, state: StreamState, last_seen: float, force: bool = False) -> bool:
         """Replace the stream's snapshot (one writer, so always: `force` is for the shared store)."""
         data = encode(stream, state, self.checkpoint, self.method, last_seen)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(stream))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path(stream), lambda f: f.write(data), private=True)
         _fsync_dir(self.directory)
         return True
 
