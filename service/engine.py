@@ -7,7 +7,6 @@ run off the event loop in worker threads. A stream's new state is stored only on
 encode all succeeded, so a failed request leaves the stream as it was.
 """
 import asyncio
-import hashlib
 import logging
 import math
 import time
@@ -97,8 +96,8 @@ class Engine:
         pipeline = Pipeline(ckpt, settings.spec, settings.torch_device)
         fingerprint = file_sha256(settings.checkpoint)
         if settings.engine == "onnx":
-            method_digest = hashlib.sha256(settings.method_string.encode()).hexdigest()[:12]
-            path = settings.onnx_model or settings.state_dir / "onnx" / f"{fingerprint[:16]}-{method_digest}.onnx"
+            cached = settings.state_dir / "onnx" / f"{snapshots.origin_key(fingerprint, settings.method_string)}.onnx"
+            path = settings.onnx_model or cached
             pipeline.adapt_core = onnx_engine.load_or_export(
                 pipeline, path, onnx_engine.onnx_metadata(fingerprint, settings.method_string))
         engine = cls(settings, pipeline, ckpt.class_names, ckpt.palette, fingerprint, metrics)

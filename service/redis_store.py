@@ -1,7 +1,7 @@
 """Stream snapshots in Redis (DRIFTSEG_STATE_STORE=redis://host:port/db), shared by every replica, so
 a stream that moves to another replica (its own replica died, or the ring changed) resumes there.
 
-One hash per stream, `driftseg:<checkpoint[:16]>:<method digest>:<stream key>`, holding the snapshot
+One hash per stream, `driftseg:<origin key>:<stream key>` (service/snapshots.py), holding the snapshot
 bytes (service/snapshots.py's format), its version and last-seen time. The version is the stream's
 frame count, and a write lands only if it is not older than the stored one (checked inside Redis by
 a script, atomically): a replica that lags behind cannot roll a stream back. A reset deletes the
@@ -10,7 +10,6 @@ key, and an imported state is written unconditionally.
 Redis down: every call raises StoreUnavailable (an OSError, which the registry already answers by
 keeping the state in memory and retrying later) and `healthy` turns False until a call succeeds.
 """
-import hashlib
 import logging
 from urllib.parse import urlsplit
 
@@ -18,7 +17,7 @@ import redis
 
 from adapters.pipeline import StreamState
 from service.errors import Conflict, Unprocessable
-from service.snapshots import DiskEntry, check_origin, decode, encode, stream_key, stream_payload
+from service.snapshots import DiskEntry, check_origin, decode, encode, origin_key, stream_key, stream_payload
 
 log = logging.getLogger("driftseg.service")
 
@@ -42,7 +41,7 @@ class RedisSnapshotStore:
         parts = urlsplit(url)
         self.directory = f"redis://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"  # no password in logs
         self.checkpoint, self.method = checkpoint, method
-        self.prefix = f"driftseg:{checkpoint[:16]}:{hashlib.sha256(method.encode()).hexdigest()[:12]}:"
+        self.prefix = f"driftseg:{origin_key(checkpoint, method)}:"
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._write_if_newer = self.client.register_script(_WRITE_IF_NEWER)
         self.healthy = False
@@ -106,6 +105,8 @@ class RedisSnapshotStore:
             keys = self._call(lambda: list(self.client.scan_iter(match=self.prefix + "*")))
             for key in keys:
                 data = self._call(self.client.hget, key, "data")
+                if data is None:
+                    continue  # reset by a replica since the SCAN listed it
                 try:
                     payload = decode(data)
                     check_origin(payload, self.checkpoint, self.method)

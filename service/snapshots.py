@@ -37,6 +37,12 @@ def stream_key(stream: str) -> str:
     return hashlib.sha256(stream.encode()).hexdigest()
 
 
+def origin_key(checkpoint: str, method: str) -> str:
+    """A short name for what made a stream's state (checkpoint fingerprint, method spec): the Redis
+    keys of its snapshots and the file its exported ONNX engine is cached in carry it."""
+    return f"{checkpoint[:16]}-{hashlib.sha256(method.encode()).hexdigest()[:12]}"
+
+
 def _to_cpu(value):
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()

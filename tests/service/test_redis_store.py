@@ -40,6 +40,8 @@ def test_a_snapshot_is_never_replaced_by_an_older_one(redis_server):
     assert store.read("cam")["state"]["frames"] == 4
     assert store.scan()["cam"].frames == 4
     assert RedisSnapshotStore(redis_server.url, "d" * 64, "source").scan() == {}  # another checkpoint's keys
+    store.client.hset(store.key("gone"), "version", 3)  # a key a replica reset between SCAN and HGET
+    assert set(store.scan()) == {"cam"}
     store.delete("cam")
     assert store.read("cam") is None
 
