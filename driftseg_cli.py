@@ -5,6 +5,9 @@ import sys
 # command words -> (module:function, what it does)
 COMMANDS = {
     ("train", "source"): ("training.source:main", "train a model on the labelled source split"),
+    ("train", "adversarial"): ("training.adversarial:main", "output-space adversarial adaptation to unlabelled target frames"),
+    ("train", "seat"): ("training.seat:main", "adversarial adaptation with separate source and target BN branches"),
+    ("train", "self-training"): ("training.self_training:main", "train on source labels and target pseudo-labels"),
     ("calibrate",): ("training.calibrate:main", "store the automatic mode's shift calibration in a checkpoint"),
     ("bench", "accuracy"): ("bench.cli:accuracy_main", "the online benchmark: methods x streams"),
     ("bench", "speed"): ("bench.speed:main", "per-frame cost of methods at batch 1, round robin, vs the frozen model"),

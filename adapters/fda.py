@@ -105,8 +105,13 @@ def transfer_unclamped(
     _check_transfer_args(images, b, mode)
     if b == 0:
         return images.to(torch.float32)
-    if source_band.dim() != 3 or source_band.shape[0] != 3:
-        raise ValueError(f"source_band must have shape [3, 2b', 2b'], got {list(source_band.shape)}")
+    if source_band.dim() not in (3, 4) or source_band.shape[-3] != 3 or (
+        source_band.dim() == 4 and source_band.shape[0] != images.shape[0]
+    ):
+        raise ValueError(
+            f"source_band must have shape [3, 2b', 2b'] or [B, 3, 2b', 2b'] (one per image), "
+            f"got {list(source_band.shape)} for {images.shape[0]} images"
+        )
     source = center_crop_band(source_band, b).to(device=images.device, dtype=torch.float32)
 
     h, w = images.shape[-2:]
@@ -129,7 +134,9 @@ def transfer(
     """Move each frame's low-frequency amplitude towards the source domain.
 
     images: [B, 3, H, W] raw RGB in [0, 1]. source_band: [3, 2b', 2b'], b' >= b,
-    the source domain's mean amplitude band (its centre 2b x 2b is used).
+    the source domain's mean amplitude band (its centre 2b x 2b is used), or
+    [B, 3, 2b', 2b'], one band per image (training-time styling: each source
+    image takes the amplitude of a target image).
     mode "swap": band amplitude := source amplitude (original FDA); recent_band is
     not used.
     mode "ratio": band amplitude *= source / recent_band, recent_band [B, 3, 2b, 2b]

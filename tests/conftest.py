@@ -13,6 +13,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions run far faster on one thread, above all beside another CPU job."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt():
     """A small LRASPP checkpoint with CamVid's 11 classes, input 32x48, BN statistics of

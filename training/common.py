@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 from adapters.fda import low_freq_amplitude
 from bench.data import FrameFolder
 from bench.metrics import ConfusionMatrix
-from models.checkpoint import Checkpoint, compact_weights, git_commit, save_checkpoint
+from models.checkpoint import Checkpoint, compact_weights, file_sha256, git_commit, save_checkpoint
 
 AMPLITUDE_BETA = 0.1  # the widest FDA band the checkpoint can serve
 
@@ -80,14 +80,34 @@ def endless(sampler: DistributedSampler) -> Iterator[int]:
         yield from sampler
 
 
-def augmented_batch(images, labels, indices, augment) -> tuple[torch.Tensor, torch.Tensor]:
-    """float [B, 3, h, w] in [0, 1] and int64 [B, h, w], augmented sample by sample on their device."""
+def augmented_batch(images, labels, indices, augment) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """float [B, 3, h, w] in [0, 1] and int64 [B, h, w] (None for unlabelled frames), augmented
+    sample by sample on their device."""
     xs, ys = [], []
     for i in indices.tolist():
+        if labels is None:
+            xs.append(augment(tv_tensors.Image(images[i])))
+            continue
         x, y = augment(tv_tensors.Image(images[i]), tv_tensors.Mask(labels[i][None]))
         xs.append(x)
         ys.append(y[0])
-    return torch.stack(xs).float().div_(255), torch.stack(ys).long()
+    return torch.stack(xs).float().div_(255), torch.stack(ys).long() if ys else None
+
+
+class Batches:
+    """Endless augmented batches of one split, each process its own shard (DistributedSampler)."""
+
+    def __init__(self, images, labels, batch_size: int, augment, ctx: Dist, seed: int):
+        if len(images) < ctx.world:
+            raise ValueError(f"{len(images)} frames cannot be shared by {ctx.world} processes")
+        self.images, self.labels, self.batch_size, self.augment = images, labels, batch_size, augment
+        sampler = DistributedSampler(range(len(images)), ctx.world, ctx.rank, shuffle=True, seed=seed,
+                                     drop_last=True)
+        self.indices = endless(sampler)
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch = torch.tensor([next(self.indices) for _ in range(self.batch_size)])
+        return augmented_batch(self.images, self.labels, batch, self.augment)
 
 
 def poly_schedule(optimizer, total: int, warmup: int, power: float = 0.9):
@@ -99,7 +119,8 @@ def poly_schedule(optimizer, total: int, warmup: int, power: float = 0.9):
 
 
 class Progress:
-    """Periodic lines (iteration, losses, lr, speed, ETA) and a JSONL log of the same records."""
+    """Periodic lines (iteration, losses, lr, speed, ETA) and a JSONL log of the same records.
+    Under torchrun every process calls update(); the values are averaged over the processes."""
 
     def __init__(self, total: int, every: int, log: Path | None, enabled: bool = True):
         self.total, self.every, self.enabled = total, max(1, every), enabled
@@ -111,7 +132,10 @@ class Progress:
 
     def update(self, it: int, **values: float) -> None:
         done = it + 1
-        if not self.enabled or (done % self.every and done != self.total):
+        if done % self.every and done != self.total:
+            return
+        values = reduce_mean(values)
+        if not self.enabled:
             return
         elapsed = time.perf_counter() - self.start
         eta = elapsed / done * (self.total - done)
@@ -127,10 +151,22 @@ class Progress:
             self.log.close()
 
 
+def reduce_mean(values: dict[str, float]) -> dict[str, float]:
+    """The mean of each value over the processes of a torchrun group (the values as they are alone)."""
+    if not (dist.is_available() and dist.is_initialized()) or not values:
+        return values
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return dict(zip(values, (t / dist.get_world_size()).tolist()))
+
+
 @torch.no_grad()
 def evaluate(model, images, labels, num_classes: int, ignore_index: int, batch: int = 8) -> dict:
-    """mIoU and mean Dice of `model` (eval mode) over frames at their stored size."""
-    was_training = model.training
+    """mIoU and mean Dice of `model` (eval mode) over frames at their stored size; every module
+    gets its own mode back (jobs keep BN layers in eval mode while the rest trains)."""
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index)
     for i in range(0, len(images), batch):
@@ -138,7 +174,8 @@ def evaluate(model, images, labels, num_classes: int, ignore_index: int, batch: 
         with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
             pred = model(x).argmax(1)
         cm.update(labels[i:i + batch].cpu(), pred.cpu())
-    model.train(was_training)
+    for m, training in modes.items():
+        m.training = training
     return {"miou": round(cm.miou(), 2), "dice": round(cm.dice(), 2)}
 
 
@@ -160,3 +197,15 @@ def write_checkpoint(out: Path, model, arch: str, arch_kwargs: dict, folder: Fra
     )
     save_checkpoint(ckpt, out)
     return ckpt
+
+
+def args_record(args) -> dict:
+    """A job's arguments as a checkpoint's config keeps them (paths as strings: no code to unpickle)."""
+    def plain(v):
+        return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(v, list) else v
+    return {k: plain(v) for k, v in vars(args).items()}
+
+
+def parent_record(path: Path, parent: Checkpoint) -> dict:
+    """How a checkpoint names one it was made from: the file, its fingerprint, the job that made it."""
+    return {"path": str(path), "sha256": file_sha256(Path(path)), "job": parent.config.get("job")}

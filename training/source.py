@@ -1,4 +1,5 @@
-"""`driftseg train source`: supervised training on the labelled source split, from scratch."""
+"""`driftseg train source`: supervised training on labelled splits, from scratch or from a
+checkpoint (`--init`; e.g. the dusk oracle: source_train and target_dusk with their labels)."""
 import argparse
 import time
 from pathlib import Path
@@ -6,11 +7,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 
 from bench.data import FrameFolder
 from models.registry import create_model, list_architectures
-from models.checkpoint import save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from training import common
 from training.calibrate import shift_calibration
 
@@ -22,7 +22,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
     p.add_argument("--arch", default="lraspp_mobilenet_v3_large", choices=list_architectures())
     p.add_argument("--out", required=True, type=Path, help="checkpoint file to write")
-    p.add_argument("--train-split", default="source_train")
+    p.add_argument("--train-split", nargs="+", default=["source_train"], help="one or more labelled splits")
+    p.add_argument("--init", type=Path, help="start from this checkpoint (its architecture and input size) "
+                   "instead of from scratch")
     p.add_argument("--val-split", default="source_val")
     p.add_argument("--input-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     p.add_argument("--crop", type=int, nargs=2, default=[320, 448], metavar=("H", "W"))
@@ -43,26 +45,30 @@ def main(argv=None) -> None:
     ctx = common.setup_distributed(args.device)
     torch.manual_seed(args.seed)
     folder = FrameFolder.open(args.data)
+    if args.init:
+        parent = load_checkpoint(args.init)
+        args.arch, args.input_size = parent.arch, parent.input_size
+        model = parent.build_model(ctx.device)
+    else:
+        model = create_model(args.arch, len(folder.class_names), IMAGENET_MEAN, IMAGENET_STD).to(ctx.device)
     size = tuple(args.input_size)
-    images, labels = common.load_frames(folder, args.train_split, size, ctx.device)
+    splits = [common.load_frames(folder, split, size, ctx.device) for split in args.train_split]
+    images, labels = torch.cat([x for x, _ in splits]), torch.cat([y for _, y in splits])
     val_images, val_labels = common.load_frames(folder, args.val_split, size, ctx.device)
 
-    model = create_model(args.arch, len(folder.class_names), IMAGENET_MEAN, IMAGENET_STD).to(ctx.device)
     model = model.to(memory_format=torch.channels_last)
     train_model = DistributedDataParallel(model) if ctx.world > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = common.poly_schedule(optimizer, args.iters, args.warmup)
     augment = common.augmentation(tuple(args.crop), folder.ignore_index, short_side=min(size))
-    sampler = DistributedSampler(range(len(images)), ctx.world, ctx.rank, shuffle=True, seed=args.seed, drop_last=True)
+    batches = common.Batches(images, labels, args.batch_size, augment, ctx, args.seed)
     out: Path = args.out
     progress = common.Progress(args.iters, args.log_every, out.with_suffix(".jsonl"), enabled=ctx.main)
 
-    indices = common.endless(sampler)
     start = time.perf_counter()
     model.train()
     for it in range(args.iters):
-        batch = torch.tensor([next(indices) for _ in range(args.batch_size)])
-        x, y = common.augmented_batch(images, labels, batch, augment)
+        x, y = next(batches)
         with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.device.type == "cuda"):
             loss = F.cross_entropy(train_model(x.contiguous(memory_format=torch.channels_last)), y,
                                    ignore_index=folder.ignore_index)
@@ -80,8 +86,9 @@ def main(argv=None) -> None:
     metrics = common.evaluate(model, val_images, val_labels, len(folder.class_names), folder.ignore_index)
     metrics.update(split=args.val_split, train_seconds=round(train_seconds, 1), final_loss=round(loss.item(), 4))
     if ctx.main:
-        config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        config = {**common.args_record(args),
                   "job": "source", "world_size": ctx.world,
+                  "parents": [common.parent_record(args.init, parent)] if args.init else [],
                   "device_name": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"}
         data = {"root": str(folder.root), "train_split": args.train_split, "frames": len(images)}
         ckpt = common.write_checkpoint(out, model, args.arch, {}, folder, size, IMAGENET_MEAN, IMAGENET_STD,

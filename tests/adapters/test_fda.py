@@ -123,6 +123,15 @@ def test_swap_band_amplitude_equals_source(h: int, w: int, beta: float) -> None:
     torch.testing.assert_close(out_band, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_swap_with_one_band_per_image_gives_each_image_its_own() -> None:
+    x = _images(2, 10, 12, seed=9)
+    bands = low_freq_amplitude(_images(2, 10, 12, seed=10), 2)
+    out_band = low_freq_amplitude(transfer_unclamped(x, bands, 2, mode="swap"), 2)
+    torch.testing.assert_close(out_band[..., 1:, 1:], bands[..., 1:, 1:], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"one per image\), got \[3, 3, 4, 4\] for 2 images"):
+        transfer(x, torch.cat([bands, bands[:1]]), 2, mode="swap")
+
+
 def test_transfer_clamps_and_keeps_dtype() -> None:
     x = _images(1, 8, 8, seed=7)
     source = 5.0 * low_freq_amplitude(x, 2)[0]  # far too bright: forces clamping

@@ -1,6 +1,4 @@
-"""training/source.py: a toy CPU run on five real CamVid frames, copied into tmp_path."""
-import json
-import shutil
+"""training/source.py: a toy CPU run on five real CamVid frames (conftest.py)."""
 from pathlib import Path
 
 import numpy as np
@@ -11,45 +9,12 @@ from torchvision.transforms import v2
 
 from bench.data import CAMVID_CLASSES, CAMVID_PALETTE
 from models.checkpoint import load_checkpoint
-from training import source
-
-REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
-ITERS = 30
-SIZE = (64, 80)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run far faster on one thread, above all beside another CPU job."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from toy_sizes import SIZE, SOURCE_ITERS as ITERS
 
 
 @pytest.fixture(scope="module")
-def run(_one_thread, tmp_path_factory) -> dict:
-    if not (REAL / "splits.json").is_file():
-        pytest.skip(f"real CamVid folder {REAL} not found")
-    root = tmp_path_factory.mktemp("camvid5")
-    (root / "images").mkdir()
-    (root / "labels").mkdir()
-    real = json.loads((REAL / "splits.json").read_text())
-    # the job calibrates the shift score on the validation split, which needs at least 3 frames
-    splits = {"train2": real["source_train"][:2], "val3": real["source_val"][:3]}
-    for name in splits["train2"] + splits["val3"]:
-        shutil.copy(REAL / "images" / f"{name}.jpg", root / "images")
-        shutil.copy(REAL / "labels" / f"{name}.png", root / "labels")
-    (root / "splits.json").write_text(json.dumps(splits))
-
-    out = root / "runs" / "nested" / "toy.pt"  # folders that do not exist yet
-    source.main([
-        "--data", str(root), "--out", str(out), "--device", "cpu", "--train-split", "train2",
-        "--val-split", "val3", "--input-size", *map(str, SIZE), "--crop", "48", "64", "--batch-size", "2",
-        "--iters", str(ITERS), "--warmup", "1", "--log-every", "1", "--seed", "0",
-    ])
-    log = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
-    return {"root": root, "splits": splits, "out": out, "log": log}
+def run(toy_source) -> dict:
+    return toy_source
 
 
 def resized(root: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,9 +50,9 @@ def test_checkpoint_loads_with_required_fields(run) -> None:
     cfg = ckpt.config
     assert cfg["job"] == "source" and cfg["iters"] == ITERS and cfg["batch_size"] == 2
     assert cfg["input_size"] == list(SIZE) and cfg["crop"] == [48, 64]
-    assert cfg["train_split"] == "train2" and cfg["val_split"] == "val3"
+    assert cfg["train_split"] == ["train2"] and cfg["init"] is None and cfg["parents"] == [] and cfg["val_split"] == "val3"
     assert cfg["out"] == str(run["out"]) and cfg["world_size"] == 1 and cfg["device_name"] == "cpu"
-    assert ckpt.data == {"root": str(run["root"].resolve()), "train_split": "train2", "frames": 2}
+    assert ckpt.data == {"root": str(run["root"].resolve()), "train_split": ["train2"], "frames": 2}
 
     m = ckpt.metrics
     assert m["split"] == "val3"

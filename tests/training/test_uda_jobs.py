@@ -1,0 +1,118 @@
+"""The offline jobs end to end at toy scale on real CamVid frames (conftest.py): the target frames
+come without labels, so a job that read them would fail; every checkpoint must load, record its
+parents, and run in the automatic online pipeline the service uses."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapters.pipeline import Pipeline
+from adapters.spec import parse_method
+from models.checkpoint import file_sha256, load_checkpoint
+from training import adversarial, seat, self_training
+
+ITERS = 4
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def job_args(toy, out: Path, parent: Path) -> list[str]:
+    return ["--data", str(toy["root"]), "--parent", str(parent), "--out", str(out), "--device", "cpu",
+            "--source-split", "train2", "--target-split", "target2", "--val-split", "val3", "--crop", "48", "64",
+            "--batch-size", "2", "--iters", str(ITERS), "--warmup", "1", "--log-every", "1"]
+
+
+def bn_statistics(weights: dict) -> dict:
+    return {k: v for k, v in weights.items() if k.endswith(("running_mean", "running_var"))}
+
+
+def check_servable(path: Path, parent_path: Path, job: str, log_keys: set[str]):
+    """The checkpoint loads, names its parent, logged every iteration and adapts a frame with `auto`."""
+    ckpt, parent = load_checkpoint(path), load_checkpoint(parent_path)
+    assert ckpt.config["job"] == job and ckpt.config["world_size"] == 1
+    assert ckpt.config["parents"][0] == {"path": str(parent_path), "sha256": file_sha256(parent_path), "job": "source"}
+    assert ckpt.data["target_split"] == "target2" and ckpt.data["target_frames"] == 2
+    assert ckpt.metrics["split"] == "val3" and 0 <= ckpt.metrics["miou"] <= 100
+    assert torch.equal(ckpt.source_amplitude, parent.source_amplitude)  # FDA still moves frames to the source
+    changed = [k for k, v in ckpt.weights.items() if v.is_floating_point() and not torch.equal(v, parent.weights[k])]
+    assert changed  # it trained
+    log = [json.loads(line) for line in path.with_suffix(".jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == list(range(1, ITERS + 1))
+    assert log_keys <= log[-1].keys() and all(torch.isfinite(torch.tensor(r["seg"])) for r in log)
+
+    pipeline = Pipeline(ckpt, parse_method("auto"))
+    labels, states = pipeline.step(torch.rand(1, 3, *ckpt.input_size), [pipeline.new_state()])
+    assert labels.shape == (1, *ckpt.input_size) and int(labels.max()) < ckpt.num_classes
+    return ckpt, parent
+
+
+@pytest.fixture(scope="module")
+def adversarial_run(toy_source) -> Path:
+    out = toy_source["root"] / "runs" / "adv.pt"
+    adversarial.main(job_args(toy_source, out, toy_source["out"]) + ["--fda-beta", "0.05", "--lambda-ent", "0.005"])
+    return out
+
+
+def test_adversarial_keeps_source_bn_statistics(toy_source, adversarial_run) -> None:
+    ckpt, parent = check_servable(adversarial_run, toy_source["out"], "adversarial", {"seg", "adv", "d", "lr"})
+    assert ckpt.config["levels"] == "separate" and ckpt.config["fda_beta"] == 0.05
+    for k, v in bn_statistics(parent.weights).items():
+        assert torch.equal(ckpt.weights[k], v), k
+
+
+def test_seat_serves_plain_bn_with_target_statistics(toy_source, tmp_path) -> None:
+    out = tmp_path / "seat.pt"
+    seat.main(job_args(toy_source, out, toy_source["out"]) + ["--source-branch", "net.backbone.1"])
+    ckpt, parent = check_servable(out, toy_source["out"], "seat", {"seg", "adv", "d"})
+    assert ckpt.config["levels"] == "fused" and ckpt.config["source_branch"] == ["net.backbone.1"]
+    moved = [k for k, v in bn_statistics(parent.weights).items() if not torch.equal(ckpt.weights[k], v)]
+    assert moved  # the branches normalise with their own domain's statistics
+
+
+def test_seat_refuses_a_layer_switch_that_names_no_layer(toy_source, tmp_path) -> None:
+    with pytest.raises(ValueError, match="names no BN layer"):
+        seat.main(job_args(toy_source, tmp_path / "x.pt", toy_source["out"]) + ["--source-branch", "net.nowhere"])
+
+
+def test_self_training_from_two_teachers(toy_source, adversarial_run, tmp_path, capsys) -> None:
+    out = tmp_path / "st.pt"
+    self_training.main(job_args(toy_source, out, toy_source["out"])
+                       + ["--teachers", str(toy_source["out"]), str(adversarial_run), "--prototypes"])
+    ckpt, parent = check_servable(out, toy_source["out"], "self-training", {"seg", "pseudo", "lr"})
+    assert [p["path"] for p in ckpt.config["parents"]] == [str(toy_source["out"]), str(adversarial_run)]
+    pseudo = ckpt.config["pseudo_labels"]
+    assert 0 < pseudo["kept_fraction"] <= pseudo["confident_fraction"] <= 1 and len(pseudo["thresholds"]) == 11
+    assert f"{100 * pseudo['kept_fraction']:.1f}% of target pixels kept" in capsys.readouterr().out
+    for k, v in bn_statistics(parent.weights).items():
+        assert torch.equal(ckpt.weights[k], v), k
+
+
+def test_self_training_checks_its_arguments(toy_source, tmp_path) -> None:
+    with pytest.raises(SystemExit):
+        self_training.main(job_args(toy_source, tmp_path / "x.pt", toy_source["out"]) + ["--top-fraction", "0"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["adversarial", "seat", "self-training"])
+def test_two_processes_with_gloo_keep_the_same_weights(toy_source, tmp_path, job) -> None:
+    """torchrun, 2 CPU processes: each rank saves its network after training; the parameters
+    agree (DDP averages the gradients), and so does the checkpoint rank 0 wrote."""
+    out = tmp_path / "ddp.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
+           job, str(tmp_path), *job_args(toy_source, out, toy_source["out"])]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    params = ranks[0]["parameters"]
+    assert params.keys() == ranks[1]["parameters"].keys() and params
+    for k, v in params.items():
+        torch.testing.assert_close(ranks[1]["parameters"][k], v, rtol=0, atol=0, msg=k)
+    ckpt = load_checkpoint(out)
+    assert ckpt.config["world_size"] == 2
+    served = {k: v for k, v in ckpt.weights.items() if k in params}
+    for k, v in served.items():
+        torch.testing.assert_close(v.float(), params[k].half().float(), msg=k)  # the checkpoint keeps fp16 weights
+    parent = load_checkpoint(toy_source["out"])
+    assert any(not torch.equal(v, parent.weights[k]) for k, v in served.items())

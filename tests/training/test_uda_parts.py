@@ -1,0 +1,185 @@
+"""The offline jobs' pieces on tiny CPU tensors, against direct computations."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from adapters.fda import band_size, low_freq_amplitude, transfer
+from models.registry import create_model
+from training import adversarial, seat, self_training
+from training.finetune import fda_style, freeze_bn_statistics
+from training.networks import FeatureTap, MultiLevelNet, OutputDiscriminator
+
+
+def tiny_model(arch="lraspp_mobilenet_v3_large") -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(arch, 5, (0.5,) * 3, (0.25,) * 3).eval()
+
+
+def test_discriminator_is_five_4x4_stride_2_convolutions_with_leaky_relu() -> None:
+    d = OutputDiscriminator(11)
+    convs = [m for m in d if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 512, 1]
+    assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in convs)
+    assert [m.negative_slope for m in d if isinstance(m, nn.LeakyReLU)] == [0.2] * 4
+    assert d(torch.rand(2, 11, 64, 96)).shape == (2, 1, 2, 3)  # 64 x 96 / 32
+
+
+@pytest.mark.parametrize("arch, key, channels", [
+    ("lraspp_mobilenet_v3_large", "high", 960), ("deeplabv3_mobilenet_v3_large", "out", 960),
+])
+def test_tap_keeps_the_backbones_deepest_feature(arch, key, channels) -> None:
+    model = tiny_model(arch)
+    tap = FeatureTap(model)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+        expected = model.net.backbone((x - model.mean) / model.std)[key]
+    assert tap.channels == channels
+    torch.testing.assert_close(tap.take(), expected)
+    with pytest.raises(RuntimeError, match="has not run"):
+        tap.take()
+
+
+def test_multilevel_net_main_output_is_the_models() -> None:
+    model = tiny_model()
+    net = MultiLevelNet(model, 5).eval()
+    x = torch.rand(2, 3, 64, 80)
+    with torch.no_grad():
+        main, aux = net(x)
+        expected = model(x)
+    torch.testing.assert_close(main, expected)
+    assert aux.shape == main.shape
+
+
+def test_charbonnier_entropy_against_numpy() -> None:
+    logits = torch.randn(2, 4, 3, 5)
+    p = np.exp(logits.double().numpy())
+    p /= p.sum(1, keepdims=True)
+    e = -(p * np.log(p)).sum(1) / np.log(4)
+    expected = ((e ** 2 + 1e-6) ** 2).mean()
+    assert adversarial.charbonnier_entropy(logits).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_domain_loss_is_bce_of_each_patch_against_its_samples_domain() -> None:
+    d = OutputDiscriminator(3, width=4)
+    logits = torch.randn(2, 3, 64, 64)
+    domains = torch.tensor([0.0, 1.0])
+    pred = d(logits.softmax(1)).detach().double().numpy()
+    prob = 1 / (1 + np.exp(-pred))
+    expected = -(np.log(1 - prob[0]).sum() + np.log(prob[1]).sum()) / pred.size
+    assert adversarial.domain_loss(d, logits, domains).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_fda_style_gives_each_source_frame_its_targets_low_amplitudes() -> None:
+    torch.manual_seed(0)
+    source = 0.3 + 0.4 * torch.rand(2, 3, 40, 48)  # mid-range: the final clamp to [0, 1] does not bite
+    target = torch.stack([0.2 + 0.1 * torch.rand(3, 40, 48), 0.6 + 0.1 * torch.rand(3, 40, 48)])
+    styled = fda_style(source, target, beta=0.05)
+    b = band_size(40, 48, 0.05)
+    for i in range(2):  # frame by frame, with the one-band transfer
+        alone = transfer(source[i:i + 1], low_freq_amplitude(target[i:i + 1], b)[0], b, mode="swap")
+        torch.testing.assert_close(styled[i:i + 1], alone)
+    # the zero frequency is inside the band: each styled frame has its target's mean colour
+    torch.testing.assert_close(styled.mean((2, 3)), target.mean((2, 3)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fda_style(source, target, beta=0.0), source)
+
+
+def test_frozen_bn_statistics_do_not_move_in_training() -> None:
+    model = freeze_bn_statistics(tiny_model())
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    model(torch.rand(2, 3, 64, 64))
+    assert model.training
+    for k, v in before.items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+
+
+def test_dual_bn_normalises_each_domain_with_its_own_branch() -> None:
+    torch.manual_seed(0)
+    dual = seat.DualBatchNorm2d(nn.BatchNorm2d(3)).train()
+    with torch.no_grad():
+        dual.source.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        dual.target.bias.copy_(torch.tensor([-1.0, 0.0, 1.0]))
+    x = torch.randn(5, 3, 4, 4)
+    model = nn.Sequential(dual)
+    with seat.source_first(model, 2):
+        out = model(x)
+    assert dual.source_count is None  # only inside the block
+
+    def by_hand(x, branch):
+        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+        y = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + 1e-5)
+        return y * branch.weight[None, :, None, None] + branch.bias[None, :, None, None]
+
+    torch.testing.assert_close(out[:2], by_hand(x[:2], dual.source), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[2:], by_hand(x[2:], dual.target), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dual.source.running_mean, 0.1 * x[:2].mean((0, 2, 3)))
+    torch.testing.assert_close(dual.target.running_mean, 0.1 * x[2:].mean((0, 2, 3)))
+    dual.eval()
+    torch.testing.assert_close(dual(x), dual.target(x))  # outside a block: the target branch
+
+
+def test_to_plain_takes_the_target_branch_except_where_switched() -> None:
+    model = tiny_model()
+    original = model.state_dict()
+    seat.to_dual(model)
+    for name, m in model.named_modules():
+        if isinstance(m, seat.DualBatchNorm2d):
+            nn.init.constant_(m.source.weight, 2.0)
+            nn.init.constant_(m.target.weight, 3.0)
+    plain = seat.to_plain(model, ["net.backbone.1"])
+    assert plain.state_dict().keys() == original.keys()  # a plain network again
+    for name, m in plain.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.weight.unique().item() == (2.0 if name.startswith("net.backbone.1") else 3.0), name
+    with pytest.raises(ValueError, match="names no BN layer"):
+        seat.to_plain(model, ["net.nowhere"])
+
+
+def test_to_dual_then_to_plain_without_training_is_the_same_network() -> None:
+    model = tiny_model()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        out = seat.to_plain(seat.to_dual(model)).eval()(x)
+    torch.testing.assert_close(out, expected)
+
+
+def test_class_thresholds_keep_each_class_top_fraction_capped() -> None:
+    confidence = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.95, 0.97, 0.99, 0.6])
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2])
+    thresholds = self_training.class_thresholds(confidence, labels, 4, top_fraction=0.4, cap=0.9)
+    # class 0: the top 40 % of 5 values lie at or above the 60th percentile, 0.4 (numpy's "lower" method)
+    assert thresholds[0].item() == pytest.approx(np.percentile([0.1, 0.2, 0.3, 0.4, 0.5], 60, method="lower"))
+    assert thresholds[1].item() == pytest.approx(0.9)  # 0.97 capped at 0.9
+    assert thresholds[2].item() == pytest.approx(0.6) and thresholds[3].item() == pytest.approx(0.9)
+
+
+def test_pseudo_labels_ignore_pixels_under_their_class_threshold() -> None:
+    torch.manual_seed(0)
+    probs = torch.rand(2, 3, 6, 7).softmax(1)
+    labels, thresholds = self_training.pseudo_labels(probs, 0.5, 0.9, ignore_index=255)
+    conf, arg = probs.max(1)
+    for c in range(3):
+        kept = (labels == c)
+        assert torch.equal(kept, (arg == c) & (conf >= thresholds[c]))
+        assert 0.45 <= kept.sum() / (arg == c).sum() <= 0.55 + 1 / (arg == c).sum()  # about half
+    assert set(labels.unique().tolist()) <= {0, 1, 2, 255}
+
+
+def test_prototype_filter_against_a_direct_implementation() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(2, 4, 3, 3)
+    labels = torch.randint(0, 3, (2, 6, 6))
+    labels[0, :2, :2] = 9  # ignored pixels
+    out = self_training.prototype_filter(features, labels, 3, ignore_index=9)
+
+    f = features.double().numpy().transpose(0, 2, 3, 1)
+    f /= np.linalg.norm(f, axis=-1, keepdims=True)
+    small = labels.numpy()[:, ::2, ::2]  # nearest downsampling of 6 -> 3
+    protos = np.stack([f[small == c].mean(0) for c in range(3)])
+    protos /= np.linalg.norm(protos, axis=-1, keepdims=True)
+    nearest = (f @ protos.T).argmax(-1).repeat(2, axis=1).repeat(2, axis=2)
+    expected = np.where(nearest == labels.numpy(), labels.numpy(), 9)
+    np.testing.assert_array_equal(out.numpy(), expected)
