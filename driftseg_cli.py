@@ -10,6 +10,7 @@ COMMANDS = {
     ("train", "self-training"): ("training.self_training:main", "train on source labels and target pseudo-labels"),
     ("calibrate",): ("training.calibrate:main", "store the automatic mode's shift calibration in a checkpoint"),
     ("bench", "accuracy"): ("bench.cli:accuracy_main", "the online benchmark: methods x streams"),
+    ("bench", "checkpoints"): ("bench.checkpoints:main", "checkpoints side by side on streams, against a baseline and an oracle"),
     ("bench", "speed"): ("bench.speed:main", "per-frame cost of methods at batch 1, round robin, vs the frozen model"),
     ("bench", "model"): ("bench.model:main", "raw throughput of the frozen and adapted pipeline at batch sizes, no HTTP"),
     ("bench", "load"): ("bench.load:main", "closed-loop load test of a running server: frames/s, latency, errors"),

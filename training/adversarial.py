@@ -4,19 +4,19 @@ optionally with FDA source-to-target styling and FDA's target entropy loss (Yang
 Every iteration: one forward of the segmentation network over source frames (labelled, styled
 like the target ones when --fda-beta > 0) and target frames (unlabelled); the network learns the
 source labels and to make its target outputs look like source outputs to the discriminators;
-then the discriminators learn to tell the two apart. The network starts from --parent with its BN
-statistics frozen, so the checkpoint keeps source statistics for online adaptation to blend with.
+then the discriminators learn to tell the two apart. The network starts from --parent; its BN layers
+take their statistics from the source frames alone (training/norms.py), so the checkpoint keeps
+source statistics for online adaptation to blend with.
 """
 import argparse
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from training import finetune
+from training import finetune, norms
 from training.networks import MultiLevelNet, OutputDiscriminator
 
 SOURCE, TARGET = 0.0, 1.0  # the discriminators' domain labels
@@ -55,11 +55,9 @@ def domain_loss(discriminator: nn.Module, logits: torch.Tensor, domains: torch.T
     return F.binary_cross_entropy_with_logits(pred, domains.to(pred)[:, None, None, None].expand_as(pred))
 
 
-def train(job: finetune.Job, net: MultiLevelNet,
-          source_first: Callable[[int], AbstractContextManager] = lambda n: nullcontext()) -> float:
-    """Adversarial training of `net` in place (its modes, BN included, as the caller set them); the
-    training seconds. `source_first(n)` wraps each forward of n source frames followed by target
-    frames (SEAT routes them through its branches)."""
+def train(job: finetune.Job, net: MultiLevelNet) -> float:
+    """Adversarial training of `net` in place (in the modes the caller set); the training seconds.
+    Each forward carries the source frames first, then the target frames (training/norms.py)."""
     args, ctx = job.args, job.ctx
     heads = {"separate": [args.lambda_adv, args.lambda_adv_aux], "fused": [args.lambda_adv], "single": [args.lambda_adv]}
     lambdas = heads[args.levels]
@@ -79,14 +77,14 @@ def train(job: finetune.Job, net: MultiLevelNet,
     def step(it: int) -> dict[str, float]:
         xs, ys = next(source)
         xt, _ = next(target)
-        if args.fda_beta:
-            xs = finetune.fda_style(xs, xt, args.fda_beta)
+        plain = len(xs)
+        xs, ys = finetune.with_styled(xs, ys, xt, args.fda_beta)
         n = len(xs)
-        as_source = torch.full((n,), SOURCE)
-        both = torch.cat([as_source, torch.full((len(xt),), TARGET)])
+        as_source = torch.full((len(xt),), SOURCE)
+        both = torch.cat([torch.full((n,), SOURCE), torch.full((len(xt),), TARGET)])
         for d in discriminators:
             d.requires_grad_(False)
-        with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.device.type == "cuda"), source_first(n):
+        with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.device.type == "cuda"), norms.source_first(net, plain):
             main, aux = g(torch.cat([xs, xt]))
         seg = F.cross_entropy(main[:n].float(), ys, ignore_index=job.ignore_index)
         seg_aux = F.cross_entropy(aux[:n].float(), ys, ignore_index=job.ignore_index)
@@ -119,8 +117,7 @@ def train(job: finetune.Job, net: MultiLevelNet,
 def main(argv=None) -> None:
     args = parse_args(argv)
     job = finetune.prepare(args, "adversarial")
-    model = job.parent.build_model(job.ctx.device)
+    model = norms.wrap(job.parent.build_model(job.ctx.device), norms.SourceStatsBatchNorm2d)
     net = MultiLevelNet(model, job.parent.num_classes).train()
-    finetune.freeze_bn_statistics(net.model)
     seconds = train(job, net)
-    finetune.finish(job, model, seconds)
+    finetune.finish(job, norms.plain(model), seconds)

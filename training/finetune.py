@@ -85,22 +85,21 @@ def prepare(args: argparse.Namespace, name: str) -> Job:
                val_labels, augment)
 
 
-def freeze_bn_statistics(model: nn.Module) -> nn.Module:
-    """Train mode with every BatchNorm layer in eval mode: its statistics stay the parent's source
-    statistics (which online adaptation blends with) and its affine transform still learns.
-    Batches of four frames would give noisy statistics anyway (AdaptSegNet freezes BN too)."""
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    return model
-
-
 def fda_style(source: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
     """Source frames [B, 3, H, W] in [0, 1] with the low-frequency amplitude of the target frame
     at the same index (FDA's source-to-target transfer, Yang & Soatto 2020); phase kept."""
     b = band_size(*source.shape[-2:], beta)
     return transfer(source, low_freq_amplitude(target, b), b, mode="swap") if b else source
+
+
+def with_styled(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, beta: float):
+    """The labelled frames of a batch: the source frames, then (for beta > 0) the same frames
+    styled like the target frames (fda_style) with the same labels. Only the plain source frames
+    give the BN statistics (norms.source_first(model, len(xs))): styled frames are normalised as
+    target frames are, and the checkpoint's statistics stay the source domain's."""
+    if not beta:
+        return xs, ys
+    return torch.cat([xs, fda_style(xs, xt, beta)]), torch.cat([ys, ys])
 
 
 def poly_adamw(params, args: argparse.Namespace, lr: float | None = None, betas=(0.9, 0.999)):

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from models.checkpoint import Checkpoint, load_checkpoint
-from training import finetune
+from training import finetune, norms
 from training.networks import FeatureTap
 
 
@@ -107,8 +107,7 @@ def main(argv=None) -> None:
         print(f"pseudo-labels from {len(teachers)} teacher(s): {100 * kept:.1f}% of target pixels kept "
               f"({100 * confident:.1f}% past the class thresholds)", flush=True)
 
-    student = job.parent.build_model(job.ctx.device)
-    finetune.freeze_bn_statistics(student)
+    student = norms.wrap(job.parent.build_model(job.ctx.device), norms.SourceStatsBatchNorm2d).train()
     g = DistributedDataParallel(student) if job.ctx.world > 1 else student
     optimizer, schedule = finetune.poly_adamw(student.parameters(), args)
     source = job.batches(job.source_images, job.source_labels)
@@ -117,9 +116,10 @@ def main(argv=None) -> None:
     def step(it: int) -> dict[str, float]:
         xs, ys = next(source)
         xt, yt = next(target)
-        if args.fda_beta:
-            xs = finetune.fda_style(xs, xt, args.fda_beta)
-        with torch.autocast(job.ctx.device.type, torch.bfloat16, enabled=job.ctx.device.type == "cuda"):
+        plain = len(xs)
+        xs, ys = finetune.with_styled(xs, ys, xt, args.fda_beta)
+        with torch.autocast(job.ctx.device.type, torch.bfloat16, enabled=job.ctx.device.type == "cuda"), \
+                norms.source_first(student, plain):
             logits = g(torch.cat([xs, xt])).float()
         seg = F.cross_entropy(logits[:len(xs)], ys, ignore_index=job.ignore_index)
         # a sum over the kept pixels: a crop may have none, where a mean would be NaN
@@ -135,4 +135,4 @@ def main(argv=None) -> None:
     record = {"pseudo_labels": {"kept_fraction": round(kept, 4), "confident_fraction": round(confident, 4),
                                 "thresholds": [round(t, 4) for t in thresholds.tolist()]}}
     parents = [(args.parent, job.parent)] + [(p, t) for p, t in zip(paths, teachers) if p != args.parent]
-    finetune.finish(job, student, seconds, parents=parents, **record)
+    finetune.finish(job, norms.plain(student), seconds, parents=parents, **record)

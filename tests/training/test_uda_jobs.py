@@ -55,20 +55,23 @@ def adversarial_run(toy_source) -> Path:
     return out
 
 
-def test_adversarial_keeps_source_bn_statistics(toy_source, adversarial_run) -> None:
+def statistics_moved(ckpt, parent) -> bool:
+    """The BN statistics followed the training (norms.py's layers: from the source frames alone)."""
+    return any(not torch.equal(ckpt.weights[k], v) for k, v in bn_statistics(parent.weights).items())
+
+
+def test_adversarial(toy_source, adversarial_run) -> None:
     ckpt, parent = check_servable(adversarial_run, toy_source["out"], "adversarial", {"seg", "adv", "d", "lr"})
     assert ckpt.config["levels"] == "separate" and ckpt.config["fda_beta"] == 0.05
-    for k, v in bn_statistics(parent.weights).items():
-        assert torch.equal(ckpt.weights[k], v), k
+    assert statistics_moved(ckpt, parent)
 
 
-def test_seat_serves_plain_bn_with_target_statistics(toy_source, tmp_path) -> None:
+def test_seat_serves_a_plain_network(toy_source, tmp_path) -> None:
     out = tmp_path / "seat.pt"
     seat.main(job_args(toy_source, out, toy_source["out"]) + ["--source-branch", "net.backbone.1"])
     ckpt, parent = check_servable(out, toy_source["out"], "seat", {"seg", "adv", "d"})
     assert ckpt.config["levels"] == "fused" and ckpt.config["source_branch"] == ["net.backbone.1"]
-    moved = [k for k, v in bn_statistics(parent.weights).items() if not torch.equal(ckpt.weights[k], v)]
-    assert moved  # the branches normalise with their own domain's statistics
+    assert statistics_moved(ckpt, parent)
 
 
 def test_seat_refuses_a_layer_switch_that_names_no_layer(toy_source, tmp_path) -> None:
@@ -85,8 +88,7 @@ def test_self_training_from_two_teachers(toy_source, adversarial_run, tmp_path, 
     pseudo = ckpt.config["pseudo_labels"]
     assert 0 < pseudo["kept_fraction"] <= pseudo["confident_fraction"] <= 1 and len(pseudo["thresholds"]) == 11
     assert f"{100 * pseudo['kept_fraction']:.1f}% of target pixels kept" in capsys.readouterr().out
-    for k, v in bn_statistics(parent.weights).items():
-        assert torch.equal(ckpt.weights[k], v), k
+    assert statistics_moved(ckpt, parent)
 
 
 def test_self_training_checks_its_arguments(toy_source, tmp_path) -> None:

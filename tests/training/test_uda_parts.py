@@ -1,4 +1,6 @@
 """The offline jobs' pieces on tiny CPU tensors, against direct computations."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +9,8 @@ from torch.nn import functional as F
 
 from adapters.fda import band_size, low_freq_amplitude, transfer
 from models.registry import create_model
-from training import adversarial, seat, self_training
-from training.finetune import fda_style, freeze_bn_statistics
+from training import adversarial, norms, self_training
+from training.finetune import fda_style
 from training.networks import FeatureTap, MultiLevelNet, OutputDiscriminator
 
 
@@ -86,24 +88,44 @@ def test_fda_style_gives_each_source_frame_its_targets_low_amplitudes() -> None:
     torch.testing.assert_close(fda_style(source, target, beta=0.0), source)
 
 
-def test_frozen_bn_statistics_do_not_move_in_training() -> None:
-    model = freeze_bn_statistics(tiny_model())
-    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
-    model(torch.rand(2, 3, 64, 64))
-    assert model.training
-    for k, v in before.items():
-        torch.testing.assert_close(model.state_dict()[k], v)
+def test_source_stats_bn_normalises_every_sample_with_the_source_samples_statistics() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)  # as a layer's input inside a network
+    reference = nn.BatchNorm2d(3).train()
+    nn.init.uniform_(reference.weight)
+    nn.init.uniform_(reference.bias)
+    model = norms.wrap(nn.Sequential(copy.deepcopy(reference)), norms.SourceStatsBatchNorm2d).train()
+    with norms.source_first(model, 2):
+        out = model(x)
+    expected_source = reference(x[:2])  # a plain BN in train mode that sees the source samples alone
+    torch.testing.assert_close(out[:2], expected_source)
+    mean, var = x[:2].mean((0, 2, 3)), x[:2].var((0, 2, 3), unbiased=False)
+    by_hand = (x[2:] - mean[:, None, None]) / torch.sqrt(var[:, None, None] + 1e-5)
+    torch.testing.assert_close(out[2:], by_hand * reference.weight[:, None, None] + reference.bias[:, None, None])
+    plain = norms.plain(model)[0]
+    assert isinstance(plain, nn.BatchNorm2d)
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(plain.state_dict()[k], v, msg=k)  # running statistics from the source alone
+    # the gradient flows through the source statistics, as through BatchNorm2d's batch statistics
+    weights = torch.randn_like(out)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    x2 = x.detach().clone().requires_grad_()
+    src = x2[:2]
+    m, v = src.mean((0, 2, 3), keepdim=True), src.var((0, 2, 3), unbiased=False, keepdim=True)
+    direct = (x2 - m) / torch.sqrt(v + 1e-5) * reference.weight[:, None, None] + reference.bias[:, None, None]
+    (expected,) = torch.autograd.grad((direct * weights).sum(), x2)
+    torch.testing.assert_close(grad, expected)
 
 
 def test_dual_bn_normalises_each_domain_with_its_own_branch() -> None:
     torch.manual_seed(0)
-    dual = seat.DualBatchNorm2d(nn.BatchNorm2d(3)).train()
+    dual = norms.DualBatchNorm2d(nn.BatchNorm2d(3)).train()
     with torch.no_grad():
         dual.source.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
         dual.target.bias.copy_(torch.tensor([-1.0, 0.0, 1.0]))
     x = torch.randn(5, 3, 4, 4)
     model = nn.Sequential(dual)
-    with seat.source_first(model, 2):
+    with norms.source_first(model, 2):
         out = model(x)
     assert dual.source_count is None  # only inside the block
 
@@ -120,29 +142,29 @@ def test_dual_bn_normalises_each_domain_with_its_own_branch() -> None:
     torch.testing.assert_close(dual(x), dual.target(x))  # outside a block: the target branch
 
 
-def test_to_plain_takes_the_target_branch_except_where_switched() -> None:
+def test_plain_takes_the_target_branch_except_where_switched() -> None:
     model = tiny_model()
     original = model.state_dict()
-    seat.to_dual(model)
+    norms.wrap(model, norms.DualBatchNorm2d)
     for name, m in model.named_modules():
-        if isinstance(m, seat.DualBatchNorm2d):
+        if isinstance(m, norms.DualBatchNorm2d):
             nn.init.constant_(m.source.weight, 2.0)
             nn.init.constant_(m.target.weight, 3.0)
-    plain = seat.to_plain(model, ["net.backbone.1"])
+    plain = norms.plain(model, ["net.backbone.1"])
     assert plain.state_dict().keys() == original.keys()  # a plain network again
     for name, m in plain.named_modules():
         if isinstance(m, nn.BatchNorm2d):
             assert m.weight.unique().item() == (2.0 if name.startswith("net.backbone.1") else 3.0), name
     with pytest.raises(ValueError, match="names no BN layer"):
-        seat.to_plain(model, ["net.nowhere"])
+        norms.plain(model, ["net.nowhere"])
 
 
-def test_to_dual_then_to_plain_without_training_is_the_same_network() -> None:
+def test_dual_then_plain_without_training_is_the_same_network() -> None:
     model = tiny_model()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
-        out = seat.to_plain(seat.to_dual(model)).eval()(x)
+        out = norms.plain(norms.wrap(model, norms.DualBatchNorm2d)).eval()(x)
     torch.testing.assert_close(out, expected)
 
 

@@ -1,0 +1,78 @@
+"""`driftseg bench checkpoints`: the offline jobs' checkpoints side by side under one online method
+(`source` by default: the checkpoint alone), with each one's change against a baseline checkpoint
+and, given an oracle (trained with the target labels, an upper bound), the share of the baseline's
+gap to it that the checkpoint closes on one stream."""
+import argparse
+import json
+import os
+from pathlib import Path
+
+from bench import accuracy
+from bench.data import FrameFolder
+from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+
+
+def gap_closed(miou: float, baseline: float, oracle: float) -> float | None:
+    """(miou - baseline) / (oracle - baseline): 0 no better than the baseline, 1 as good as the oracle."""
+    return None if oracle <= baseline else (miou - baseline) / (oracle - baseline)
+
+
+def markdown_table(result: dict) -> str:
+    streams, gap = result["streams"], result["gap_stream"]
+    head = ["checkpoint", "job", *streams, *(f"{s} change" for s in streams)]
+    if result["oracle"]:
+        head.append(f"{gap} gap closed")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in result["rows"]:
+        cells = [f"`{row['checkpoint']}`", row["job"] + (" (upper bound)" if row["role"] == "oracle" else ""),
+                 *(f"{row['miou'][s]:.1f}" for s in streams), *(f"{row['change'][s]:+.1f}" for s in streams)]
+        if result["oracle"]:
+            cells.append("" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="driftseg bench checkpoints", description=__doc__)
+    p.add_argument("checkpoints", nargs="+", type=Path)
+    p.add_argument("--baseline", type=Path, default=DEFAULT_CHECKPOINT, help="the checkpoint the others are compared to")
+    p.add_argument("--oracle", type=Path, help="a checkpoint trained with the target labels (never served)")
+    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
+    p.add_argument("--streams", nargs="+", default=["day", "dusk"])
+    p.add_argument("--gap-stream", default="dusk", help="the stream whose gap to the oracle is measured")
+    p.add_argument("--method", default="source", help="the online method every checkpoint runs with")
+    p.add_argument("--max-frames", type=int, help="only the first N frames of every stream")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+    args = p.parse_args(argv)
+    if args.gap_stream not in args.streams:
+        p.error(f"--gap-stream {args.gap_stream} is not among --streams {args.streams}")
+
+    roles = [("baseline", args.baseline)] + [("adapted", c) for c in args.checkpoints]
+    roles += [("oracle", args.oracle)] if args.oracle else []
+    try:
+        folder = FrameFolder.open(args.data)
+        rows = []
+        for role, path in roles:
+            ckpt = load_checkpoint(path)
+            scores, _ = accuracy.run(ckpt, os.path.relpath(path), folder, args.streams, [args.method],
+                                     max_frames=args.max_frames, device=args.device)
+            rows.append({"checkpoint": os.path.relpath(path), "role": role, "job": ckpt.config.get("job", "?"),
+                         "parents": [q["path"] for q in ckpt.config.get("parents", [])],
+                         "miou": {s: scores["streams"][s][args.method]["miou"] for s in args.streams}})
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        p.exit(2, f"driftseg bench checkpoints: error: {e}\n")
+    base = rows[0]["miou"]
+    oracle = rows[-1]["miou"][args.gap_stream] if args.oracle else None
+    for row in rows:
+        row["change"] = {s: row["miou"][s] - base[s] for s in args.streams}
+        row["gap_closed"] = gap_closed(row["miou"][args.gap_stream], base[args.gap_stream], oracle) if args.oracle else None
+    result = {"method": args.method, "data": str(folder.root), "streams": args.streams, "gap_stream": args.gap_stream,
+              "oracle": os.path.relpath(args.oracle) if args.oracle else None, "rows": rows}
+    table = markdown_table(result)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(table + "\n")
+        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
