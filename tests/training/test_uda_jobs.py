@@ -118,3 +118,16 @@ def test_two_processes_with_gloo_keep_the_same_weights(toy_source, tmp_path, job
         torch.testing.assert_close(v.float(), params[k].half().float(), msg=k)  # the checkpoint keeps fp16 weights
     parent = load_checkpoint(toy_source["out"])
     assert any(not torch.equal(v, parent.weights[k]) for k, v in served.items())
+
+
+def test_committed_dusk_uda_checkpoint_names_its_chain_and_serves() -> None:
+    """models/checkpoints/dusk-uda.pt: MBT self-training from three FDA adversarial checkpoints."""
+    path = Path(__file__).resolve().parents[2] / "models" / "checkpoints" / "dusk-uda.pt"
+    ckpt = load_checkpoint(path)
+    assert ckpt.config["job"] == "self-training" and len(ckpt.config["teachers"]) == 3
+    parents = ckpt.config["parents"]
+    assert [p["job"] for p in parents] == ["adversarial"] * 3 and len({p["sha256"] for p in parents}) == 3
+    assert ckpt.data["target_split"] == "target_dusk" and ckpt.data["source_split"] == "source_train"
+    pipeline = Pipeline(ckpt, parse_method("auto"))
+    labels, _ = pipeline.step(torch.rand(1, 3, 90, 120), [pipeline.new_state()])
+    assert labels.shape == (1, 90, 120)
