@@ -59,8 +59,8 @@ def train(job: finetune.Job, net: MultiLevelNet) -> float:
     """Adversarial training of `net` in place (in the modes the caller set); the training seconds.
     Each forward carries the source frames first, then the target frames (training/norms.py)."""
     args, ctx = job.args, job.ctx
-    heads = {"separate": [args.lambda_adv, args.lambda_adv_aux], "fused": [args.lambda_adv], "single": [args.lambda_adv]}
-    lambdas = heads[args.levels]
+    lambdas = {"separate": [args.lambda_adv, args.lambda_adv_aux], "fused": [args.lambda_adv],
+               "single": [args.lambda_adv]}[args.levels]  # one discriminator per weight
     discriminators = [OutputDiscriminator(job.parent.num_classes).to(ctx.device) for _ in lambdas]
     wrap = (lambda m: DistributedDataParallel(m)) if ctx.world > 1 else (lambda m: m)
     g, ds = wrap(net), [wrap(d) for d in discriminators]
