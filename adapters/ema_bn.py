@@ -35,6 +35,7 @@ class StreamBatchNorm2d(nn.Module):
         self.bias = nn.Parameter(bn.bias.detach().clone(), requires_grad=False)
         self.register_buffer("source_mean", bn.running_mean.detach().clone().float())
         self.register_buffer("source_var", bn.running_var.detach().clone().float())
+        self.register_buffer("source_sq", self.source_var + self.source_mean.square())  # second moment
         # set by AdaptedNet for the duration of one forward call, never kept across calls
         self._inputs: tuple[torch.Tensor, ...] | None = None
         self._outputs: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -48,9 +49,10 @@ class StreamBatchNorm2d(nn.Module):
         mu_t = torch.lerp(mu_t, xf.mean((2, 3)), m)
         sq_t = torch.lerp(sq_t, torch.linalg.vector_norm(xf, dim=(2, 3)).square_().div_(x.shape[2] * x.shape[3]), m)
         self._outputs = (mu_t, sq_t)
-        gap = self.source_mean - mu_t
+        # the alpha-mixture's moments: its second moment is the mixture of the second moments, so
+        # var = lerp(sq_t, sq_s, a) - mean^2 equals a var_s + (1 - a) var_t + a (1 - a) (mu_s - mu_t)^2
         mean = torch.lerp(mu_t, self.source_mean, a)
-        var = torch.lerp((sq_t - mu_t * mu_t).clamp_min_(0), self.source_var, a).addcmul_(gap * gap, a * (1 - a))
+        var = torch.lerp(sq_t, self.source_sq, a).addcmul_(mean, mean, value=-1).clamp_min_(0)
         # per-sample statistics: sample b's channels become channels b*C.. of one sample, so that
         # one fused batch_norm normalises them all (on the CPU 1.5x faster than scale-and-shift by hand)
         b, c, h, w = x.shape
