@@ -206,6 +206,12 @@ def args_record(args) -> dict:
     return {k: plain(v) for k, v in vars(args).items()}
 
 
+def job_config(args, job: str, ctx: Dist, parents: list[dict], **record) -> dict:
+    """A checkpoint's config: the job's arguments and name, what it recorded, its processes, parents, device."""
+    return {**args_record(args), **record, "job": job, "world_size": ctx.world, "parents": parents,
+            "device_name": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"}
+
+
 def parent_record(path: Path, parent: Checkpoint) -> dict:
     """How a checkpoint names one it was made from: the file, its fingerprint, the job that made it."""
     return {"path": str(path), "sha256": file_sha256(Path(path)), "job": parent.config.get("job")}

@@ -131,10 +131,8 @@ def finish(job: Job, model: nn.Module, train_seconds: float, parents: list[tuple
     if not job.ctx.main:
         return None
     parents = parents or [(args.parent, job.parent)]
-    config = {**common.args_record(args), **record,
-              "job": job.name, "world_size": job.ctx.world,
-              "parents": [common.parent_record(path, ckpt) for path, ckpt in parents],
-              "device_name": torch.cuda.get_device_name(job.ctx.device) if job.ctx.device.type == "cuda" else "cpu"}
+    config = common.job_config(args, job.name, job.ctx, [common.parent_record(path, ckpt) for path, ckpt in parents],
+                               **record)
     data = {"root": str(job.folder.root), "source_split": args.source_split, "source_frames": len(job.source_images),
             "target_split": args.target_split, "target_frames": len(job.target_images)}
     ckpt = dataclasses.replace(job.parent, weights=compact_weights(model.state_dict()), config=config, data=data,

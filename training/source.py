@@ -86,10 +86,7 @@ def main(argv=None) -> None:
     metrics = common.evaluate(model, val_images, val_labels, len(folder.class_names), folder.ignore_index)
     metrics.update(split=args.val_split, train_seconds=round(train_seconds, 1), final_loss=round(loss.item(), 4))
     if ctx.main:
-        config = {**common.args_record(args),
-                  "job": "source", "world_size": ctx.world,
-                  "parents": [common.parent_record(args.init, parent)] if args.init else [],
-                  "device_name": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"}
+        config = common.job_config(args, "source", ctx, [common.parent_record(args.init, parent)] if args.init else [])
         data = {"root": str(folder.root), "train_split": args.train_split, "frames": len(images)}
         ckpt = common.write_checkpoint(out, model, args.arch, {}, folder, size, IMAGENET_MEAN, IMAGENET_STD,
                                        common.mean_amplitude(images), config, data, metrics)
