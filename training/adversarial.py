@@ -1,12 +1,12 @@
 """`driftseg train adversarial`: output-space adversarial adaptation (Tsai et al. 2018), multi-level,
 optionally with FDA source-to-target styling and FDA's target entropy loss (Yang & Soatto 2020).
 
-Every iteration: one forward of the segmentation network over source frames (labelled, styled
-like the target ones when --fda-beta > 0) and target frames (unlabelled); the network learns the
-source labels and to make its target outputs look like source outputs to the discriminators;
-then the discriminators learn to tell the two apart. The network starts from --parent; its BN layers
-take their statistics from the source frames alone (training/norms.py), so the checkpoint keeps
-source statistics for online adaptation to blend with.
+Every iteration: one forward of the segmentation network over source frames (labelled; with
+--fda-beta > 0 also a copy of each styled like a target frame) and target frames (unlabelled); the
+network learns the source labels and to make its target outputs look like source outputs to the
+discriminators; then the discriminators learn to tell the two apart. The network starts from
+--parent; its BN layers take their statistics from the plain source frames alone
+(training/norms.py), so the checkpoint keeps source statistics for online adaptation to blend with.
 """
 import argparse
 from collections.abc import Callable

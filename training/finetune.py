@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser, lr: float, iters: int) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--fda-beta", type=float, default=0.0,
-                   help="style each source frame like a target frame (FDA's amplitude swap; 0.01, 0.05, 0.09 in the "
-                        "paper; 0: off)")
+                   help="add each source frame styled like a target frame beside it (FDA's amplitude swap; 0.01, "
+                        "0.05, 0.09 in the paper; 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--log-every", type=int, default=20)
