@@ -30,10 +30,12 @@ class SourceStatsBatchNorm2d(nn.Module):
         source = x[:n]
         mean, var = source.mean((0, 2, 3)), source.var((0, 2, 3), unbiased=False)
         with torch.no_grad():  # as BatchNorm2d: the running variance is the unbiased one
-            count = source.numel() // source.shape[1]
-            bn.running_mean.lerp_(mean, bn.momentum)
-            bn.running_var.lerp_(var * count / max(count - 1, 1), bn.momentum)
             bn.num_batches_tracked += 1
+            # momentum None: BatchNorm2d's cumulative average
+            momentum = bn.momentum if bn.momentum is not None else 1 / float(bn.num_batches_tracked)
+            count = source.numel() // source.shape[1]
+            bn.running_mean.lerp_(mean, momentum)
+            bn.running_var.lerp_(var * count / max(count - 1, 1), momentum)
         # by hand: F.batch_norm takes no gradient through given statistics, and these carry one
         scale = bn.weight * torch.rsqrt(var + bn.eps)
         return x * scale[:, None, None] + (bn.bias - mean * scale)[:, None, None]

@@ -88,10 +88,11 @@ def test_fda_style_gives_each_source_frame_its_targets_low_amplitudes() -> None:
     torch.testing.assert_close(fda_style(source, target, beta=0.0), source)
 
 
-def test_source_stats_bn_normalises_every_sample_with_the_source_samples_statistics() -> None:
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_source_stats_bn_normalises_every_sample_with_the_source_samples_statistics(momentum) -> None:
     torch.manual_seed(0)
     x = torch.randn(5, 3, 4, 4, requires_grad=True)  # as a layer's input inside a network
-    reference = nn.BatchNorm2d(3).train()
+    reference = nn.BatchNorm2d(3, momentum=momentum).train()
     nn.init.uniform_(reference.weight)
     nn.init.uniform_(reference.bias)
     model = norms.wrap(nn.Sequential(copy.deepcopy(reference)), norms.SourceStatsBatchNorm2d).train()
