@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.registry import fold_batchnorm
+from models.registry import fold_batchnorm, replace_module
 
 
 class StreamBatchNorm2d(nn.Module):
@@ -79,10 +79,8 @@ class AdaptedNet(nn.Module):
         self.model = fold_batchnorm(model, keep=set(adapted)) if layers is not None else copy.deepcopy(model)
         self.norms: list[StreamBatchNorm2d] = []
         for name in adapted:
-            parent_name, _, child = name.rpartition(".")
-            parent = self.model.get_submodule(parent_name)
-            norm = StreamBatchNorm2d(getattr(parent, child))
-            setattr(parent, child, norm)
+            norm = StreamBatchNorm2d(self.model.get_submodule(name))
+            replace_module(self.model, name, norm)
             self.norms.append(norm)
         self.sizes = [n.num_features for n in self.norms]
         self.requires_grad_(False)  # backprop-free: batch_norm refuses statistics that carry grad

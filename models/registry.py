@@ -45,6 +45,12 @@ def create_model(
     return SegmentationNet(net, mean, std)
 
 
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` where `model.get_submodule(name)` is (in place)."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
 def fold_batchnorm(model: nn.Module, keep: Container[str] = ()) -> nn.Module:
     """A copy of `model` (in eval mode) with every BatchNorm2d that follows a Conv2d in a Sequential
     folded into the conv's weights, except those named in `keep`: the frozen network as a server

@@ -164,9 +164,8 @@ def reduce_mean(values: dict[str, float]) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(model, images, labels, num_classes: int, ignore_index: int, batch: int = 8) -> dict:
-    """mIoU and mean Dice of `model` (eval mode) over frames at their stored size; every module
-    gets its own mode back (jobs keep BN layers in eval mode while the rest trains)."""
-    modes = {m: m.training for m in model.modules()}
+    """mIoU and mean Dice of `model` (eval mode) over frames at their stored size."""
+    was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index)
     for i in range(0, len(images), batch):
@@ -174,8 +173,7 @@ def evaluate(model, images, labels, num_classes: int, ignore_index: int, batch: 
         with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
             pred = model(x).argmax(1)
         cm.update(labels[i:i + batch].cpu(), pred.cpu())
-    for m, training in modes.items():
-        m.training = training
+    model.train(was_training)
     return {"miou": round(cm.miou(), 2), "dice": round(cm.dice(), 2)}
 
 

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from models.registry import replace_module
+
 
 class SourceStatsBatchNorm2d(nn.Module):
     def __init__(self, bn: nn.BatchNorm2d):
@@ -61,15 +63,10 @@ def names_of(model: nn.Module, kind) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, kind)]
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
-
-
 def wrap(model: nn.Module, wrapper: Callable[[nn.BatchNorm2d], nn.Module]) -> nn.Module:
     """`model` with every BatchNorm2d wrapped (in place)."""
     for name in names_of(model, nn.BatchNorm2d):
-        _replace(model, name, wrapper(model.get_submodule(name)))
+        replace_module(model, name, wrapper(model.get_submodule(name)))
     return model
 
 
@@ -101,7 +98,7 @@ def plain(model: nn.Module, source_prefixes: Sequence[str] = ()) -> nn.Module:
     for name in names_of(out, WRAPPERS):
         m = out.get_submodule(name)
         if isinstance(m, SourceStatsBatchNorm2d):
-            _replace(out, name, m.bn)
+            replace_module(out, name, m.bn)
         else:
-            _replace(out, name, m.source if name.startswith(tuple(source_prefixes)) else m.target)
+            replace_module(out, name, m.source if name.startswith(tuple(source_prefixes)) else m.target)
     return out
