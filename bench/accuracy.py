@@ -4,11 +4,9 @@ Frames arrive one at a time in stream order; every method starts each stream fro
 checkpoint's source state; the score is mIoU (and mean Dice) from one confusion matrix per
 stream. `continual` also gets one row per segment, named `continual/<i>-<segment>`.
 """
-import json
 import platform
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -152,8 +150,3 @@ def run(
     result["summary"] = summarise(result["streams"], list(methods))
     return result, traces
 
-
-def write(result: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown_table(result) + "\n")

@@ -3,12 +3,12 @@
 and, given an oracle (trained with the target labels, an upper bound), the share of the baseline's
 gap to it that the checkpoint closes on one stream."""
 import argparse
-import json
 import os
 from pathlib import Path
 
 from bench import accuracy
 from bench.data import FrameFolder
+from bench.report import write_results
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 
@@ -72,7 +72,4 @@ def main(argv=None) -> None:
     table = markdown_table(result)
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(table + "\n")
-        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+        write_results(args.out, result, table)

@@ -6,6 +6,7 @@ from pathlib import Path
 from bench import accuracy
 from bench.data import FrameFolder
 from bench.plot import plot_stream
+from bench.report import write_results
 from bench.streams import PROTOCOL_STREAMS
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
@@ -38,10 +39,10 @@ def accuracy_main(argv=None) -> None:
                                       args.severity, args.max_frames, args.device)
     except (ValueError, KeyError, FileNotFoundError) as e:
         p.exit(2, f"driftseg bench accuracy: error: {e}\n")
-    print(accuracy.markdown_table(result))
+    table = accuracy.markdown_table(result)
+    print(table)
     if args.out:
-        accuracy.write(result, args.out)
-        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+        write_results(args.out, result, table)
         for name, trace in traces.items():
             png = args.out.with_name(f"{args.out.stem}-{name}.png")
             plot_stream(name, trace, png)

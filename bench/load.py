@@ -9,7 +9,6 @@ streams are reset afterwards, so a run leaves the server as it found it.
 import argparse
 import asyncio
 import io
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import httpx
 from PIL import Image
 
 from bench.data import FrameFolder
+from bench.report import write_results
 from bench.streams import open_stream
 
 
@@ -117,8 +117,5 @@ def main(argv=None) -> None:
     table = markdown_table(levels)
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"url": args.url, "stream": args.stream, "duration_s": args.duration,
-                                        "levels": levels}, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(table + "\n")
-        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+        write_results(args.out, {"url": args.url, "stream": args.stream, "duration_s": args.duration,
+                                 "levels": levels}, table)

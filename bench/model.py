@@ -4,7 +4,6 @@ against. Each batch carries frames of as many different streams; the methods tak
 batch, so the machine's load weighs on each alike.
 """
 import argparse
-import json
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from adapters.pipeline import Pipeline
 from adapters.spec import parse_method
 from bench.accuracy import device_name, resolve_device, to_tensor
 from bench.data import FrameFolder
+from bench.report import write_results
 from bench.speed import round_robin
 from bench.streams import open_stream
 from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
@@ -90,7 +90,4 @@ def main(argv=None) -> None:
         doc = {"checkpoint": str(args.checkpoint), "device": str(device), "device_name": device_name(device),
                "threads": torch.get_num_threads(), "torch": torch.__version__, "frame_size": list(frame.shape[-2:]),
                "methods": list(pipelines), "batches": {str(b): row for b, row in result.items()}}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(table + "\n")
-        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+        write_results(args.out, doc, table)

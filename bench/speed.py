@@ -5,7 +5,6 @@ the median time per frame is reported: on a shared machine, timing one method af
 measures the machine's load as much as the method.
 """
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -17,6 +16,7 @@ from adapters.pipeline import Pipeline
 from adapters.spec import parse_method
 from bench.accuracy import device_name, resolve_device, to_tensor
 from bench.data import FrameFolder
+from bench.report import write_results
 from bench.streams import open_stream
 from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 
@@ -90,9 +90,7 @@ def main(argv=None) -> None:
     result = {"checkpoint": str(args.checkpoint), "stream": args.stream, "device": str(device),
               "device_name": device_name(device),
               "compiled": args.compile, "torch": torch.__version__, "threads": torch.get_num_threads(), "frame_size": list(frames[0].shape[-2:]), "methods": timings}
-    print(markdown_table(timings))
+    table = markdown_table(timings)
+    print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(markdown_table(timings) + "\n")
-        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+        write_results(args.out, result, table)
