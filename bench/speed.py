@@ -2,7 +2,8 @@
 
 The methods take turns frame by frame on the same frames (each with its own stream state), and
 the median time per frame is reported: on a shared machine, timing one method after another
-measures the machine's load as much as the method.
+measures the machine's load as much as the method. `--repeats` runs the whole round robin again
+(fresh streams) and reports each repeat's ratios too, for how much they move between runs.
 """
 import argparse
 import statistics
@@ -41,26 +42,39 @@ def round_robin(pipelines: dict[str, Pipeline], batches: Iterable[torch.Tensor],
 
 
 def measure(ckpt: Checkpoint, frames: Sequence[torch.Tensor], methods: Sequence[str], device: torch.device,
-            warmup: int = 3, compile: bool = False) -> dict[str, dict]:
-    """{method: {"median_ms", "mean_ms", "frames"}} over `frames` ([1, 3, H, W] each), round robin.
-    With `compile`, every method but tent (which cannot be) runs compiled."""
+            warmup: int = 3, compile: bool = False, repeats: int = 1) -> dict[str, dict]:
+    """{method: {"median_ms", "mean_ms", "frames", "repeat_median_ms"}} over `frames` ([1, 3, H, W] each),
+    round robin, `repeats` times: median, mean and frame count pooled over the repeats, and each
+    repeat's median. With `compile`, every method but tent (which cannot be) runs compiled."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     pipelines = {m: Pipeline(ckpt, spec, device, compile=compile and spec.norm != "tent")
                  for m, spec in ((m, parse_method(m)) for m in methods)}
-    times = round_robin(pipelines, frames, warmup)
-    if not times[methods[0]]:
+    runs = [round_robin(pipelines, frames, warmup) for _ in range(repeats)]
+    if not runs[0][methods[0]]:
         raise ValueError(f"need more than {warmup} frames to time (the first {warmup} warm up)")
-    return {m: {"median_ms": round(1000 * statistics.median(t), 3), "mean_ms": round(1000 * statistics.fmean(t), 3),
-                "frames": len(t)} for m, t in times.items()}
+    timings = {}
+    for m in methods:
+        pooled = [t for run in runs for t in run[m]]
+        timings[m] = {"median_ms": round(1000 * statistics.median(pooled), 3),
+                      "mean_ms": round(1000 * statistics.fmean(pooled), 3), "frames": len(pooled),
+                      "repeat_median_ms": [round(1000 * statistics.median(run[m]), 3) for run in runs]}
+    return timings
 
 
 def with_ratios(timings: dict[str, dict], baseline: str = "source") -> dict[str, dict]:
-    base = timings[baseline]["median_ms"]
-    return {m: {**t, "x_source": round(t["median_ms"] / base, 3)} for m, t in timings.items()}
+    """Each method's median over the baseline's, pooled (`x_source`) and per repeat (`repeat_x_source`)."""
+    base = timings[baseline]
+    return {m: {**t, "x_source": round(t["median_ms"] / base["median_ms"], 3),
+                "repeat_x_source": [round(a / b, 3) for a, b in zip(t["repeat_median_ms"], base["repeat_median_ms"])]}
+            for m, t in timings.items()}
 
 
 def markdown_table(timings: dict[str, dict]) -> str:
-    lines = ["| method | median ms/frame | mean ms/frame | x source (median) |", "| --- | --- | --- | --- |"]
-    lines += [f"| `{m}` | {t['median_ms']:.1f} | {t['mean_ms']:.1f} | {t['x_source']:.2f} |" for m, t in timings.items()]
+    lines = ["| method | median ms/frame | mean ms/frame | x source (median) | x source, repeats (min-max) |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| `{m}` | {t['median_ms']:.1f} | {t['mean_ms']:.1f} | {t['x_source']:.2f} | "
+              f"{min(t['repeat_x_source']):.2f}-{max(t['repeat_x_source']):.2f} |" for m, t in timings.items()]
     return "\n".join(lines)
 
 
@@ -76,6 +90,7 @@ def main(argv=None) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each method's per-frame work (CUDA graphs on a GPU; tent stays eager)")
     p.add_argument("--warmup", type=int, default=3, help="frames run before timing starts (compilation happens there)")
+    p.add_argument("--repeats", type=int, default=1, help="times the whole round robin runs, on fresh streams")
     p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
     args = p.parse_args(argv)
     methods = ["source"] + [m for m in args.methods if m != "source"]
@@ -84,7 +99,7 @@ def main(argv=None) -> None:
         device = resolve_device(args.device)
         stream = open_stream(args.stream, FrameFolder.open(args.data))
         frames = [to_tensor(image) for image, _ in stream.frames(args.frames)]
-        timings = with_ratios(measure(ckpt, frames, methods, device, args.warmup, args.compile))
+        timings = with_ratios(measure(ckpt, frames, methods, device, args.warmup, args.compile, args.repeats))
     except (ValueError, KeyError, FileNotFoundError) as e:
         p.exit(2, f"driftseg bench speed: error: {e}\n")
     result = {"checkpoint": str(args.checkpoint), "stream": args.stream, "device": str(device),
