@@ -181,7 +181,16 @@ class Pipeline:
         else:
             scores = self._adapted_forward(images, batch, out)
 
-        if self.spec.lc:  # at the network's resolution: 4x fewer pixels than the frame's
+        if self.spec.lc:
+            # on the network's output averaged over stride x stride pixels: the network upsampled it
+            # from a coarser grid still (8x for LRASPP), so this is the same calibration at 1 / stride^2
+            # of the cost; `_core` resizes its scores to the frame's size as it does any others
+            stride = self.spec.lc_stride
+            if stride > 1:
+                h, w = scores.shape[-2:]
+                # bilinear at an exact 1 / stride takes each block's centre (for stride 2 the mean of the
+                # block); on the CPU 4x faster than avg_pool2d
+                scores = F.interpolate(scores, size=(-(-h // stride), -(-w // stride)), mode="bilinear", align_corners=False)
             scores, out["lc_sum"], out["lc_weight"] = calibrated_scores(
                 scores.softmax(1), batch["lc_sum"], batch["lc_weight"], self.spec.lc_forget)
         return scores, out
@@ -199,8 +208,10 @@ class Pipeline:
         momentum = momentum_schedule(since, self.spec.momentum)
         logits, stats = self.adapted(images, old, momentum, batch["alpha"])
         sizes, cal, source = self.adapted.sizes, self.shift, self.source_stats
-        shift = layer_divergence(stats, source, source, sizes) / cal.tau
-        jump = (layer_divergence(frame_moments(old, stats, momentum), old, source, sizes) / cal.kappa).mean(1)
+        # the shift (new state against the source) and the jump (this frame against the old state) in one call
+        divergence = layer_divergence(torch.cat([stats, frame_moments(old, stats, momentum)]),
+                                      torch.cat([source.expand_as(old), old]), source, sizes)
+        shift, jump = divergence[:b] / cal.tau, (divergence[b:] / cal.kappa).mean(1)
         warm = round(1 / max(self.spec.momentum, 1e-3))  # no second restart before the EMA has filled
         restart = (since >= warm) & (jump > self.spec.auto_switch * batch["level"].clamp_min(1.0))
         out["restart"] = restart

@@ -7,7 +7,8 @@
     auto(m=0.1,floor=0,switch=2,layers=0)  EMA AdaBN with per-layer alpha from the shift score and
                                 restarts at domain switches (adapters/auto.py)
     tent(lr=0.001,steps=1)      TENT, the backprop peer
-    lc(forget=1)                label calibration with running prototypes
+    lc(forget=1,stride=2)       label calibration with running prototypes, on the network's output
+                                averaged over stride x stride pixels
     fda(beta=0.01,mode=ratio,m=0.1)   FDA against the stream's recent spectrum
 e.g. "ema(m=0.1,alpha=0.5)+lc". The bare name `auto` is the recommended pipeline, RECOMMENDED.
 """
@@ -15,7 +16,7 @@ import re
 from dataclasses import dataclass, replace
 
 NORMS = ("source", "ema", "auto", "tent")
-RECOMMENDED = "auto(m=0.1,floor=0.2,switch=2,layers=20)+lc"  # chosen by bench/results/methods.json
+RECOMMENDED = "auto(m=0.1,floor=0.2,switch=2,layers=12)+lc"  # chosen by bench/results/methods.json
 FDA_MODES = ("swap", "ratio")
 
 
@@ -31,6 +32,7 @@ class MethodSpec:
     tent_steps: int = 1
     lc: bool = False
     lc_forget: float = 1.0
+    lc_stride: int = 2
     fda_mode: str | None = None
     fda_beta: float = 0.01
     fda_momentum: float = 0.1
@@ -45,6 +47,7 @@ class MethodSpec:
             (self.auto_switch > 0, "auto switch must be > 0"),
             (self.tent_lr > 0 and self.tent_steps >= 1, "tent needs lr > 0 and steps >= 1"),
             (0.0 < self.lc_forget <= 1.0, "lc forget must be in (0, 1]"),
+            (self.lc_stride >= 1, "lc stride must be >= 1"),
             (self.fda_mode in (None, *FDA_MODES), f"fda mode must be one of {FDA_MODES}"),
             (0.0 <= self.fda_beta <= 0.5, "fda beta must be in [0, 0.5]"),
             (0.0 < self.fda_momentum <= 1.0, "fda m must be in (0, 1]"),
@@ -61,7 +64,7 @@ _COMPONENTS = {
     "ema": ({"norm": "ema"}, {"m": "momentum", "alpha": "alpha", "layers": "layers"}),
     "auto": ({"norm": "auto"}, {"m": "momentum", "floor": "auto_floor", "switch": "auto_switch", "layers": "layers"}),
     "tent": ({"norm": "tent"}, {"lr": "tent_lr", "steps": "tent_steps"}),
-    "lc": ({"lc": True}, {"forget": "lc_forget"}),
+    "lc": ({"lc": True}, {"forget": "lc_forget", "stride": "lc_stride"}),
     "fda": ({"fda_mode": "ratio"}, {"beta": "fda_beta", "mode": "fda_mode", "m": "fda_momentum"}),
 }
 _PART = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")

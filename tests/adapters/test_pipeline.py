@@ -3,8 +3,10 @@ never mutated, round-trip through state_dict, and load all or nothing; auto rest
 import pytest
 import torch
 from synthetic_frames import domain_frames
+from torch.nn import functional as F
 
-from adapters.pipeline import Pipeline
+from adapters.label_calibration import calibrate
+from adapters.pipeline import Pipeline, to_input_size
 from pipeline_util import assert_same_state, run
 from adapters.spec import parse_method
 
@@ -35,6 +37,17 @@ def test_labels_come_back_at_the_frame_size(tiny_ckpt) -> None:
     labels, _ = pipeline.step(domain_frames(1, seed=3, size=(45, 70)), [pipeline.new_state()])
     assert labels.shape == (1, 45, 70) and labels.dtype == torch.int64
     assert 0 <= labels.min() and labels.max() < tiny_ckpt.num_classes
+
+
+def test_label_calibration_runs_on_2x2_block_means_of_the_network_output(tiny_ckpt) -> None:
+    pipeline = Pipeline(tiny_ckpt, parse_method("lc(stride=2)"))
+    frame = domain_frames(1, seed=7, shift=0.3)
+    _, (state,) = pipeline.step(frame, [pipeline.new_state()])
+    logits = pipeline.frozen(to_input_size(frame, pipeline.input_size))
+    _, proto_sum, weight = calibrate(F.avg_pool2d(logits, 2).softmax(1), torch.zeros(1, 11, 11), torch.zeros(1, 11))
+    torch.testing.assert_close(state.lc.proto_sum, proto_sum[0])
+    torch.testing.assert_close(state.lc.weight, weight[0])
+    assert weight.sum() < (logits.shape[-1] * logits.shape[-2]) / 4 + 1e-3  # a quarter of the pixels, weighted
 
 
 def test_step_never_mutates_the_given_states_and_adapt_false_keeps_them(tiny_ckpt) -> None:

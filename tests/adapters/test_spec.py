@@ -61,6 +61,11 @@ def test_lc_forget() -> None:
     assert parse_method("lc(forget=1)").lc_forget == 1.0
 
 
+def test_lc_stride() -> None:
+    assert parse_method("lc").lc_stride == 2
+    assert parse_method("lc(stride=1,forget=0.5)").lc_stride == 1
+
+
 def test_spec_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         parse_method("ema").momentum = 0.5  # type: ignore[misc]
@@ -103,6 +108,7 @@ def test_bad_value(spec: str) -> None:
         ("tent(steps=0)", "tent"),
         ("lc(forget=0)", "lc forget"),
         ("lc(forget=1.01)", "lc forget"),
+        ("lc(stride=0)", "lc stride"),
         ("fda(beta=0.6)", "fda beta"),
         ("fda(beta=-0.01)", "fda beta"),
         ("fda(m=0)", "fda m"),
