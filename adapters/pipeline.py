@@ -75,10 +75,18 @@ def to_input_size(images: torch.Tensor, size: list[int]) -> torch.Tensor:
     return TF.resize(images, size, antialias=True)
 
 
+def padded_batch_size(b: int) -> int:
+    """The batch size a compiled pipeline runs `b` frames at: the next power of two, so that a server
+    whose batches take every size up to 32 compiles (and on a GPU captures) six graphs, not 32."""
+    return 1 << (b - 1).bit_length()
+
+
 class Pipeline:
     def __init__(self, ckpt: Checkpoint, spec: MethodSpec, device: str | torch.device = "cpu", compile: bool = False):
-        """`compile`: run the per-frame tensor work (`core`) through torch.compile, with CUDA graphs
-        on a GPU; the first frame of each batch size and frame size pays the compilation."""
+        """`compile`: run the adapted function at the network's input size (`adapt_core`) through
+        torch.compile, replayed as CUDA graphs on a GPU, batches padded to `padded_batch_size`; the
+        first batch of each padded size pays the compilation. The resizing in and out stays eager, so
+        frames of any size share the graphs."""
         self.spec, self.device = spec, torch.device(device)
         self.num_classes = ckpt.num_classes
         self.input_size = list(ckpt.input_size)
@@ -99,11 +107,13 @@ class Pipeline:
             self.fda_b = band_size(h, w, spec.fda_beta)
             self.source_band = center_crop_band(ckpt.source_amplitude.float(), self.fda_b).to(self.device)
         self.adapt_core = self._adapt_core
-        self.core = self._core
+        self.pad_batches = compile
         if compile:
             if spec.norm == "tent":
                 raise ValueError("tent adapts by backprop, outside the compiled forward: it cannot be compiled")
-            self.core = torch.compile(self._core, mode="reduce-overhead" if self.device.type == "cuda" else "default")
+            self.adapt_core = torch.compile(self._adapt_core, mode="reduce-overhead" if self.device.type == "cuda"
+                                            else "default", dynamic=False)
+        self._padding_state: StreamState | None = None
 
     def new_state(self) -> StreamState:
         """A stream's state at the source: what every stream starts from and resets to."""
@@ -130,10 +140,19 @@ class Pipeline:
             if len(states) != 1:
                 raise ValueError("tent adapts one stream at a time: pass a batch of 1")
             tent = states[0].tent  # a whole model, updated in place: there is no copy to return
+        images, b = images.to(self.device), len(states)
+        if self.pad_batches and padded_batch_size(b) > b:
+            # the last frame again, with a source state: every sample is computed on its own, so the
+            # padding changes nothing for the others, and real pixels keep FDA and BN finite
+            pad = padded_batch_size(b) - b
+            self._padding_state = self._padding_state or self.new_state()
+            images = torch.cat([images, images[-1:].expand(pad, -1, -1, -1)])
+            states = states + [self._padding_state] * pad
         torch.compiler.cudagraph_mark_step_begin()  # a new frame: the last one's graph outputs are ours
-        labels, out = self.core(images.to(self.device), self.stack_states(states), tent)
+        labels, out = self._core(images, self.stack_states(states), tent)
         # clones: a CUDA graph's outputs are overwritten by its next replay
-        return labels.clone(), (self._scatter(states, {k: v.clone() for k, v in out.items()}) if adapt else states)
+        labels, out = labels[:b].clone(), {k: v[:b].clone() for k, v in out.items()}
+        return labels, (self._scatter(states[:b], out) if adapt else states[:b])
 
     def stack_states(self, states: list[StreamState]) -> dict[str, torch.Tensor]:
         """The streams' states stacked into the batch tensors that `core` takes."""
@@ -155,7 +174,7 @@ class Pipeline:
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The tensor work of one step, a pure function of the frames and the stacked states
         (`stack_states`): label maps and the new state tensors. Nothing in it reads a value back to the
-        host, so that a GPU can replay it as one CUDA graph."""
+        host, so that a GPU can replay `adapt_core` as one CUDA graph."""
         size = images.shape[-2:]
         scores, out = self.adapt_core(to_input_size(images, self.input_size), batch, tent)
         if scores.shape[-2:] != size:

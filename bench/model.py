@@ -35,17 +35,18 @@ def measure(pipelines: dict[str, Pipeline], frame: torch.Tensor, batches: Sequen
 
 def build(ckpt: Checkpoint, methods: Sequence[str], engines: Sequence[str], device: torch.device,
           workdir: Path) -> dict[str, Pipeline]:
-    """A pipeline per method and engine, labelled `method` (torch) or `method (onnx)`; the onnx ones
-    run a file exported into `workdir`."""
+    """A pipeline per method and engine, labelled `method` (torch) or `method (ENGINE)`: `compiled` is
+    the torch engine through torch.compile (CUDA graphs on a GPU), `onnx` runs a file exported into
+    `workdir`."""
     pipelines = {}
     for method in methods:
         for engine in engines:
-            pipeline = Pipeline(ckpt, parse_method(method), device)
+            pipeline = Pipeline(ckpt, parse_method(method), device, compile=engine == "compiled")
             if engine == "onnx":
                 path = workdir / f"{len(pipelines)}.onnx"
                 onnx_engine.export(pipeline, path, {})
                 pipeline.adapt_core = onnx_engine.OnnxCore(path, pipeline, {})
-            pipelines[method if engine == "torch" else f"{method} (onnx)"] = pipeline
+            pipelines[method if engine == "torch" else f"{method} ({engine})"] = pipeline
     return pipelines
 
 
@@ -68,8 +69,9 @@ def main(argv=None) -> None:
     p.add_argument("--stream", default="day", help="the stream whose first frame is timed")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--methods", nargs="+", default=["source", "auto"], help="the first is the baseline of the ratios")
-    p.add_argument("--engines", nargs="+", default=["torch"], choices=["torch", "onnx"],
-                   help="run each method on each engine (onnx: exported first, which takes a while)")
+    p.add_argument("--engines", nargs="+", default=["torch"], choices=["torch", "compiled", "onnx"],
+                   help="run each method on each engine (compiled: torch.compile, CUDA graphs on a GPU, compiled "
+                        "in the warm-up steps; onnx: exported first; both take a while)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per batch size and method")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")

@@ -8,9 +8,10 @@ seconds (at most `max_batch` frames), groups them by frame size (a batch is one 
 each group as one step of the adapted function in a worker thread, one group at a time. A stream
 never has two frames in a batch: the engine holds a stream's lock from decode to commit, so a
 stream has at most one frame waiting, and a frame whose request was cancelled is dropped before it
-is batched. A failed step, or one that answers another number of frames than it was given, answers
-each of its requests with the error, and no state changes: the step returns new states and never
-mutates the ones it was given.
+is batched. `prepare` first turns the group's frames into tensors (decoding JPEGs in one batch on a
+GPU); a frame it answers with an exception fails alone. A failed step, or one that answers another
+number of frames than it was given, answers each of its requests with the error, and no state
+changes: the step returns new states and never mutates the ones it was given.
 """
 import asyncio
 import time
@@ -26,11 +27,14 @@ from service.errors import NotReady
 
 # frames [B, 3, H, W] and their streams' states -> labels per frame and the new states
 Step = Callable[[torch.Tensor, list[StreamState]], tuple[list[np.ndarray], list[StreamState]]]
+# the frames of one group as submitted (anything with the `shape` of a [1, 3, H, W] frame) -> a
+# [1, 3, H, W] tensor or the exception that frame's request fails with, for each
+Prepare = Callable[[list], list]
 
 
 @dataclass
 class _Request:
-    frame: torch.Tensor  # [1, 3, H, W]
+    frame: object  # a [1, 3, H, W] tensor, or what `prepare` makes one of
     state: StreamState
     adapt: bool
     arrived: float
@@ -39,11 +43,13 @@ class _Request:
 
 class Batcher:
     def __init__(self, step: Step, max_batch: int, max_delay: float,
-                 on_batch: Callable[[int, list[float]], None] = lambda size, waits: None):
+                 on_batch: Callable[[int, list[float]], None] = lambda size, waits: None,
+                 prepare: Prepare = lambda frames: frames):
         """`on_batch(size, waits)` is told each batch's size and its frames' seconds in the queue."""
         if max_batch < 1 or max_delay < 0:
             raise ValueError(f"max_batch must be >= 1 and max_delay >= 0, got {max_batch}, {max_delay}")
         self.step, self.max_batch, self.max_delay, self.on_batch = step, max_batch, max_delay, on_batch
+        self.prepare = prepare
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
 
@@ -62,9 +68,9 @@ class Batcher:
             if not request.future.done():
                 request.future.set_exception(NotReady("the server is shutting down: retry on another replica"))
 
-    async def submit(self, frame: torch.Tensor, state: StreamState, adapt: bool) -> tuple[np.ndarray, StreamState, float]:
-        """The labels of one stream's frame [1, 3, H, W], the stream's new state (`state` itself when
-        not adapting) and the seconds its batch took in the network."""
+    async def submit(self, frame, state: StreamState, adapt: bool) -> tuple[np.ndarray, StreamState, float]:
+        """The labels of one stream's frame ([1, 3, H, W], or what `prepare` makes one of), the stream's
+        new state (`state` itself when not adapting) and the seconds its batch took."""
         if self._worker is None:
             raise NotReady("the model is not serving: wait for GET /readyz to answer 200")
         future = asyncio.get_running_loop().create_future()
@@ -102,8 +108,17 @@ class Batcher:
     async def _run(self, group: list[_Request]) -> None:
         start = time.perf_counter()
         self.on_batch(len(group), [start - r.arrived for r in group])
-        frames = torch.cat([r.frame for r in group])
         try:
+            ready = []
+            for r, frame in zip(group, await to_thread.run_sync(self.prepare, [r.frame for r in group])):
+                if not isinstance(frame, Exception):
+                    ready.append((r, frame))
+                elif not r.future.done():
+                    r.future.set_exception(frame)
+            group = [r for r, _ in ready]
+            if not group:
+                return
+            frames = torch.cat([frame for _, frame in ready])
             labels, states = await to_thread.run_sync(self.step, frames, [r.state for r in group])
             if len(labels) != len(group) or len(states) != len(group):
                 raise RuntimeError(f"the step answered {len(labels)} label maps and {len(states)} states "

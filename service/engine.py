@@ -1,7 +1,7 @@
 """The engine: the pipeline every stream shares, the stream registry, and the request path
 
-    stream lock (arrival order) -> decode -> batcher (frames of other streams join) -> encode
-    -> commit the new state
+    stream lock (arrival order) -> decode (batched decoding: read the JPEG's header) -> batcher
+    (frames of other streams join; batched JPEGs are decoded together) -> encode -> commit the new state
 
 run off the event loop in worker threads. A stream's new state is stored only once decode, step and
 encode all succeeded, so a failed request leaves the stream as it was.
@@ -20,7 +20,7 @@ from anyio import to_thread
 from adapters import onnx_engine
 from adapters.auto import layer_divergence
 from adapters.ema_bn import StreamBatchNorm2d
-from adapters.pipeline import Pipeline, StreamState
+from adapters.pipeline import Pipeline, StreamState, padded_batch_size
 from models.checkpoint import file_sha256, load_checkpoint
 from service import imaging, snapshots
 from service.batcher import Batcher
@@ -81,7 +81,9 @@ class Engine:
         self.model_seconds = 0.0  # running mean of a batch's time in the network, for Retry-After
         # tent adapts one stream at a time; AdaptedNet runs one step at a time, which the batcher keeps to
         max_batch = 1 if self.spec.norm == "tent" else settings.max_batch
-        self.batcher = Batcher(self._step, max_batch, settings.max_batch_delay_ms / 1000, metrics.observe_batch)
+        self.batched_decode = settings.decode == "batched" or (settings.decode == "auto" and self.device.type == "cuda")
+        self.batcher = Batcher(self._step, max_batch, settings.max_batch_delay_ms / 1000, metrics.observe_batch,
+                               prepare=self._prepare)
         adapted = pipeline.adapted
         if adapted is not None:
             names = {id(m): name for name, m in adapted.model.named_modules() if isinstance(m, StreamBatchNorm2d)}
@@ -93,7 +95,7 @@ class Engine:
     def load(cls, settings: Settings, metrics: Metrics) -> "Engine":
         """Load the checkpoint, build the pipeline and warm it up (blocking; the lifespan runs it in a thread)."""
         ckpt = load_checkpoint(settings.checkpoint)
-        pipeline = Pipeline(ckpt, settings.spec, settings.torch_device)
+        pipeline = Pipeline(ckpt, settings.spec, settings.torch_device, compile=settings.compile)
         fingerprint = file_sha256(settings.checkpoint)
         if settings.engine == "onnx":
             cached = settings.state_dir / "onnx" / f"{snapshots.origin_key(fingerprint, settings.method_string)}.onnx"
@@ -105,11 +107,20 @@ class Engine:
         return engine
 
     def warm_up(self) -> None:
-        """One mid-grey frame at the network's input size through the whole path, state discarded."""
+        """One mid-grey frame at the network's input size through the whole path, state discarded;
+        compiled, a batch of each padded size up to max_batch, so no request waits for a compilation."""
         h, w = self.pipeline.input_size
         rgb = np.full((h, w, 3), 128, dtype=np.uint8)
-        [labels], _ = self._step(imaging.to_frame(rgb), [self.pipeline.new_state()])
-        imaging.encode_labels(labels)
+        frame = imaging.to_frame(rgb)
+        if self.batched_decode:  # the decoder's first call sets it up
+            [frame] = self._prepare([self._decode(imaging.encode_jpeg(rgb), "png")[1]])
+        compiled = self.pipeline.pad_batches
+        for size in sorted({padded_batch_size(b) for b in range(1, self.batcher.max_batch + 1)}) if compiled else [1]:
+            start = time.perf_counter()
+            labels, _ = self._step(frame.expand(size, -1, -1, -1), [self.pipeline.new_state()] * size)
+            if compiled:
+                log.info("compiled the adapted function for batches of %d in %.0f s", size, time.perf_counter() - start)
+        imaging.encode_labels(labels[0])
 
     async def start(self) -> None:
         await self.registry.open()
@@ -156,7 +167,7 @@ class Engine:
         arrived = time.perf_counter()
         async with self.registry.use(stream) as entry:
             waited = time.perf_counter() - arrived
-            (rgb, frame), t_decode = await to_thread.run_sync(_timed, self._decode, data)
+            (rgb, frame), t_decode = await to_thread.run_sync(_timed, self._decode, data, fmt)
             labels, state, t_model = await self.batcher.submit(frame, entry.state, adapt)
             self.model_seconds += 0.1 * (t_model - self.model_seconds)
             out, t_encode = await to_thread.run_sync(_timed, self._encode, fmt, rgb, labels)
@@ -176,9 +187,19 @@ class Engine:
             result.media_type, result.body = ("image/png" if fmt == "png" else "image/jpeg"), out
         return result
 
-    def _decode(self, data: bytes) -> tuple[np.ndarray, torch.Tensor]:
+    def _decode(self, data: bytes, fmt: str) -> tuple[np.ndarray | None, object]:
+        """The frame's RGB pixels on the host (None when not decoded yet) and what the batcher takes:
+        a [1, 3, H, W] frame, or for batched decoding a JPEG whose header was read (`_prepare` decodes
+        it with the other frames of its batch)."""
+        if self.batched_decode and fmt != "overlay":  # an overlay blends the frame's pixels on the host
+            encoded = imaging.read_jpeg_header(data, self.settings.max_image_pixels)
+            if encoded is not None:
+                return None, encoded
         rgb = imaging.decode(data, self.settings.max_image_pixels)
         return rgb, imaging.to_frame(rgb)
+
+    def _prepare(self, items: list) -> list:
+        return imaging.decode_batch(items, self.settings.max_image_pixels, self.device)
 
     def _step(self, frames: torch.Tensor, states: list[StreamState]) -> tuple[list[np.ndarray], list[StreamState]]:
         """One batch of frames of different streams: label maps and new states (the batcher hands the

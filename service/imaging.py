@@ -1,10 +1,13 @@
-"""Image bytes in and out: decode a JPEG/PNG/WebP frame, encode a label map as PNG, a colour overlay
-as JPEG, or count the pixels of each class. Pure functions over bytes, numpy and tensors."""
+"""Image bytes in and out: decode a JPEG/PNG/WebP frame (one at a time with PIL, or JPEGs in batches
+with torchvision: nvJPEG on a GPU), encode a label map as PNG, a colour overlay as JPEG, or count
+the pixels of each class. Functions over bytes, numpy and tensors."""
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from service.errors import PayloadTooLarge, Unprocessable
 
@@ -12,16 +15,30 @@ MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 FORMATS = list(MEDIA_TYPES.values())
 
 
-def decode(data: bytes, max_pixels: int) -> np.ndarray:
-    """RGB uint8 [H, W, 3]. Only JPEG, PNG and WebP decoders are tried; the pixel count is checked
-    from the header before any pixel is decoded."""
+@dataclass(frozen=True)
+class EncodedJPEG:
+    """A JPEG whose header has been read and its size checked; `decode_batch` decodes its pixels."""
+
+    data: bytes
+    height: int
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """The shape of the frame it decodes to, which the batcher groups frames by."""
+        return 1, 3, self.height, self.width
+
+
+def _open(data: bytes, max_pixels: int, read):
+    """`read(image)` on the opened image, once its header's pixel count is checked; PIL's errors
+    turned into the service's."""
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise PayloadTooLarge(f"the image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
                                       "(DRIFTSEG_MAX_IMAGE_PIXELS): send a smaller frame")
-            rgb = np.array(im.convert("RGB"))  # a writable copy, for torch.from_numpy
+            return read(im)
     except PayloadTooLarge:
         raise
     except Image.DecompressionBombError as e:
@@ -31,9 +48,63 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
                             f"short (it starts with {data[:8]!r})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise Unprocessable(f"cannot decode the body as a JPEG, PNG or WebP image: {e}") from None
+
+
+def decode(data: bytes, max_pixels: int) -> np.ndarray:
+    """RGB uint8 [H, W, 3]. Only JPEG, PNG and WebP decoders are tried; the pixel count is checked
+    from the header before any pixel is decoded."""
+    rgb = _open(data, max_pixels, lambda im: np.array(im.convert("RGB")))  # a writable copy, for torch.from_numpy
     if rgb.ndim != 3 or 0 in rgb.shape:
         raise Unprocessable(f"decoded an empty image of shape {list(rgb.shape)}")
     return rgb
+
+
+def read_jpeg_header(data: bytes, max_pixels: int) -> EncodedJPEG | None:
+    """The frame as an `EncodedJPEG` when it is a colour or grey JPEG, its size read from the header
+    and checked; None for anything else (PNG, WebP, CMYK JPEG), which `decode` takes."""
+    def header(im):
+        w, h = im.size
+        return EncodedJPEG(data, h, w) if im.format == "JPEG" and im.mode in ("RGB", "L") and w * h else None
+
+    return _open(data, max_pixels, header)
+
+
+def decode_batch(items: list, max_pixels: int, device: torch.device) -> list:
+    """Frames [1, 3, H, W] in [0, 1] on `device` for `items` (frames already, or `EncodedJPEG`s), the
+    JPEGs decoded by one torchvision call (nvJPEG on a GPU). Which frame broke a batch the call does
+    not say, so then each is decoded on its own by PIL; one that fails there is answered by the
+    exception in its place, and only it fails."""
+    out = list(items)
+    jpegs = [i for i, item in enumerate(items) if isinstance(item, EncodedJPEG)]
+    if not jpegs:
+        return out
+    try:
+        images = _decode_jpegs([torch.frombuffer(bytearray(items[i].data), dtype=torch.uint8) for i in jpegs], device)
+        decoded = [image[None].float().div_(255) for image in images]
+    except RuntimeError:
+        decoded = []
+        for i in jpegs:
+            try:
+                decoded.append(to_frame(decode(items[i].data, max_pixels)).to(device))
+            except Unprocessable as e:
+                decoded.append(e)
+    for i, frame in zip(jpegs, decoded):
+        out[i] = frame
+    return out
+
+
+def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    if device.type != "cuda":
+        return decode_jpeg(datas, mode=ImageReadMode.RGB)
+    # torchvision's nvJPEG decoder writes its outputs from a CUDA stream of its own without waiting for
+    # the caller's (pytorch/vision#9606): memory that kernels queued on our stream still read can be
+    # handed to it by the caching allocator and overwritten. With our stream drained first there is
+    # nothing to overwrite, and draining it after makes the decoded frames complete before we use them.
+    stream = torch.cuda.current_stream(device)
+    stream.synchronize()
+    images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    torch.cuda.synchronize(device)
+    return images
 
 
 def to_frame(rgb: np.ndarray) -> torch.Tensor:
@@ -57,8 +128,12 @@ def encode_overlay(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray, opa
     """The frame blended with its classes' palette colours, as a JPEG."""
     colours = palette[labels].astype(np.float32)
     blend = (1 - opacity) * rgb.astype(np.float32) + opacity * colours
+    return encode_jpeg(blend.round().clip(0, 255).astype(np.uint8), quality)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
     out = io.BytesIO()
-    Image.fromarray(blend.round().clip(0, 255).astype(np.uint8)).save(out, format="JPEG", quality=quality)
+    Image.fromarray(rgb).save(out, format="JPEG", quality=quality)
     return out.getvalue()
 
 

@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     engine: Literal["torch", "onnx"] = Field("torch", description="what runs the adapted function: torch, or "
                                              "onnxruntime on a file exported by `driftseg export onnx`")
+    decode: Literal["auto", "pil", "batched"] = Field("auto", description="how JPEG frames are decoded: batched "
+                                                      "(torchvision, one call per batch: nvJPEG on a GPU), pil (each "
+                                                      "request on its own, in parallel threads); auto: batched on a GPU, "
+                                                      "pil on the CPU. Other formats always go through PIL")
+    compile: bool = Field(False, description="torch engine: torch.compile the adapted function, replayed as CUDA "
+                          "graphs on a GPU, batches padded to a power of two; start-up compiles every padded "
+                          "size up to max_batch (minutes)")
     onnx_model: Path | None = Field(None, description="the exported file for engine onnx; default: exported at "
                                     "start-up into the state dir, one file per checkpoint and method")
     max_streams: int = Field(64, ge=1, description="stream states held in memory; the least recently used is snapshotted and evicted")
@@ -100,6 +107,9 @@ class Settings(BaseSettings):
                              f"{ENV_PREFIX}METHOD or use {ENV_PREFIX}ENGINE=torch")
         if self.onnx_model is not None and self.engine != "onnx":
             raise ValueError(f"{ENV_PREFIX}ONNX_MODEL is set but {ENV_PREFIX}ENGINE is not onnx")
+        if self.compile and self.engine != "torch":
+            raise ValueError(f"{ENV_PREFIX}COMPILE compiles the torch engine; with {ENV_PREFIX}ENGINE=onnx "
+                             "onnxruntime optimises the graph itself")
         return self
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ from synthetic_frames import domain_frames
 from torch.nn import functional as F
 
 from adapters.label_calibration import calibrate
-from adapters.pipeline import Pipeline, to_input_size
+from adapters.pipeline import Pipeline, padded_batch_size, to_input_size
 from pipeline_util import assert_same_state, run
 from adapters.spec import parse_method
 
@@ -146,3 +146,36 @@ def test_compiled_pipeline_equals_eager_on_cuda(tiny_ckpt, spec, monkeypatch) ->
     assert_same_state(c_state, e_state)
     if e_state.auto is not None:
         assert c_state.auto.switches == e_state.auto.switches
+
+
+@pytest.mark.parametrize("b, padded", [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 16), (32, 32)])
+def test_padded_batch_size_is_the_next_power_of_two(b, padded) -> None:
+    assert padded_batch_size(b) == padded
+
+
+def test_padding_a_batch_changes_nothing_for_its_streams(tiny_ckpt) -> None:
+    plain, padded = (Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc+fda(beta=0.05)")) for _ in range(2))
+    padded.pad_batches = True  # what compile turns on, here without compiling
+    frames = [domain_frames(3, seed=s, shift=0.2 * s) for s in range(3)]
+    states = {p: [p.new_state() for _ in range(3)] for p in (plain, padded)}
+    for t in range(3):
+        batch = torch.stack([f[t] for f in frames])
+        labels = {}
+        for p in (plain, padded):
+            labels[p], states[p] = p.step(batch, states[p])
+        assert labels[padded].shape == (3, *batch.shape[-2:])
+        assert torch.equal(labels[padded], labels[plain])
+    for a, b in zip(states[padded], states[plain]):
+        assert_same_state(a, b)
+        assert a.frames == 3
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_equals_eager_on_the_cpu(tiny_ckpt) -> None:
+    eager, compiled = (Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc"), compile=c) for c in (False, True))
+    frames = domain_frames(3, seed=12, shift=0.3)
+    e_labels, e_states = eager.step(frames, [eager.new_state() for _ in range(3)])
+    c_labels, c_states = compiled.step(frames, [compiled.new_state() for _ in range(3)])  # padded to 4
+    assert (c_labels != e_labels).float().mean() < 1e-3
+    for c, e in zip(c_states, e_states):
+        assert_same_state(c, e)

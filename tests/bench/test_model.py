@@ -20,3 +20,9 @@ def test_throughput_at_each_batch_size(tiny_ckpt, tmp_path) -> None:
     assert len(lines) == 4 and lines[2].startswith("| 1 |") and lines[3].startswith("| 3 |")
     ratio = result[3]["auto"]["ms_per_batch"] / result[3]["source"]["ms_per_batch"]
     assert lines[3].endswith(f"| {ratio:.2f} |")
+
+
+def test_engines_label_their_pipelines(tiny_ckpt, tmp_path) -> None:
+    pipelines = build(tiny_ckpt, ["auto"], ["torch", "compiled"], torch.device("cpu"), tmp_path)
+    assert list(pipelines) == ["auto", "auto (compiled)"]
+    assert not pipelines["auto"].pad_batches and pipelines["auto (compiled)"].pad_batches

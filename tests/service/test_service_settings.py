@@ -27,6 +27,7 @@ def test_defaults_and_environment(ckpt_file, tmp_path, monkeypatch):
     ({"checkpoint": "/nonexistent/model.pt"}, ["DRIFTSEG_CHECKPOINT", "does not exist"]),
     ({"max_image_bytes": -1}, ["DRIFTSEG_MAX_IMAGE_BYTES"]),
     ({"snapshot_every": -5}, ["DRIFTSEG_SNAPSHOT_EVERY"]),
+    ({"compile": True, "engine": "onnx"}, ["DRIFTSEG_COMPILE", "onnxruntime"]),
 ])
 def test_invalid_settings_say_which_and_why(ckpt_file, overrides, words):
     with pytest.raises(ValueError) as e:
