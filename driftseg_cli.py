@@ -13,6 +13,7 @@ COMMANDS = {
     ("bench", "checkpoints"): ("bench.checkpoints:main", "checkpoints side by side on streams, against a baseline and an oracle"),
     ("bench", "speed"): ("bench.speed:main", "per-frame cost of methods at batch 1, round robin, vs the frozen model"),
     ("bench", "model"): ("bench.model:main", "raw throughput of the frozen and adapted pipeline at batch sizes, no HTTP"),
+    ("bench", "precision"): ("bench.precision:main", "labels, mIoU and time of the network in bf16/fp16 against fp32"),
     ("bench", "load"): ("bench.load:main", "closed-loop load test of a running server: frames/s, latency, errors"),
     ("export", "onnx"): ("adapters.onnx_engine:main", "export the adapted function, stream states as graph inputs, to ONNX"),
     ("serve",): ("service.cli:main", "serve segmentation over HTTP, adapting per stream"),

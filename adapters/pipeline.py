@@ -81,13 +81,23 @@ def padded_batch_size(b: int) -> int:
     return 1 << (b - 1).bit_length()
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class Pipeline:
-    def __init__(self, ckpt: Checkpoint, spec: MethodSpec, device: str | torch.device = "cpu", compile: bool = False):
+    def __init__(self, ckpt: Checkpoint, spec: MethodSpec, device: str | torch.device = "cpu", compile: bool = False,
+                 precision: str = "fp32"):
         """`compile`: run the adapted function at the network's input size (`adapt_core`) through
         torch.compile, replayed as CUDA graphs on a GPU, batches padded to `padded_batch_size`; the
         first batch of each padded size pays the compilation. The resizing in and out stays eager, so
-        frames of any size share the graphs."""
+        frames of any size share the graphs. `precision`: the network under autocast to bf16 or fp16
+        (`driftseg bench precision` measures what that changes)."""
         self.spec, self.device = spec, torch.device(device)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if precision != "fp32" and spec.norm == "tent":
+            raise ValueError("tent adapts by backprop in float32: run it at precision fp32")
+        self.dtype = PRECISIONS[precision]
         self.num_classes = ckpt.num_classes
         self.input_size = list(ckpt.input_size)
         self.model = ckpt.build_model(self.device)
@@ -193,12 +203,16 @@ class Pipeline:
             out["fda_recent"] = update_recent(batch["fda_recent"], band, self.spec.fda_momentum)
             images = transfer(images, self.source_band, self.fda_b, self.spec.fda_mode, out["fda_recent"])
 
-        if self.frozen is not None:
-            scores = self.frozen(images)
-        elif tent is not None:
-            scores = tent.forward_and_adapt(images)
-        else:
-            scores = self._adapted_forward(images, batch, out)
+        # autocast changes only the network's convolutions and matrix products; the BN statistics, the
+        # states and everything after the logits stay in float32
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            if self.frozen is not None:
+                scores = self.frozen(images)
+            elif tent is not None:
+                scores = tent.forward_and_adapt(images)
+            else:
+                scores = self._adapted_forward(images, batch, out)
+        scores = scores.float()
 
         if self.spec.lc:
             # on the network's output averaged over stride x stride pixels: the network upsampled it

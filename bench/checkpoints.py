@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench import accuracy
 from bench.data import FrameFolder
-from bench.report import write_results
+from bench.report import add_common_arguments, write_results
 from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 
@@ -37,13 +37,11 @@ def main(argv=None) -> None:
     p.add_argument("checkpoints", nargs="+", type=Path)
     p.add_argument("--baseline", type=Path, default=DEFAULT_CHECKPOINT, help="the checkpoint the others are compared to")
     p.add_argument("--oracle", type=Path, help="a checkpoint trained with the target labels (never served)")
-    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
     p.add_argument("--streams", nargs="+", default=["day", "dusk"])
     p.add_argument("--gap-stream", default="dusk", help="the stream whose gap to the oracle is measured")
     p.add_argument("--method", default="source", help="the online method every checkpoint runs with")
     p.add_argument("--max-frames", type=int, help="only the first N frames of every stream")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+    add_common_arguments(p, checkpoint=False)
     args = p.parse_args(argv)
     if args.gap_stream not in args.streams:
         p.error(f"--gap-stream {args.gap_stream} is not among --streams {args.streams}")

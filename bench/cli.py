@@ -1,14 +1,13 @@
 """Command-line entry points of the benchmark."""
 import argparse
 import os
-from pathlib import Path
 
 from bench import accuracy
 from bench.data import FrameFolder
 from bench.plot import plot_stream
-from bench.report import write_results
+from bench.report import add_common_arguments, write_results
 from bench.streams import PROTOCOL_STREAMS
-from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from models.checkpoint import load_checkpoint
 
 PEERS = ("source", "ptbn", "tent")
 
@@ -21,15 +20,12 @@ def accuracy_main(argv=None) -> None:
         '"summary": {METHOD: {"mean_miou", "day_change", "ms_per_frame", "cost_vs_source"}}}, a Markdown table '
         'beside it, and for multi-segment streams (continual) a PNG plot over frames.',
     )
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
     p.add_argument("--streams", nargs="+", default=list(PROTOCOL_STREAMS),
                    help="protocol names, SPLIT, or SPLIT:CORRUPTION (default: all protocol streams)")
     p.add_argument("--methods", nargs="+", default=list(PEERS), help='method specs, e.g. "ema(m=0.1,alpha=0.5)+lc"')
     p.add_argument("--severity", type=int, default=3, choices=range(1, 6))
     p.add_argument("--max-frames", type=int, help="only the first N frames of every stream")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+    add_common_arguments(p)
     args = p.parse_args(argv)
 
     try:

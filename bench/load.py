@@ -12,13 +12,12 @@ import io
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import httpx
 from PIL import Image
 
 from bench.data import FrameFolder
-from bench.report import write_results
+from bench.report import add_common_arguments, write_results
 from bench.streams import open_stream
 
 
@@ -99,12 +98,11 @@ def markdown_table(levels: Sequence[dict]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="driftseg bench load", description=__doc__)
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
-    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
     p.add_argument("--stream", default="day", help="the frames the cameras send (a stream spec)")
     p.add_argument("--frames", type=int, default=40, help="distinct frames, cycled")
     p.add_argument("--streams", nargs="+", type=int, default=[1, 8, 32], help="numbers of cameras, one level each")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per level")
-    p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+    add_common_arguments(p, checkpoint=False, device=False)
     args = p.parse_args(argv)
     try:
         frames = jpeg_frames(args.stream, args.data, args.frames)

@@ -16,10 +16,10 @@ from adapters.pipeline import Pipeline
 from adapters.spec import parse_method
 from bench.accuracy import device_name, resolve_device, to_tensor
 from bench.data import FrameFolder
-from bench.report import write_results
+from bench.report import add_common_arguments, write_results
 from bench.speed import round_robin
 from bench.streams import open_stream
-from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
+from models.checkpoint import Checkpoint, load_checkpoint
 
 
 def measure(pipelines: dict[str, Pipeline], frame: torch.Tensor, batches: Sequence[int], steps: int,
@@ -64,8 +64,6 @@ def markdown_table(result: dict[int, dict[str, dict]], methods: Sequence[str]) -
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="driftseg bench model", description=__doc__)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
     p.add_argument("--stream", default="day", help="the stream whose first frame is timed")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--methods", nargs="+", default=["source", "auto"], help="the first is the baseline of the ratios")
@@ -73,8 +71,7 @@ def main(argv=None) -> None:
                    help="run each method on each engine (compiled: torch.compile, CUDA graphs on a GPU, compiled "
                         "in the warm-up steps; onnx: exported first; both take a while)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per batch size and method")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+    add_common_arguments(p)
     args = p.parse_args(argv)
     try:
         ckpt = load_checkpoint(args.checkpoint)

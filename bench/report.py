@@ -1,6 +1,20 @@
-"""How every bench command keeps its result: a JSON file, with its Markdown table beside it."""
+"""What every bench command shares: the options naming its inputs and output, and how it keeps its
+result: a JSON file, with its Markdown table beside it."""
+import argparse
 import json
 from pathlib import Path
+
+from models.checkpoint import DEFAULT_CHECKPOINT
+
+
+def add_common_arguments(p: argparse.ArgumentParser, checkpoint: bool = True, device: bool = True) -> None:
+    """--checkpoint (unless the command takes its own), --data, --device (unless it runs no model) and --out."""
+    if checkpoint:
+        p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
+    if device:
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
 
 
 def write_results(out: Path, doc: dict, table: str) -> None:

@@ -9,7 +9,6 @@ import argparse
 import statistics
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
 
@@ -17,9 +16,9 @@ from adapters.pipeline import Pipeline
 from adapters.spec import parse_method
 from bench.accuracy import device_name, resolve_device, to_tensor
 from bench.data import FrameFolder
-from bench.report import write_results
+from bench.report import add_common_arguments, write_results
 from bench.streams import open_stream
-from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
+from models.checkpoint import Checkpoint, load_checkpoint
 
 
 def round_robin(pipelines: dict[str, Pipeline], batches: Iterable[torch.Tensor], warmup: int) -> dict[str, list[float]]:
@@ -80,18 +79,15 @@ def markdown_table(timings: dict[str, dict]) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="driftseg bench speed", description=__doc__)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--data", help="frame folder (default: $DRIFTSEG_DATA or ../shared/data/camvid)")
     p.add_argument("--stream", default="day", help="the frames to time (a stream spec)")
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--methods", nargs="+", default=["source", "ptbn", "tent", "auto"],
                    help="method specs; `source` is always timed, as the baseline")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each method's per-frame work (CUDA graphs on a GPU; tent stays eager)")
     p.add_argument("--warmup", type=int, default=3, help="frames run before timing starts (compilation happens there)")
     p.add_argument("--repeats", type=int, default=1, help="times the whole round robin runs, on fresh streams")
-    p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+    add_common_arguments(p)
     args = p.parse_args(argv)
     methods = ["source"] + [m for m in args.methods if m != "source"]
     try:

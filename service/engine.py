@@ -95,7 +95,8 @@ class Engine:
     def load(cls, settings: Settings, metrics: Metrics) -> "Engine":
         """Load the checkpoint, build the pipeline and warm it up (blocking; the lifespan runs it in a thread)."""
         ckpt = load_checkpoint(settings.checkpoint)
-        pipeline = Pipeline(ckpt, settings.spec, settings.torch_device, compile=settings.compile)
+        pipeline = Pipeline(ckpt, settings.spec, settings.torch_device, compile=settings.compile,
+                            precision=settings.precision)
         fingerprint = file_sha256(settings.checkpoint)
         if settings.engine == "onnx":
             cached = settings.state_dir / "onnx" / f"{snapshots.origin_key(fingerprint, settings.method_string)}.onnx"

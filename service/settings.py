@@ -28,6 +28,9 @@ class Settings(BaseSettings):
                                                       "(torchvision, one call per batch: nvJPEG on a GPU), pil (each "
                                                       "request on its own, in parallel threads); auto: batched on a GPU, "
                                                       "pil on the CPU. Other formats always go through PIL")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="torch engine: the network under autocast "
+                                                       "to bf16 or fp16 (`driftseg bench precision` measures the labels "
+                                                       "it changes); states stay float32")
     compile: bool = Field(False, description="torch engine: torch.compile the adapted function, replayed as CUDA "
                           "graphs on a GPU, batches padded to a power of two; start-up compiles every padded "
                           "size up to max_batch (minutes)")
@@ -107,6 +110,9 @@ class Settings(BaseSettings):
                              f"{ENV_PREFIX}METHOD or use {ENV_PREFIX}ENGINE=torch")
         if self.onnx_model is not None and self.engine != "onnx":
             raise ValueError(f"{ENV_PREFIX}ONNX_MODEL is set but {ENV_PREFIX}ENGINE is not onnx")
+        if self.precision != "fp32" and self.engine != "torch":
+            raise ValueError(f"{ENV_PREFIX}PRECISION applies to the torch engine; the onnx engine runs the exported "
+                             "float32 graph")
         if self.compile and self.engine != "torch":
             raise ValueError(f"{ENV_PREFIX}COMPILE compiles the torch engine; with {ENV_PREFIX}ENGINE=onnx "
                              "onnxruntime optimises the graph itself")

@@ -28,6 +28,8 @@ def test_defaults_and_environment(ckpt_file, tmp_path, monkeypatch):
     ({"max_image_bytes": -1}, ["DRIFTSEG_MAX_IMAGE_BYTES"]),
     ({"snapshot_every": -5}, ["DRIFTSEG_SNAPSHOT_EVERY"]),
     ({"compile": True, "engine": "onnx"}, ["DRIFTSEG_COMPILE", "onnxruntime"]),
+    ({"precision": "bf16", "engine": "onnx"}, ["DRIFTSEG_PRECISION", "float32 graph"]),
+    ({"precision": "fp64"}, ["DRIFTSEG_PRECISION"]),
 ])
 def test_invalid_settings_say_which_and_why(ckpt_file, overrides, words):
     with pytest.raises(ValueError) as e:

@@ -1,0 +1,91 @@
+"""`driftseg bench precision`: what running the network in bf16 or fp16 (autocast) changes, against
+float32 in the same run: the share of pixels labelled as float32 labels them, the mIoU of each and
+the time per frame. Every precision runs its own copy of each stream, frame by frame in turn on
+the same frames, from the source state.
+"""
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+
+from adapters.pipeline import PRECISIONS, Pipeline
+from adapters.spec import parse_method
+from bench.accuracy import device_name, resolve_device, to_tensor
+from bench.data import FrameFolder
+from bench.metrics import ConfusionMatrix, mean_iou
+from bench.report import add_common_arguments, write_results
+from bench.streams import open_stream
+from models.checkpoint import Checkpoint, load_checkpoint
+
+
+def measure(ckpt: Checkpoint, stream_frames: dict[str, list], methods: Sequence[str], precisions: Sequence[str],
+            device: torch.device, ignore_index: int) -> dict[str, dict[str, dict[str, dict]]]:
+    """{method: {stream: {precision: {"miou", "same_labels", "ms_per_frame"}}}} for `stream_frames`
+    ({stream: [(image uint8 HxWx3, label HxW), ...]}); fp32 first, the reference of `same_labels`."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    precisions = ["fp32"] + [p for p in precisions if p != "fp32"]
+    result = {}
+    for method in methods:
+        pipelines = {p: Pipeline(ckpt, parse_method(method), device, precision=p) for p in precisions}
+        result[method] = {}
+        for stream, frames in stream_frames.items():
+            states = {p: [pipeline.new_state()] for p, pipeline in pipelines.items()}
+            cms = {p: ConfusionMatrix(ckpt.num_classes, ignore_index) for p in precisions}
+            same = {p: [] for p in precisions}
+            seconds = {p: [] for p in precisions}
+            for image, label in frames:
+                frame = to_tensor(image).to(device)
+                labels = {}
+                for p, pipeline in pipelines.items():
+                    sync()
+                    start = time.perf_counter()
+                    labels[p], states[p] = pipeline.step(frame, states[p])
+                    sync()
+                    seconds[p].append(time.perf_counter() - start)
+                    cms[p].update(torch.from_numpy(label), labels[p][0].cpu())
+                    same[p].append((labels[p] == labels["fp32"]).float().mean().item())
+            result[method][stream] = {p: {"miou": round(mean_iou(cms[p].mat), 2),
+                                          "same_labels": round(100 * statistics.fmean(same[p]), 3),
+                                          "ms_per_frame": round(1000 * statistics.median(seconds[p]), 3)}
+                                      for p in precisions}
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    lines = ["| method | stream | precision | pixels labelled as fp32 (%) | mIoU | mIoU change | median ms/frame | x fp32 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for method, streams in result.items():
+        for stream, by_precision in streams.items():
+            ref = by_precision["fp32"]
+            for p, r in by_precision.items():
+                lines.append(f"| `{method}` | {stream} | {p} | {r['same_labels']:.2f} | {r['miou']:.1f} | "
+                             f"{r['miou'] - ref['miou']:+.2f} | {r['ms_per_frame']:.1f} | "
+                             f"{r['ms_per_frame'] / ref['ms_per_frame']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="driftseg bench precision", description=__doc__)
+    p.add_argument("--streams", nargs="+", default=["day", "dusk"], help="stream specs")
+    p.add_argument("--methods", nargs="+", default=["source", "auto"])
+    p.add_argument("--precisions", nargs="+", default=["bf16", "fp16"], choices=sorted(PRECISIONS),
+                   help="compared with fp32, which always runs")
+    p.add_argument("--max-frames", type=int, help="only the first N frames of every stream")
+    add_common_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        device = resolve_device(args.device)
+        folder = FrameFolder.open(args.data)
+        stream_frames = {s: list(open_stream(s, folder).frames(args.max_frames)) for s in args.streams}
+        result = measure(ckpt, stream_frames, args.methods, args.precisions, device, folder.ignore_index)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        p.exit(2, f"driftseg bench precision: error: {e}\n")
+    table = markdown_table(result)
+    print(table)
+    if args.out:
+        doc = {"checkpoint": str(args.checkpoint), "device": str(device), "device_name": device_name(device),
+               "torch": torch.__version__, "results": result}
+        write_results(args.out, doc, table)
