@@ -172,10 +172,15 @@ def test_padding_a_batch_changes_nothing_for_its_streams(tiny_ckpt) -> None:
 
 @pytest.mark.slow
 def test_compiled_pipeline_equals_eager_on_the_cpu(tiny_ckpt) -> None:
+    from torch._dynamo.utils import counters
+
     eager, compiled = (Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc"), compile=c) for c in (False, True))
-    frames = domain_frames(3, seed=12, shift=0.3)
-    e_labels, e_states = eager.step(frames, [eager.new_state() for _ in range(3)])
-    c_labels, c_states = compiled.step(frames, [compiled.new_state() for _ in range(3)])  # padded to 4
+    frames = domain_frames(4, seed=12, shift=0.3)
+    graphs = counters["stats"]["unique_graphs"]
+    e_labels, e_states = eager.step(frames[:3], [eager.new_state() for _ in range(3)])
+    c_labels, c_states = compiled.step(frames[:3], [compiled.new_state() for _ in range(3)])  # padded to 4
     assert (c_labels != e_labels).float().mean() < 1e-3
     for c, e in zip(c_states, e_states):
         assert_same_state(c, e)
+    compiled.step(frames, [compiled.new_state() for _ in range(4)])
+    assert counters["stats"]["unique_graphs"] - graphs == 1  # batches of 3 and 4 share one graph
