@@ -4,7 +4,10 @@ Each simulated camera is one stream: it sends its frames in order (480x360 JPEGs
 data folder, each camera starting at another frame) and waits for each answer before the next. For
 each number of cameras it reports the frames answered per second, the client's latency percentiles,
 the server's own time per frame (the sum of its Server-Timing stages) and the errors. The cameras'
-streams are reset afterwards, so a run leaves the server as it found it.
+streams are reset afterwards, so a run leaves the server as it found it. With `--raw-batch B` the
+same run then times the raw pipeline the server runs (its method, read from /readyz, on its device,
+the checkpoint checked against the server's) at batch B without HTTP, and each level's throughput
+is also given as a share of that.
 """
 import argparse
 import asyncio
@@ -14,11 +17,18 @@ import time
 from collections.abc import Sequence
 
 import httpx
+import numpy as np
+import torch
 from PIL import Image
 
+from adapters.pipeline import Pipeline
+from adapters.spec import parse_method
+from bench import model
+from bench.accuracy import to_tensor
 from bench.data import FrameFolder
 from bench.report import add_common_arguments, write_results
 from bench.streams import open_stream
+from models.checkpoint import file_sha256, load_checkpoint
 
 
 def jpeg_frames(stream: str, data: str | None, count: int) -> list[bytes]:
@@ -87,11 +97,27 @@ async def run_level(url: str, cameras: int, frames: list[bytes], duration: float
             "errors": len(record["errors"]), "error_kinds": sorted(set(record["errors"]))}
 
 
-def markdown_table(levels: Sequence[dict]) -> str:
-    lines = ["| cameras | frames/s | p50 ms | p95 ms | p99 ms | server p50 ms | errors |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+def raw_throughput(url: str, checkpoint, frame: bytes, batch: int, steps: int = 20) -> dict:
+    """The frames/s of the pipeline the server at `url` runs (its method and device, from /readyz), at
+    `batch` frames of different streams per step, without HTTP; `checkpoint` must be the server's."""
+    ready = httpx.get(f"{url}/readyz", timeout=30).json()
+    if ready.get("checkpoint") != file_sha256(checkpoint):
+        raise ValueError(f"the server serves another checkpoint than {checkpoint} (sha256 {ready.get('checkpoint')}): "
+                         "pass the server's with --checkpoint")
+    method, device = ready["method"], torch.device(ready["device"])
+    pipeline = Pipeline(load_checkpoint(checkpoint), parse_method(method), device)
+    image = to_tensor(np.array(Image.open(io.BytesIO(frame)).convert("RGB")))
+    timing = model.measure({method: pipeline}, image, [batch], steps)[batch][method]
+    return {"method": method, "device": str(device), "batch": batch, **timing}
+
+
+def markdown_table(levels: Sequence[dict], raw: dict | None = None) -> str:
+    extra = f" x raw model (batch {raw['batch']}) |" if raw else ""
+    lines = ["| cameras | frames/s | p50 ms | p95 ms | p99 ms | server p50 ms | errors |" + extra,
+             "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if raw else "")]
     lines += [f"| {r['cameras']} | {r['frames_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} "
-              f"| {r['server_p50_ms']:.1f} | {r['errors']} |" for r in levels]
+              f"| {r['server_p50_ms']:.1f} | {r['errors']} |" + (f" {r['frames_per_s'] / raw['frames_per_s']:.2f} |" if raw else "")
+              for r in levels]
     return "\n".join(lines)
 
 
@@ -102,7 +128,9 @@ def main(argv=None) -> None:
     p.add_argument("--frames", type=int, default=40, help="distinct frames, cycled")
     p.add_argument("--streams", nargs="+", type=int, default=[1, 8, 32], help="numbers of cameras, one level each")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per level")
-    add_common_arguments(p, checkpoint=False, device=False)
+    p.add_argument("--raw-batch", type=int, help="then time the server's pipeline without HTTP at this batch size "
+                   "(its DRIFTSEG_MAX_BATCH, say), in this process")
+    add_common_arguments(p, device=False)
     args = p.parse_args(argv)
     try:
         frames = jpeg_frames(args.stream, args.data, args.frames)
@@ -110,10 +138,11 @@ def main(argv=None) -> None:
         for cameras in args.streams:
             levels.append(asyncio.run(run_level(args.url, cameras, frames, args.duration)))
             print(f"{cameras} cameras: {levels[-1]['frames_per_s']} frames/s, p99 {levels[-1]['p99_ms']} ms", flush=True)
+        raw = raw_throughput(args.url, args.checkpoint, frames[0], args.raw_batch) if args.raw_batch else None
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, httpx.HTTPError) as e:
         p.exit(2, f"driftseg bench load: error: {e}\n")
-    table = markdown_table(levels)
+    table = markdown_table(levels, raw)
     print(table)
     if args.out:
         write_results(args.out, {"url": args.url, "stream": args.stream, "duration_s": args.duration,
-                                 "levels": levels}, table)
+                                 "levels": levels, "raw_model": raw}, table)

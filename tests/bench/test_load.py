@@ -18,3 +18,10 @@ def test_percentiles_and_table() -> None:
     row = {"cameras": 2, "frames_per_s": 10.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "server_p50_ms": 0.5,
            "errors": 0}
     assert markdown_table([row]).splitlines()[-1] == "| 2 | 10.0 | 1.0 | 2.0 | 3.0 | 0.5 | 0 |"
+
+
+def test_table_with_the_raw_model_share() -> None:
+    row = {"cameras": 8, "frames_per_s": 30.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "server_p50_ms": 0.5,
+           "errors": 0}
+    lines = markdown_table([row], {"batch": 8, "frames_per_s": 60.0}).splitlines()
+    assert lines[0].endswith("| x raw model (batch 8) |") and lines[-1].endswith("| 0.50 |")

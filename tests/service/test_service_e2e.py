@@ -5,12 +5,13 @@ import asyncio
 import json
 import signal
 from contextlib import closing
+from pathlib import Path
 
 import httpx
 import pytest
 
 from bench.data import resolve_data_dir
-from bench.load import run_level
+from bench.load import raw_throughput, run_level
 from models.checkpoint import DEFAULT_CHECKPOINT
 from service_util import start, stop
 
@@ -79,6 +80,13 @@ def test_serve_adapt_reset_restart(tmp_path):
             assert level["cameras"] == 2 and level["frames"] > 0 and level["errors"] == 0
             assert 0 < level["server_p50_ms"] <= level["p50_ms"] <= level["p99_ms"]
             assert [s["stream"] for s in client.get("/adaptation/streams").json()["streams"]] == [STREAM]
+            # and the pipeline the server runs, timed without HTTP in this process: its method and device
+            raw = raw_throughput(str(client.base_url), DEFAULT_CHECKPOINT, frames[0], batch=2, steps=2)
+            assert raw["method"] == client.get("/readyz").json()["method"] and raw["device"] == "cpu"
+            assert raw["batch"] == 2 and raw["frames_per_s"] > 0
+            with pytest.raises(ValueError, match="another checkpoint"):
+                raw_throughput(str(client.base_url), Path(__file__).parents[2] / "models/checkpoints/dusk-uda.pt",
+                               frames[0], batch=2, steps=2)
         assert stop(proc) in (0, -signal.SIGTERM)
         assert log.read_text().count("Application shutdown complete") == 2
     finally:
