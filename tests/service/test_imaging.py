@@ -69,6 +69,7 @@ def test_gpu_decode_never_writes_memory_queued_kernels_still_read(camvid_jpegs):
             busy = busy @ busy / busy.norm()  # keeps the stream busy while the reductions wait behind it
         sums = [t.sum() for t in tensors]
         del tensors  # their blocks go back to the allocator with the reductions still queued
-        imaging.decode_batch(items, 10**6, device)
+        frames = imaging.decode_batch(items + [torch.rand(1, 3, 360, 480)], 10**6, device)
+        assert all(f.device.type == "cuda" for f in frames)  # a frame PIL decoded joins them there
         torch.cuda.synchronize()
         assert all(s.item() == value * 3 * 360 * 480 for s in sums), f"a queued reduction read decoded pixels ({value})"
