@@ -186,7 +186,9 @@ class Pipeline:
         (`stack_states`): label maps and the new state tensors. Nothing in it reads a value back to the
         host, so that a GPU can replay `adapt_core` as one CUDA graph."""
         size = images.shape[-2:]
-        scores, out = self.adapt_core(to_input_size(images, self.input_size), batch, tent)
+        # contiguous: a compiled graph guards on its inputs' strides, and frames come in other layouts
+        # (decoded JPEGs are channels-last); one layout, no recompilation mid-traffic
+        scores, out = self.adapt_core(to_input_size(images, self.input_size).contiguous(), batch, tent)
         if scores.shape[-2:] != size:
             scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
         # max(1).indices, not argmax(1): the same labels, 5x faster over the channel dim on the CPU

@@ -5,9 +5,9 @@ data folder, each camera starting at another frame) and waits for each answer be
 each number of cameras it reports the frames answered per second, the client's latency percentiles,
 the server's own time per frame (the sum of its Server-Timing stages) and the errors. The cameras'
 streams are reset afterwards, so a run leaves the server as it found it. With `--raw-batch B` the
-same run then times the raw pipeline the server runs (its method, read from /readyz, on its device,
-the checkpoint checked against the server's) at batch B without HTTP, and each level's throughput
-is also given as a share of that.
+same run then times the raw pipeline the server runs (its method, device, compilation and precision,
+read from /readyz; the checkpoint checked against the server's) at batch B without HTTP, and each
+level's throughput is also given as a share of that.
 """
 import argparse
 import asyncio
@@ -98,17 +98,23 @@ async def run_level(url: str, cameras: int, frames: list[bytes], duration: float
 
 
 def raw_throughput(url: str, checkpoint, frame: bytes, batch: int, steps: int = 20) -> dict:
-    """The frames/s of the pipeline the server at `url` runs (its method and device, from /readyz), at
-    `batch` frames of different streams per step, without HTTP; `checkpoint` must be the server's."""
+    """The frames/s of the pipeline the server at `url` runs (its method, device, compilation and
+    precision, from /readyz), at `batch` frames of different streams per step, without HTTP;
+    `checkpoint` must be the server's."""
     ready = httpx.get(f"{url}/readyz", timeout=30).json()
     if ready.get("checkpoint") != file_sha256(checkpoint):
         raise ValueError(f"the server serves another checkpoint than {checkpoint} (sha256 {ready.get('checkpoint')}): "
                          "pass the server's with --checkpoint")
+    if ready.get("engine") != "torch":
+        raise ValueError(f"--raw-batch times the torch engine, the server runs {ready.get('engine')}: "
+                         "time that with `driftseg bench model --engines onnx`")
     method, device = ready["method"], torch.device(ready["device"])
-    pipeline = Pipeline(load_checkpoint(checkpoint), parse_method(method), device)
+    pipeline = Pipeline(load_checkpoint(checkpoint), parse_method(method), device, compile=ready["compiled"],
+                        precision=ready["precision"])
     image = to_tensor(np.array(Image.open(io.BytesIO(frame)).convert("RGB")))
     timing = model.measure({method: pipeline}, image, [batch], steps)[batch][method]
-    return {"method": method, "device": str(device), "batch": batch, **timing}
+    return {"method": method, "device": str(device), "compiled": ready["compiled"], "precision": ready["precision"],
+            "batch": batch, **timing}
 
 
 def markdown_table(levels: Sequence[dict], raw: dict | None = None) -> str:

@@ -1,4 +1,6 @@
 """Response models: what the JSON answers hold, as they appear in the OpenAPI schema."""
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -105,4 +107,7 @@ class Readiness(BaseModel):
     checkpoint: str | None = None
     method: str | None = None
     device: str | None = None
+    engine: Literal["torch", "onnx"] | None = None
+    compiled: bool | None = None
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
     detail: str | None = None

@@ -23,8 +23,9 @@ async def readyz(request: Request):
         return JSONResponse(body.model_dump(), status_code=503)
     # degraded, still ready: frames are served and states kept in memory until the store is back
     detail = None if engine.store.healthy else f"degraded: state store {engine.store.directory} unavailable"
+    settings = engine.settings
     return Readiness(ready=True, checkpoint=engine.fingerprint, method=engine.method, device=str(engine.device),
-                     detail=detail)
+                     engine=settings.engine, compiled=settings.compile, precision=settings.precision, detail=detail)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

@@ -204,6 +204,8 @@ def test_health_readiness_metrics_openapi(client, frames):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["device"] == "cpu"
+    assert {k: ready.json()[k] for k in ("engine", "compiled", "precision")} == \
+        {"engine": "torch", "compiled": False, "precision": "fp32"}
     post(client, frames[0], "metrics")
     text = client.get("/metrics").text
     for name in ("driftseg_requests_total", "driftseg_request_duration_seconds_bucket",
