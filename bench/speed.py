@@ -84,7 +84,8 @@ def main(argv=None) -> None:
     p.add_argument("--methods", nargs="+", default=["source", "ptbn", "tent", "auto"],
                    help="method specs; `source` is always timed, as the baseline")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile each method's per-frame work (CUDA graphs on a GPU; tent stays eager)")
+                   help="torch.compile each method's adapted function at the network's input size (CUDA graphs on a "
+                        "GPU; resizing stays eager; tent stays eager)")
     p.add_argument("--warmup", type=int, default=3, help="frames run before timing starts (compilation happens there)")
     p.add_argument("--repeats", type=int, default=1, help="times the whole round robin runs, on fresh streams")
     add_common_arguments(p)
