@@ -1,0 +1,13 @@
+#!/bin/bash
+# Does adversarial adaptation add anything on top of a better-trained parent at CPU scale? From the
+# control of dusk-uda.sh (source-more.pt: 600 more iterations of source training), the adversarial
+# job against the same budget of source training alone. Run after dusk-uda.sh, from the repository
+# root; the table is bench/results/uda-from-control.md.
+set -ex
+D=.venv/bin/driftseg
+P=runs/uda/final/source-more.pt
+R=runs/uda/exp
+$D train adversarial --parent $P --out $R/adv-sm.pt --iters 600 --lr 5e-4 --log-every 100
+$D train source --init $P --out $R/sm2.pt --iters 600 --batch-size 8 --lr 5e-4 --warmup 50 --crop 176 224 --log-every 100
+$D bench checkpoints $R/sm2.pt $R/adv-sm.pt --baseline $P --oracle runs/uda/final/oracle-dusk.pt \
+    --out bench/results/uda-from-control.json
