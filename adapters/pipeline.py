@@ -10,6 +10,7 @@ so a caller that fails half way keeps the old states intact.
 """
 import copy
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 from torch.nn import functional as F
@@ -123,7 +124,11 @@ class Pipeline:
                 raise ValueError("tent adapts by backprop, outside the compiled forward: it cannot be compiled")
             self.adapt_core = torch.compile(self._adapt_core, mode="reduce-overhead" if self.device.type == "cuda"
                                             else "default", dynamic=False)
-        self._padding_state: StreamState | None = None
+
+    @cached_property
+    def padding_state(self) -> StreamState:
+        """The source state that pads a compiled batch; never written, so one serves every pad."""
+        return self.new_state()
 
     def new_state(self) -> StreamState:
         """A stream's state at the source: what every stream starts from and resets to."""
@@ -155,9 +160,8 @@ class Pipeline:
             # the last frame again, with a source state: every sample is computed on its own, so the
             # padding changes nothing for the others, and real pixels keep FDA and BN finite
             pad = padded_batch_size(b) - b
-            self._padding_state = self._padding_state or self.new_state()
             images = torch.cat([images, images[-1:].expand(pad, -1, -1, -1)])
-            states = states + [self._padding_state] * pad
+            states = states + [self.padding_state] * pad
         torch.compiler.cudagraph_mark_step_begin()  # a new frame: the last one's graph outputs are ours
         labels, out = self._core(images, self.stack_states(states), tent)
         # clones: a CUDA graph's outputs are overwritten by its next replay
