@@ -5,7 +5,6 @@ the same frames, from the source state.
 """
 import argparse
 import statistics
-import time
 from collections.abc import Sequence
 
 import torch
@@ -16,6 +15,7 @@ from bench.accuracy import device_name, resolve_device, to_tensor
 from bench.data import FrameFolder
 from bench.metrics import ConfusionMatrix, mean_iou
 from bench.report import add_common_arguments, write_results
+from bench.speed import round_robin
 from bench.streams import open_stream
 from models.checkpoint import Checkpoint, load_checkpoint
 
@@ -24,33 +24,35 @@ def measure(ckpt: Checkpoint, stream_frames: dict[str, list], methods: Sequence[
             device: torch.device, ignore_index: int) -> dict[str, dict[str, dict[str, dict]]]:
     """{method: {stream: {precision: {"miou", "same_labels", "ms_per_frame"}}}} for `stream_frames`
     ({stream: [(image uint8 HxWx3, label HxW), ...]}); fp32 first, the reference of `same_labels`."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     precisions = ["fp32"] + [p for p in precisions if p != "fp32"]
     result = {}
     for method in methods:
         pipelines = {p: Pipeline(ckpt, parse_method(method), device, precision=p) for p in precisions}
         result[method] = {}
         for stream, frames in stream_frames.items():
-            states = {p: [pipeline.new_state()] for p, pipeline in pipelines.items()}
-            cms = {p: ConfusionMatrix(ckpt.num_classes, ignore_index) for p in precisions}
-            same = {p: [] for p in precisions}
-            seconds = {p: [] for p in precisions}
-            for image, label in frames:
-                frame = to_tensor(image).to(device)
-                labels = {}
-                for p, pipeline in pipelines.items():
-                    sync()
-                    start = time.perf_counter()
-                    labels[p], states[p] = pipeline.step(frame, states[p])
-                    sync()
-                    seconds[p].append(time.perf_counter() - start)
-                    cms[p].update(torch.from_numpy(label), labels[p][0].cpu())
-                    same[p].append((labels[p] == labels["fp32"]).float().mean().item())
+            score, cms, same = _scorer(frames, precisions, ckpt.num_classes, ignore_index)
+            seconds = round_robin(pipelines, [to_tensor(image) for image, _ in frames], 0, score)
             result[method][stream] = {p: {"miou": round(mean_iou(cms[p].mat), 2),
                                           "same_labels": round(100 * statistics.fmean(same[p]), 3),
                                           "ms_per_frame": round(1000 * statistics.median(seconds[p]), 3)}
                                       for p in precisions}
     return result
+
+
+def _scorer(frames: list, precisions: list[str], num_classes: int, ignore_index: int):
+    """The `on_labels` that `round_robin` hands each step's labels to (fp32 runs first on each frame),
+    and what it fills: a confusion matrix and the per-frame share of pixels labelled as fp32 labels
+    them, per precision."""
+    cms = {p: ConfusionMatrix(num_classes, ignore_index) for p in precisions}
+    same: dict[str, list[float]] = {p: [] for p in precisions}
+    fp32_labels = {}
+
+    def on_labels(p: str, i: int, labels: torch.Tensor) -> None:
+        fp32_labels[i] = labels if p == "fp32" else fp32_labels[i]
+        cms[p].update(torch.from_numpy(frames[i][1]), labels[0].cpu())
+        same[p].append((labels == fp32_labels[i]).float().mean().item())
+
+    return on_labels, cms, same
 
 
 def markdown_table(result: dict) -> str:

@@ -8,7 +8,7 @@ measures the machine's load as much as the method. `--repeats` runs the whole ro
 import argparse
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -21,9 +21,12 @@ from bench.streams import open_stream
 from models.checkpoint import Checkpoint, load_checkpoint
 
 
-def round_robin(pipelines: dict[str, Pipeline], batches: Iterable[torch.Tensor], warmup: int) -> dict[str, list[float]]:
-    """Seconds per step of each pipeline, the pipelines taking turns batch by batch on the same
-    batches ([B, 3, H, W], frame b of stream b; B fixed); the first `warmup` batches are not timed."""
+def round_robin(pipelines: dict[str, Pipeline], batches: Iterable[torch.Tensor], warmup: int,
+                on_labels: Callable[[str, int, torch.Tensor], None] = lambda name, i, labels: None,
+                ) -> dict[str, list[float]]:
+    """Seconds per step of each pipeline, the pipelines taking turns batch by batch, in their order,
+    on the same batches ([B, 3, H, W], frame b of stream b; B fixed); the first `warmup` batches are
+    not timed. `on_labels(name, i, labels)` is handed every step's label maps, warm-up's too."""
     states: dict[str, list] = {}
     times: dict[str, list[float]] = {k: [] for k in pipelines}
     for i, batch in enumerate(batches):
@@ -33,10 +36,11 @@ def round_robin(pipelines: dict[str, Pipeline], batches: Iterable[torch.Tensor],
             sync = torch.cuda.synchronize if pipeline.device.type == "cuda" else (lambda: None)
             sync()
             start = time.perf_counter()
-            _, states[k] = pipeline.step(batch, states[k])
+            labels, states[k] = pipeline.step(batch, states[k])
             sync()
             if i >= warmup:
                 times[k].append(time.perf_counter() - start)
+            on_labels(k, i, labels)
     return times
 
 
