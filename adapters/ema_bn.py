@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.registry import fold_batchnorm, replace_module
+from models.registry import fold_batchnorm, names_of, replace_module
 
 
 class StreamBatchNorm2d(nn.Module):
@@ -68,12 +68,12 @@ class AdaptedNet(nn.Module):
         into their convolutions, as in the frozen model: cheaper, for shifts that the early layers'
         statistics carry (light, colour, noise, blur)."""
         super().__init__()
-        names = [name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        names = names_of(model, nn.BatchNorm2d)
         if not names:
             raise ValueError("the model has no BatchNorm2d layer to adapt")
         if layers is not None and not 1 <= layers <= len(names):
             raise ValueError(f"layers must be in [1, {len(names)}] (the model's BN layers), got {layers}")
-        adapted = names[:layers]
+        self.layer_names = adapted = names[:layers]  # of the adapted layers, as in `model`
         self.model = fold_batchnorm(model, keep=set(adapted)) if layers is not None else copy.deepcopy(model)
         self.norms: list[StreamBatchNorm2d] = []
         for name in adapted:

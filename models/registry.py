@@ -45,6 +45,11 @@ def create_model(
     return SegmentationNet(net, mean, std)
 
 
+def names_of(model: nn.Module, kind) -> list[str]:
+    """The names of `model`'s modules of type `kind` (a type or tuple of types), in module order."""
+    return [name for name, m in model.named_modules() if isinstance(m, kind)]
+
+
 def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     """Put `module` where `model.get_submodule(name)` is (in place)."""
     parent, _, child = name.rpartition(".")

@@ -19,7 +19,6 @@ from anyio import to_thread
 
 from adapters import onnx_engine
 from adapters.auto import layer_divergence
-from adapters.ema_bn import StreamBatchNorm2d
 from adapters.pipeline import Pipeline, StreamState, padded_batch_size
 from models.checkpoint import file_sha256, load_checkpoint
 from service import imaging, snapshots
@@ -84,12 +83,6 @@ class Engine:
         self.batched_decode = settings.decode == "batched" or (settings.decode == "auto" and self.device.type == "cuda")
         self.batcher = Batcher(self._step, max_batch, settings.max_batch_delay_ms / 1000, metrics.observe_batch,
                                prepare=self._prepare)
-        adapted = pipeline.adapted
-        if adapted is not None:
-            names = {id(m): name for name, m in adapted.model.named_modules() if isinstance(m, StreamBatchNorm2d)}
-            self.layer_names = [names[id(n)] for n in adapted.norms]
-        else:
-            self.layer_names = []
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> "Engine":
@@ -247,7 +240,7 @@ class Engine:
             adapted, source = self.pipeline.adapted, self.pipeline.source_stats
             divergence = layer_divergence(state.norm.stats[None].float(), source, source, adapted.sizes)[0]
             shift = divergence / self.pipeline.shift.tau if state.auto is not None else None
-            for i, (name, channels) in enumerate(zip(self.layer_names, adapted.sizes)):
+            for i, (name, channels) in enumerate(zip(adapted.layer_names, adapted.sizes)):
                 out["layers"].append({
                     "index": i, "name": name, "channels": channels, "divergence": float(divergence[i]),
                     "shift": float(shift[i]) if shift is not None else None,

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from models.registry import replace_module
+from models.registry import names_of, replace_module
 
 
 class SourceStatsBatchNorm2d(nn.Module):
@@ -57,10 +57,6 @@ class DualBatchNorm2d(nn.Module):
 
 
 WRAPPERS = (SourceStatsBatchNorm2d, DualBatchNorm2d)
-
-
-def names_of(model: nn.Module, kind) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, kind)]
 
 
 def wrap(model: nn.Module, wrapper: Callable[[nn.BatchNorm2d], nn.Module]) -> nn.Module:
