@@ -1,9 +1,10 @@
 """The FastAPI app: settings, metrics, the routers, and a lifespan that loads and warms up the model,
 lists the snapshots in the state dir, and on shutdown snapshots every stream whose state changed."""
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -22,11 +23,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # the one thread that runs the network, from loading on (why: service/batcher.py)
+        model_thread = ThreadPoolExecutor(1, thread_name_prefix="driftseg-model")
         try:
-            engine = await to_thread.run_sync(Engine.load, settings, metrics)
+            engine = await asyncio.get_running_loop().run_in_executor(
+                model_thread, Engine.load, settings, metrics, model_thread)
             await engine.start()
         except Exception as e:
             log.error("driftseg cannot start: %s", e)
+            model_thread.shutdown(wait=False)
             raise
         app.state.engine = engine
         engine.ready = True
@@ -42,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             engine.ready = False  # /readyz turns 503 while the streams are flushed
             written = await engine.stop()
+            model_thread.shutdown()
             log.info("driftseg stopped: %d stream snapshot(s) written to %s", written, settings.state_dir)
 
     app = FastAPI(title="driftseg", version="0.1.0", lifespan=lifespan,

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import math
 import time
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def _timed(fn, *args):
 
 class Engine:
     def __init__(self, settings: Settings, pipeline: Pipeline, class_names: list[str], palette: list[list[int]],
-                 fingerprint: str, metrics: Metrics):
+                 fingerprint: str, metrics: Metrics, model_thread: Executor | None = None):
         self.settings, self.pipeline, self.metrics = settings, pipeline, metrics
         self.device, self.spec, self.method = pipeline.device, pipeline.spec, settings.method_string
         self.class_names, self.palette = list(class_names), np.asarray(palette, dtype=np.uint8)
@@ -82,11 +83,12 @@ class Engine:
         max_batch = 1 if self.spec.norm == "tent" else settings.max_batch
         self.batched_decode = settings.decode == "batched" or (settings.decode == "auto" and self.device.type == "cuda")
         self.batcher = Batcher(self._step, max_batch, settings.max_batch_delay_ms / 1000, metrics.observe_batch,
-                               prepare=self._prepare)
+                               prepare=self._prepare, model_thread=model_thread)
 
     @classmethod
-    def load(cls, settings: Settings, metrics: Metrics) -> "Engine":
-        """Load the checkpoint, build the pipeline and warm it up (blocking; the lifespan runs it in a thread)."""
+    def load(cls, settings: Settings, metrics: Metrics, model_thread: Executor | None = None) -> "Engine":
+        """Load the checkpoint, build the pipeline and warm it up (blocking; the lifespan runs it in
+        `model_thread`, the thread the batcher then runs the network in, see service/batcher.py)."""
         ckpt = load_checkpoint(settings.checkpoint)
         pipeline = Pipeline(ckpt, settings.spec, settings.torch_device, compile=settings.compile,
                             precision=settings.precision)
@@ -96,7 +98,7 @@ class Engine:
             path = settings.onnx_model or cached
             pipeline.adapt_core = onnx_engine.load_or_export(
                 pipeline, path, onnx_engine.onnx_metadata(fingerprint, settings.method_string))
-        engine = cls(settings, pipeline, ckpt.class_names, ckpt.palette, fingerprint, metrics)
+        engine = cls(settings, pipeline, ckpt.class_names, ckpt.palette, fingerprint, metrics, model_thread)
         engine.warm_up()
         return engine
 
@@ -183,14 +185,14 @@ class Engine:
 
     def _decode(self, data: bytes, fmt: str) -> tuple[np.ndarray | None, object]:
         """The frame's RGB pixels on the host (None when not decoded yet) and what the batcher takes:
-        a [1, 3, H, W] frame, or for batched decoding a JPEG whose header was read (`_prepare` decodes
-        it with the other frames of its batch)."""
+        those pixels, or for batched decoding a JPEG whose header was read; `_prepare` makes frames of
+        them in the model thread (no torch work here, in a request's worker thread)."""
         if self.batched_decode and fmt != "overlay":  # an overlay blends the frame's pixels on the host
             encoded = imaging.read_jpeg_header(data, self.settings.max_image_pixels)
             if encoded is not None:
                 return None, encoded
         rgb = imaging.decode(data, self.settings.max_image_pixels)
-        return rgb, imaging.to_frame(rgb)
+        return rgb, rgb
 
     def _prepare(self, items: list) -> list:
         return imaging.decode_batch(items, self.settings.max_image_pixels, self.device)

@@ -70,12 +70,13 @@ def read_jpeg_header(data: bytes, max_pixels: int) -> EncodedJPEG | None:
 
 
 def decode_batch(items: list, max_pixels: int, device: torch.device) -> list:
-    """Frames [1, 3, H, W] in [0, 1] on `device` for `items` (frames already, or `EncodedJPEG`s), the
-    JPEGs decoded by one torchvision call (nvJPEG on a GPU). Which frame broke a batch the call does
-    not say, so then each is decoded on its own by PIL; one that fails there is answered by the
-    exception in its place, and only it fails. Frames decoded by PIL (other formats) move to `device`
-    too, so that a batch of both is one tensor."""
-    out = [item.to(device) if isinstance(item, torch.Tensor) else item for item in items]
+    """Frames [1, 3, H, W] in [0, 1] on `device` for `items` (frames already, RGB pixels PIL decoded,
+    or `EncodedJPEG`s), the JPEGs decoded by one torchvision call (nvJPEG on a GPU). Which frame broke
+    a batch the call does not say, so then each is decoded on its own by PIL; one that fails there is
+    answered by the exception in its place, and only it fails. Every frame moves to `device`, so that
+    a batch of both kinds is one tensor."""
+    out = [item.to(device) if isinstance(item, torch.Tensor)
+           else to_frame(item).to(device) if isinstance(item, np.ndarray) else item for item in items]
     jpegs = [i for i, item in enumerate(items) if isinstance(item, EncodedJPEG)]
     if not jpegs:
         return out

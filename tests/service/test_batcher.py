@@ -4,6 +4,7 @@ with the error, cancelled requests never reach the network; and through the app,
 streams are batched and answered as if they had come one at a time."""
 import asyncio
 import io
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.batcher import Batcher
+from service.engine import Engine
 from service.errors import NotReady
 
 
@@ -137,6 +139,48 @@ def test_not_started_or_stopped_is_not_ready():
     run(main())
     with pytest.raises(ValueError, match="max_batch"):
         Batcher(FakeStep(), 0, 0.0)
+
+
+def test_the_network_runs_in_one_thread_that_is_not_the_event_loops():
+    threads = []
+
+    def prepare(frames):
+        threads.append(threading.get_ident())
+        return frames
+
+    step = FakeStep()
+
+    def recording_step(frames, states):
+        threads.append(threading.get_ident())
+        return step(frames, states)
+
+    async def main():
+        batcher = Batcher(recording_step, 2, 0.0, prepare=prepare)
+        batcher.start()
+        for _ in range(3):  # several batches, of two sizes
+            await asyncio.gather(*[batcher.submit(frame(v, size=(4, 4 + v)), 0, True) for v in (1, 2, 3)])
+        await batcher.stop()
+        return threading.get_ident()
+
+    loop_thread = run(main())
+    assert len(threads) >= 12 and len(set(threads)) == 1 and threads[0] != loop_thread
+
+
+def test_the_app_loads_and_runs_the_model_in_its_model_thread(make_settings, frames, tmp_path, monkeypatch):
+    """The engine's warm-up and every step share one thread (torch keeps one OpenMP team)."""
+    names = []
+    for method in ("warm_up", "_step"):
+        original = getattr(Engine, method)
+
+        def recorded(self, *args, _original=original):
+            names.append(threading.current_thread().name)
+            return _original(self, *args)
+        monkeypatch.setattr(Engine, method, recorded)
+    with TestClient(create_app(make_settings(state_dir=tmp_path))) as client:
+        for i, data in enumerate(frames[:2]):
+            r = client.post("/segment", content=data, headers={"Content-Type": "image/jpeg", "X-Stream-Id": f"cam{i}"})
+            assert r.status_code == 200, r.text
+    assert len(names) >= 4 and len(set(names)) == 1 and names[0].startswith("driftseg-model")
 
 
 def _png_labels(response) -> np.ndarray:
