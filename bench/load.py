@@ -1,9 +1,14 @@
-"""`driftseg bench load`: a closed-loop load test of a running `driftseg serve`.
+"""`driftseg bench load`: a load test of a running `driftseg serve`.
 
 Each simulated camera is one stream: it sends its frames in order (480x360 JPEGs of a stream of the
-data folder, each camera starting at another frame) and waits for each answer before the next. For
-each number of cameras it reports the frames answered per second, the client's latency percentiles,
-the server's own time per frame (the sum of its Server-Timing stages) and the errors. The cameras'
+data folder, each camera starting at another frame) and waits for each answer before the next
+(closed loop), or with `--rate FPS` sends a frame every 1/FPS seconds whether or not the last was
+answered, as a real camera does (open loop; a frame's latency counts from when it was due, so a
+server that falls behind shows it). For each number of cameras (and rate) it reports the frames
+answered per second, the client's latency percentiles, the server's own time per frame (the sum of
+its Server-Timing stages), the errors, and whether the level held steady: no errors, and the median
+latency of the last third of the run within 1.5x that of the first third (a queue that grows makes
+latency climb). Open-loop runs also plot latency over the run (a PNG beside --out). The cameras'
 streams are reset afterwards, so a run leaves the server as it found it. With `--raw-batch B` the
 same run then times the raw pipeline the server runs (its method, device, compilation and precision,
 read from /readyz; the checkpoint checked against the server's) at batch B without HTTP, and each
@@ -26,6 +31,7 @@ from adapters.spec import parse_method
 from bench import model
 from bench.accuracy import to_tensor
 from bench.data import FrameFolder
+from bench.plot import plot_latency
 from bench.report import add_common_arguments, write_results
 from bench.streams import open_stream
 from models.checkpoint import file_sha256, load_checkpoint
@@ -51,50 +57,96 @@ def server_ms(response: httpx.Response) -> float:
     return total
 
 
-async def _camera(client: httpx.AsyncClient, stream: str, frames: list[bytes], offset: int, until: float,
-                  record: dict) -> None:
-    headers = {"Content-Type": "image/jpeg", "X-Stream-Id": stream}
-    await client.post("/segment", content=frames[offset % len(frames)], headers=headers)  # warm, not counted
-    i = offset + 1
+STEADY_GROWTH = 1.5  # the last third's median latency over the first third's that still counts as steady
+
+
+def _new_record() -> dict[str, list]:
+    return {"latency": [], "due": [], "server": [], "errors": []}
+
+
+async def _post(client: httpx.AsyncClient, stream: str, frame: bytes, due: float, start: float, record: dict) -> None:
+    """One frame; on 200 its latency from `due` and its due time into the run are recorded."""
+    try:
+        r = await client.post("/segment", content=frame, headers={"Content-Type": "image/jpeg", "X-Stream-Id": stream})
+    except httpx.HTTPError as e:
+        record["errors"].append(type(e).__name__)
+        return
+    if r.status_code != 200:
+        record["errors"].append(str(r.status_code))
+        return
+    record["latency"].append(time.perf_counter() - due)
+    record["due"].append(due - start)
+    record["server"].append(server_ms(r))
+
+
+async def _closed_camera(client, stream: str, frames: list[bytes], offset: int, start: float, until: float,
+                         record: dict) -> None:
+    i = offset
     while time.perf_counter() < until:
-        start = time.perf_counter()
-        try:
-            r = await client.post("/segment", content=frames[i % len(frames)], headers=headers)
-        except httpx.HTTPError as e:
-            record["errors"].append(type(e).__name__)
-        else:
-            if r.status_code == 200:
-                record["latency"].append(time.perf_counter() - start)
-                record["server"].append(server_ms(r))
-            else:
-                record["errors"].append(str(r.status_code))
+        await _post(client, stream, frames[i % len(frames)], time.perf_counter(), start, record)
         i += 1
+
+
+async def _open_camera(client, stream: str, frames: list[bytes], offset: int, start: float, duration: float,
+                       rate: float, record: dict) -> None:
+    """Frame k is due at start + k / rate and leaves then, whatever is still unanswered."""
+    posts = []
+    for k in range(int(duration * rate)):
+        due = start + k / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        posts.append(asyncio.create_task(_post(client, stream, frames[(offset + k) % len(frames)], due, start, record)))
+    await asyncio.gather(*posts)
 
 
 def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-async def run_level(url: str, cameras: int, frames: list[bytes], duration: float) -> dict:
-    record = {"latency": [], "server": [], "errors": []}
-    limits = httpx.Limits(max_connections=cameras, max_keepalive_connections=cameras)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+def thirds_p50_ms(due: list[float], latency: list[float], duration: float) -> tuple[float | None, float | None]:
+    """The median latency (ms) of the frames due in the first and in the last third of the run."""
+    def p50(values):
+        return round(1000 * statistics.median(values), 2) if values else None
+    first = [lat for t, lat in zip(due, latency) if t < duration / 3]
+    last = [lat for t, lat in zip(due, latency) if t >= 2 * duration / 3]
+    return p50(first), p50(last)
+
+
+async def run_level(url: str, cameras: int, frames: list[bytes], duration: float, rate: float | None = None,
+                    transport: httpx.AsyncBaseTransport | None = None) -> dict:
+    """One level: `cameras` streams for `duration` seconds, closed loop, or open loop at `rate`
+    frames/s per camera."""
+    record = _new_record()
+    # open loop: as many connections as frames in flight, so waiting shows on the server, not in the client's pool
+    limits = httpx.Limits(max_connections=None if rate else cameras, max_keepalive_connections=cameras)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, transport=transport) as client:
         streams = [f"load-{cameras}-{i}" for i in range(cameras)]
-        start = time.perf_counter()
-        await asyncio.gather(*(_camera(client, s, frames, i * 7, start + duration, record)
+        await asyncio.gather(*(_post(client, s, frames[i * 7 % len(frames)], 0.0, 0.0, _new_record())  # not counted
                                for i, s in enumerate(streams)))
+        start = time.perf_counter()
+        if rate:
+            await asyncio.gather(*(_open_camera(client, s, frames, i * 7 + 1, start, duration, rate, record)
+                                   for i, s in enumerate(streams)))
+        else:
+            await asyncio.gather(*(_closed_camera(client, s, frames, i * 7 + 1, start, start + duration, record)
+                                   for i, s in enumerate(streams)))
         elapsed = time.perf_counter() - start
         for s in streams:
             await client.post("/adapt/reset", params={"stream": s})
     lat = record["latency"]
     if not lat:
         raise RuntimeError(f"no frame was answered with 200 at {cameras} cameras: errors {record['errors'][:5]}")
-    return {"cameras": cameras, "frames": len(lat), "seconds": round(elapsed, 2),
-            "frames_per_s": round(len(lat) / elapsed, 1),
-            "p50_ms": round(1000 * _percentile(lat, 50), 2), "p95_ms": round(1000 * _percentile(lat, 95), 2),
-            "p99_ms": round(1000 * _percentile(lat, 99), 2),
-            "server_p50_ms": round(statistics.median(record["server"]), 2),
-            "errors": len(record["errors"]), "error_kinds": sorted(set(record["errors"]))}
+    first, last = thirds_p50_ms(record["due"], lat, duration)
+    level = {"cameras": cameras, "rate_per_camera": rate, "offered_frames_per_s": cameras * rate if rate else None,
+             "frames": len(lat), "seconds": round(elapsed, 2), "frames_per_s": round(len(lat) / elapsed, 1),
+             "p50_ms": round(1000 * _percentile(lat, 50), 2), "p95_ms": round(1000 * _percentile(lat, 95), 2),
+             "p99_ms": round(1000 * _percentile(lat, 99), 2),
+             "server_p50_ms": round(statistics.median(record["server"]), 2),
+             "errors": len(record["errors"]), "error_kinds": sorted(set(record["errors"])),
+             "p50_first_third_ms": first, "p50_last_third_ms": last,
+             "steady": not record["errors"] and None not in (first, last) and last <= STEADY_GROWTH * first}
+    if rate:  # the picture's points: when each answered frame was due, and its latency
+        level["latency_over_run"] = sorted((round(t, 3), round(1000 * x, 2)) for t, x in zip(record["due"], lat))
+    return level
 
 
 def raw_throughput(url: str, checkpoint, frame: bytes, batch: int, steps: int = 20) -> dict:
@@ -118,12 +170,24 @@ def raw_throughput(url: str, checkpoint, frame: bytes, batch: int, steps: int = 
 
 
 def markdown_table(levels: Sequence[dict], raw: dict | None = None) -> str:
-    extra = f" x raw model (batch {raw['batch']}) |" if raw else ""
-    lines = ["| cameras | frames/s | p50 ms | p95 ms | p99 ms | server p50 ms | errors |" + extra,
-             "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if raw else "")]
-    lines += [f"| {r['cameras']} | {r['frames_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} "
-              f"| {r['server_p50_ms']:.1f} | {r['errors']} |" + (f" {r['frames_per_s'] / raw['frames_per_s']:.2f} |" if raw else "")
-              for r in levels]
+    """Closed-loop levels as before; with open-loop levels, the rate sent and the steadiness too."""
+    open_loop = any(r.get("rate_per_camera") for r in levels)
+    head = ["cameras", *(["frames/s sent"] if open_loop else []), "frames/s", "p50 ms", "p95 ms", "p99 ms",
+            "server p50 ms", "errors", *(["p50 ms first / last third", "steady"] if open_loop else []),
+            *([f"x raw model (batch {raw['batch']})"] if raw else [])]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in levels:
+        cells = [str(r["cameras"])]
+        if open_loop:
+            cells.append(f"{r['offered_frames_per_s']:.1f}" if r.get("rate_per_camera") else "closed loop")
+        cells += [f"{r['frames_per_s']:.1f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                  f"{r['server_p50_ms']:.1f}", str(r["errors"])]
+        if open_loop:
+            thirds = [f"{v:.1f}" if v is not None else "-" for v in (r["p50_first_third_ms"], r["p50_last_third_ms"])]
+            cells += [" / ".join(thirds), "yes" if r["steady"] else "no"]
+        if raw:
+            cells.append(f"{r['frames_per_s'] / raw['frames_per_s']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -134,6 +198,8 @@ def main(argv=None) -> None:
     p.add_argument("--frames", type=int, default=40, help="distinct frames, cycled")
     p.add_argument("--streams", nargs="+", type=int, default=[1, 8, 32], help="numbers of cameras, one level each")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per level")
+    p.add_argument("--rate", type=float, nargs="+", help="frames/s per camera, sent without waiting for answers (open "
+                   "loop); one level per number of cameras and rate (default: closed loop)")
     p.add_argument("--raw-batch", type=int, help="then time the server's pipeline without HTTP at this batch size "
                    "(its DRIFTSEG_MAX_BATCH, say), in this process")
     add_common_arguments(p, device=False)
@@ -142,8 +208,12 @@ def main(argv=None) -> None:
         frames = jpeg_frames(args.stream, args.data, args.frames)
         levels = []
         for cameras in args.streams:
-            levels.append(asyncio.run(run_level(args.url, cameras, frames, args.duration)))
-            print(f"{cameras} cameras: {levels[-1]['frames_per_s']} frames/s, p99 {levels[-1]['p99_ms']} ms", flush=True)
+            for rate in args.rate or [None]:
+                level = asyncio.run(run_level(args.url, cameras, frames, args.duration, rate))
+                levels.append(level)
+                sent = f" ({level['offered_frames_per_s']:g} frames/s sent)" if rate else ""
+                print(f"{cameras} cameras{sent}: {level['frames_per_s']} frames/s, p99 {level['p99_ms']} ms, "
+                      f"{'steady' if level['steady'] else 'not steady'}", flush=True)
         raw = raw_throughput(args.url, args.checkpoint, frames[0], args.raw_batch) if args.raw_batch else None
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, httpx.HTTPError) as e:
         p.exit(2, f"driftseg bench load: error: {e}\n")
@@ -152,3 +222,7 @@ def main(argv=None) -> None:
     if args.out:
         write_results(args.out, {"url": args.url, "stream": args.stream, "duration_s": args.duration,
                                  "levels": levels, "raw_model": raw}, table)
+        if args.rate:
+            png = args.out.with_suffix(".png")
+            plot_latency(levels, png)
+            print(f"wrote {png}")

@@ -1,5 +1,6 @@
-"""The picture of a multi-segment stream: rolling mIoU per method over frames, the automatic
-mode's shift score and mean alpha, its detected switches, and the true domain boundaries."""
+"""Pictures: a multi-segment stream (rolling mIoU per method over frames, the automatic mode's
+shift score and mean alpha, its detected switches, and the true domain boundaries), and the
+latency of an open-loop load test over its run."""
 from pathlib import Path
 
 import matplotlib
@@ -47,6 +48,28 @@ def plot_stream(name: str, trace: dict, out: Path, window: int = 20) -> None:
         bottom.set_ylabel("auto (symlog scale)")
         bottom.set_yscale("symlog", linthresh=1)
         bottom.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_latency(levels: list[dict], out: Path) -> None:
+    """Each open-loop level of `bench.load` (its `latency_over_run`): latency against when the frame
+    was due. A level the server keeps up with stays flat; one it cannot climbs as its queue grows."""
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for level in levels:
+        if not level.get("latency_over_run"):
+            continue
+        due, latency = zip(*level["latency_over_run"])
+        label = (f"{level['cameras']} camera(s) x {level['rate_per_camera']:g} frames/s: "
+                 f"{'steady' if level['steady'] else 'not steady'}, {level['errors']} errors")
+        ax.plot(due, latency, ".", ms=2.5, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("when the frame was due (s into the run)")
+    ax.set_ylabel("latency from then (ms, log scale)")
+    ax.set_title("open-loop load: each camera sends at a fixed rate, answered or not")
+    ax.legend(fontsize=8, markerscale=4)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
