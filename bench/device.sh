@@ -9,8 +9,10 @@
 #                               models/checkpoints/camvid-lraspp.pt: raw model eager vs compiled, the
 #                               compiled server under load, precision, the GPU decode test
 #
-# The device tool runs the last two, e.g. (carry .carry and .whl; $OUT is the folder that comes back):
-#   run(command="bench/device.sh train", carry=[".carry", ".whl"], timeout_s=600)
+# The device tool runs the last two, e.g. (carry .carry and .whl; $OUT is the folder that comes back;
+# the copy there has no .git, so the checkpoint's commit comes from here):
+#   run(command="DRIFTSEG_GIT_COMMIT=<git rev-parse HEAD> bench/device.sh train", carry=[".carry", ".whl"],
+#       timeout_s=600)
 # Each step writes its logs and results under $OUT (runs/device/STEP here) and goes on past a failed
 # part, so a short run still brings back what it measured. PY=.venv/bin/python DEVICE=cpu ITERS=20
 # SCALE=small runs the same steps on this machine in minutes, to check the script before device time
