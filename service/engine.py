@@ -185,14 +185,14 @@ class Engine:
 
     def _decode(self, data: bytes, fmt: str) -> tuple[np.ndarray | None, object]:
         """The frame's RGB pixels on the host (None when not decoded yet) and what the batcher takes:
-        those pixels, or for batched decoding a JPEG whose header was read; `_prepare` makes frames of
-        them in the model thread (no torch work here, in a request's worker thread)."""
+        a uint8 [1, 3, H, W] view of them, or for batched decoding a JPEG whose header was read;
+        `_prepare` makes frames of them in the model thread (no torch work in a request's thread)."""
         if self.batched_decode and fmt != "overlay":  # an overlay blends the frame's pixels on the host
             encoded = imaging.read_jpeg_header(data, self.settings.max_image_pixels)
             if encoded is not None:
                 return None, encoded
         rgb = imaging.decode(data, self.settings.max_image_pixels)
-        return rgb, rgb
+        return rgb, imaging.pixels_view(rgb)
 
     def _prepare(self, items: list) -> list:
         return imaging.decode_batch(items, self.settings.max_image_pixels, self.device)

@@ -70,13 +70,12 @@ def read_jpeg_header(data: bytes, max_pixels: int) -> EncodedJPEG | None:
 
 
 def decode_batch(items: list, max_pixels: int, device: torch.device) -> list:
-    """Frames [1, 3, H, W] in [0, 1] on `device` for `items` (frames already, RGB pixels PIL decoded,
-    or `EncodedJPEG`s), the JPEGs decoded by one torchvision call (nvJPEG on a GPU). Which frame broke
-    a batch the call does not say, so then each is decoded on its own by PIL; one that fails there is
-    answered by the exception in its place, and only it fails. Every frame moves to `device`, so that
-    a batch of both kinds is one tensor."""
-    out = [item.to(device) if isinstance(item, torch.Tensor)
-           else to_frame(item).to(device) if isinstance(item, np.ndarray) else item for item in items]
+    """Frames [1, 3, H, W] in [0, 1] on `device` for `items` (frames already, uint8 pixels PIL
+    decoded as `pixels_view` gives them, or `EncodedJPEG`s), the JPEGs decoded by one torchvision call
+    (nvJPEG on a GPU). Which frame broke a batch the call does not say, so then each is decoded on its
+    own by PIL; one that fails there is answered by the exception in its place, and only it fails.
+    Every frame moves to `device`, so that a batch of both kinds is one tensor."""
+    out = [_unit_frame(item.to(device)) if isinstance(item, torch.Tensor) else item for item in items]
     jpegs = [i for i, item in enumerate(items) if isinstance(item, EncodedJPEG)]
     if not jpegs:
         return out
@@ -109,9 +108,18 @@ def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch
     return images
 
 
+def pixels_view(rgb: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 pixels as a [1, 3, H, W] uint8 tensor: a view, so no work on the calling thread."""
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None]
+
+
+def _unit_frame(frame: torch.Tensor) -> torch.Tensor:
+    return frame.float().div_(255) if frame.dtype == torch.uint8 else frame
+
+
 def to_frame(rgb: np.ndarray) -> torch.Tensor:
     """[1, 3, H, W] float in [0, 1]: what Pipeline.step takes."""
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255)
+    return _unit_frame(pixels_view(rgb))
 
 
 def encode_labels(labels: np.ndarray) -> bytes:

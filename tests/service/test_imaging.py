@@ -52,6 +52,20 @@ def test_a_broken_jpeg_fails_alone_and_frames_pass_through(camvid_jpegs):
     assert out[2] is ready
 
 
+
+def test_pixels_become_frames_in_decode_batch_and_group_with_jpegs(camvid_jpegs):
+    rgb = imaging.decode(camvid_jpegs[0], 10**6)
+    before = rgb.copy()
+    pixels = imaging.pixels_view(rgb)
+    assert pixels.dtype == torch.uint8 and pixels.data_ptr() == torch.from_numpy(rgb).data_ptr()  # a view, no work
+    jpeg = imaging.read_jpeg_header(camvid_jpegs[1], 10**6)
+    assert tuple(pixels.shape) == jpeg.shape  # the batcher puts them in one batch
+    out = imaging.decode_batch([pixels, jpeg], 10**6, CPU)
+    torch.testing.assert_close(out[0], torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)
+    assert out[1].dtype == torch.float32 and out[1].shape == out[0].shape
+    assert np.array_equal(rgb, before)  # the request's pixels (an overlay blends them) are left as they were
+
+
 @pytest.mark.gpu
 def test_gpu_decode_never_writes_memory_queued_kernels_still_read(camvid_jpegs):
     """pytorch/vision#9606: nvJPEG's output blocks come from the caching allocator while kernels
