@@ -204,6 +204,8 @@ def main(argv=None) -> None:
                    "(its DRIFTSEG_MAX_BATCH, say), in this process")
     add_common_arguments(p, device=False)
     args = p.parse_args(argv)
+    if args.rate and min(args.rate) <= 0:
+        p.error(f"--rate takes frames/s per camera above 0, got {args.rate}")
     try:
         frames = jpeg_frames(args.stream, args.data, args.frames)
         levels = []

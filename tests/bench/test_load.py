@@ -5,7 +5,7 @@ import asyncio
 import httpx
 import pytest
 
-from bench.load import _percentile, markdown_table, run_level, server_ms, thirds_p50_ms
+from bench.load import _percentile, main, markdown_table, run_level, server_ms, thirds_p50_ms
 from bench.plot import plot_latency
 
 
@@ -93,3 +93,9 @@ def test_open_loop_table_and_picture(tmp_path) -> None:
     assert lines[3] == "| 1 | 40.0 | 30.0 | 300.0 | 35.0 | 40.0 | 25.0 | 3 | 30.0 / 900.0 | no |"
     plot_latency([closed, opened], tmp_path / "load.png")
     assert (tmp_path / "load.png").stat().st_size > 10_000
+
+
+def test_a_rate_must_be_positive(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--rate", "10", "0"])
+    assert "--rate takes frames/s per camera above 0" in capsys.readouterr().err
