@@ -157,7 +157,7 @@ def test_the_network_runs_in_one_thread_that_is_not_the_event_loops():
     async def main():
         batcher = Batcher(recording_step, 2, 0.0, prepare=prepare)
         batcher.start()
-        for _ in range(3):  # several batches, of two sizes
+        for _ in range(3):  # several batches, of three sizes
             await asyncio.gather(*[batcher.submit(frame(v, size=(4, 4 + v)), 0, True) for v in (1, 2, 3)])
         await batcher.stop()
         return threading.get_ident()
