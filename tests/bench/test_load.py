@@ -57,7 +57,7 @@ def fake_server(service_s: float) -> tuple[httpx.MockTransport, list[str]]:
 
 @pytest.mark.parametrize("rate, steady", [(10.0, True), (100.0, False)])
 def test_open_loop_level_shows_whether_the_server_keeps_up(rate, steady) -> None:
-    transport, seen = fake_server(service_s=0.02)  # 50 frames/s
+    transport, _ = fake_server(service_s=0.02)  # 50 frames/s
     level = asyncio.run(run_level("http://fake", 1, [b"jpeg"], duration=1.5, rate=rate, transport=transport))
     assert level["rate_per_camera"] == rate and level["offered_frames_per_s"] == rate
     assert level["frames"] == int(1.5 * rate) and level["errors"] == 0  # every frame sent, none lost
