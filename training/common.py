@@ -95,19 +95,28 @@ def augmented_batch(images, labels, indices, augment) -> tuple[torch.Tensor, tor
 
 
 class Batches:
-    """Endless augmented batches of one split, each process its own shard (DistributedSampler)."""
+    """Endless augmented batches of one split, each process its own shard (DistributedSampler).
+    Its state is how many indices it has drawn: a resumed job draws the same order on from there."""
 
     def __init__(self, images, labels, batch_size: int, augment, ctx: Dist, seed: int):
         if len(images) < ctx.world:
             raise ValueError(f"{len(images)} frames cannot be shared by {ctx.world} processes")
         self.images, self.labels, self.batch_size, self.augment = images, labels, batch_size, augment
-        sampler = DistributedSampler(range(len(images)), ctx.world, ctx.rank, shuffle=True, seed=seed,
-                                     drop_last=True)
-        self.indices = endless(sampler)
+        self.sampler = DistributedSampler(range(len(images)), ctx.world, ctx.rank, shuffle=True, seed=seed,
+                                          drop_last=True)
+        self.load_state_dict({"drawn": 0})
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch = torch.tensor([next(self.indices) for _ in range(self.batch_size)])
+        self.drawn += self.batch_size
         return augmented_batch(self.images, self.labels, batch, self.augment)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"drawn": self.drawn}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.drawn = state["drawn"]
+        self.indices = itertools.islice(endless(self.sampler), self.drawn, None)
 
 
 def poly_schedule(optimizer, total: int, warmup: int, power: float = 0.9):
@@ -122,13 +131,20 @@ class Progress:
     """Periodic lines (iteration, losses, lr, speed, ETA) and a JSONL log of the same records.
     Under torchrun every process calls update(); the values are averaged over the processes."""
 
-    def __init__(self, total: int, every: int, log: Path | None, enabled: bool = True):
+    def __init__(self, total: int, every: int, log: Path | None, enabled: bool = True, done: int = 0,
+                 elapsed: float = 0.0):
+        """`done` iterations (and `elapsed` seconds) before this process: a resumed job keeps the
+        log's records up to there and appends; its speed and ETA count this process's iterations."""
         self.total, self.every, self.enabled = total, max(1, every), enabled
+        self.resumed_at, self.earlier_s = done, elapsed
         self.start = time.perf_counter()
         self.log = None
         if log and enabled:
             log.parent.mkdir(parents=True, exist_ok=True)
+            kept = [line for line in log.read_text().splitlines() if json.loads(line)["iter"] <= done] \
+                if done and log.is_file() else []
             self.log = open(log, "w")  # one run per log, as the checkpoint beside it
+            self.log.writelines(line + "\n" for line in kept)
 
     def update(self, it: int, **values: float) -> None:
         done = it + 1
@@ -137,11 +153,13 @@ class Progress:
         values = reduce_mean(values)
         if not self.enabled:
             return
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (self.total - done)
-        record = {"iter": done, "elapsed_s": round(elapsed, 1), **{k: round(float(v), 6) for k, v in values.items()}}
+        now = time.perf_counter() - self.start
+        speed = (done - self.resumed_at) / now
+        eta = (self.total - done) / speed
+        record = {"iter": done, "elapsed_s": round(self.earlier_s + now, 1),
+                  **{k: round(float(v), 6) for k, v in values.items()}}
         text = " ".join(f"{k} {v:.4g}" for k, v in values.items())
-        print(f"[{done}/{self.total}] {text} | {done / elapsed:.2f} it/s, ETA {eta:.0f}s", flush=True)
+        print(f"[{done}/{self.total}] {text} | {speed:.2f} it/s, ETA {eta:.0f}s", flush=True)
         if self.log:
             self.log.write(json.dumps(record) + "\n")
             self.log.flush()

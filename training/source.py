@@ -13,6 +13,7 @@ from models.registry import create_model, list_architectures
 from models.checkpoint import load_checkpoint, save_checkpoint
 from training import common
 from training.calibrate import shift_calibration
+from training.resume import TrainingState
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -37,7 +38,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--val-every", type=int, default=0, help="validate every N iterations (0: only at the end)")
+    p.add_argument("--save-every", type=int, default=100,
+                   help="write the training state to OUT with suffix .state.pt every N iterations (0: never)")
+    p.add_argument("--resume", type=Path, metavar="STATE",
+                   help="continue a job that was cut off from its .state.pt file, with the same arguments")
     return p.parse_args(argv)
+
+
+# what a resumed job must share with the job that wrote its training state
+FIXED_ARGS = ("arch", "train_split", "init", "val_split", "input_size", "crop", "iters", "batch_size", "lr",
+              "weight_decay", "warmup", "seed")
 
 
 def main(argv=None) -> None:
@@ -63,11 +73,16 @@ def main(argv=None) -> None:
     augment = common.augmentation(tuple(args.crop), folder.ignore_index, short_side=min(size))
     batches = common.Batches(images, labels, args.batch_size, augment, ctx, args.seed)
     out: Path = args.out
-    progress = common.Progress(args.iters, args.log_every, out.with_suffix(".jsonl"), enabled=ctx.main)
+    fixed = {**{k: v for k, v in common.args_record(args).items() if k in FIXED_ARGS}, "data": str(folder.root)}
+    state = TrainingState("source", {"model": model, "optimizer": optimizer, "schedule": schedule, "batches": batches},
+                          fixed, out.with_suffix(".state.pt") if ctx.main else None, args.save_every)
+    done, earlier_seconds = state.load(args.resume) if args.resume else (0, 0.0)
+    progress = common.Progress(args.iters, args.log_every, out.with_suffix(".jsonl"), ctx.main, done, earlier_seconds)
 
     start = time.perf_counter()
     model.train()
-    for it in range(args.iters):
+    final_loss = float("nan")  # a job resumed after its last iteration only validates and writes
+    for it in range(done, args.iters):
         x, y = next(batches)
         with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.device.type == "cuda"):
             loss = F.cross_entropy(train_model(x.contiguous(memory_format=torch.channels_last)), y,
@@ -77,14 +92,16 @@ def main(argv=None) -> None:
         optimizer.step()
         schedule.step()
         values = {"loss": loss.item(), "lr": schedule.get_last_lr()[0]}
+        final_loss = values["loss"]
         if args.val_every and (it + 1) % args.val_every == 0 and it + 1 < args.iters:
             values["val_miou"] = common.evaluate(model, val_images, val_labels, len(folder.class_names), folder.ignore_index)["miou"]
         progress.update(it, **values)
+        state.maybe_save(it + 1, earlier_seconds + time.perf_counter() - start)
     progress.close()
-    train_seconds = time.perf_counter() - start
+    train_seconds = earlier_seconds + time.perf_counter() - start
 
     metrics = common.evaluate(model, val_images, val_labels, len(folder.class_names), folder.ignore_index)
-    metrics.update(split=args.val_split, train_seconds=round(train_seconds, 1), final_loss=round(loss.item(), 4))
+    metrics.update(split=args.val_split, train_seconds=round(train_seconds, 1), final_loss=round(final_loss, 4))
     if ctx.main:
         config = common.job_config(args, "source", ctx, [common.parent_record(args.init, parent)] if args.init else [])
         data = {"root": str(folder.root), "train_split": args.train_split, "frames": len(images)}
@@ -92,5 +109,7 @@ def main(argv=None) -> None:
                                        common.mean_amplitude(images), config, data, metrics)
         ckpt.extra["shift"] = shift_calibration(ckpt, folder, args.val_split, 0.1, ctx.device).to_dict()
         save_checkpoint(ckpt, out)
+        if state.path:
+            state.path.unlink(missing_ok=True)  # the job is done: nothing left to resume
         print(f"validation on {args.val_split}: mIoU {metrics['miou']:.2f}, Dice {metrics['dice']:.2f}; "
               f"trained {train_seconds:.0f}s; wrote {out}", flush=True)

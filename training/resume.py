@@ -1,0 +1,74 @@
+"""A training job's state, saved every N iterations so that a job cut off (the machine stops, the
+process is killed) continues where it was: the weights, optimizers, schedules, the position in
+the data order, the RNG and the seconds trained so far. One file written atomically, read with
+`torch.load(weights_only=True)`.
+
+A job names its stateful parts (anything with state_dict() / load_state_dict()) and the arguments
+that must not change across a resume; `--resume FILE` then refuses a file from another job or
+other arguments, naming what differs."""
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.checkpoint import write_atomically
+
+FORMAT = "driftseg-training-state"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainingState:
+    """Saves and restores `parts` at iteration boundaries.
+
+    `fixed` holds the arguments a resumed run must share with the run that wrote the file (the
+    schedule length, batch size, seed, data...); `path` is where `save` writes (None: never)."""
+
+    def __init__(self, job: str, parts: Mapping[str, Any], fixed: dict[str, Any], path: Path | None, every: int):
+        self.job, self.parts, self.fixed, self.path, self.every = job, parts, fixed, path, every
+
+    def maybe_save(self, done: int, train_seconds: float) -> None:
+        """Save after `done` iterations when `done` is a multiple of `every`."""
+        if self.path is not None and self.every > 0 and done % self.every == 0:
+            self.save(done, train_seconds)
+
+    def save(self, done: int, train_seconds: float) -> None:
+        payload = {
+            "format": FORMAT, "job": self.job, "fixed": self.fixed, "done": done,
+            "train_seconds": train_seconds, "rng": rng_state(),
+            "parts": {name: part.state_dict() for name, part in self.parts.items()},
+        }
+        write_atomically(self.path, lambda f: torch.save(payload, f))
+
+    def load(self, path: Path) -> tuple[int, float]:
+        """Restore every part and the RNG from `path`; the iterations done and seconds trained."""
+        if not path.is_file():
+            raise FileNotFoundError(f"training state {path} does not exist")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a driftseg training state (no 'format': {FORMAT!r} entry)")
+        if payload["job"] != self.job:
+            raise ValueError(f"{path} was written by the {payload['job']!r} job, not {self.job!r}")
+        differ = {k: (payload["fixed"].get(k), v) for k, v in self.fixed.items() if payload["fixed"].get(k) != v}
+        if differ:
+            told = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differ.items())
+            raise ValueError(f"{path} was written with other arguments; resume with the same ones ({told})")
+        missing = self.parts.keys() - payload["parts"].keys()
+        if missing:
+            raise ValueError(f"{path} lacks the state of {sorted(missing)}")
+        for name, part in self.parts.items():
+            part.load_state_dict(payload["parts"][name])
+        set_rng_state(payload["rng"])
+        return payload["done"], payload["train_seconds"]
