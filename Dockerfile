@@ -9,13 +9,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/driftseg
-COPY pyproject.toml README.md driftseg_cli.py ./
+COPY pyproject.toml README.md ./
+COPY driftseg/ driftseg/
 COPY models/ models/
 COPY adapters/ adapters/
 COPY bench/ bench/
 COPY training/ training/
 COPY service/ service/
-RUN pip install . && rm -rf /root/.cache
+# the serving extra alone (no plotting or corruption libraries), and the package without its offline
+# parts: `driftseg train` and `driftseg bench` then say that they are not installed
+RUN pip install '.[serve]' && rm -rf /root/.cache \
+    && python -c "import driftseg, pathlib, shutil; [shutil.rmtree(pathlib.Path(driftseg.__file__).parent / d) for d in ('bench', 'training')]"
 
 RUN useradd --create-home --uid 10001 driftseg && mkdir -p /var/lib/driftseg/state \
     && chown -R driftseg:driftseg /var/lib/driftseg

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adapters.ema_bn import AdaptedNet
+from driftseg.adapters.ema_bn import AdaptedNet
 
 HISTORY = 32  # switch events kept in a stream's state
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.registry import fold_batchnorm, names_of, replace_module
+from driftseg.models.registry import fold_batchnorm, names_of, replace_module
 
 
 class StreamBatchNorm2d(nn.Module):

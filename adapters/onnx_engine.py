@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapters.pipeline import Pipeline
-from models.checkpoint import write_atomically
+from driftseg.adapters.pipeline import Pipeline
+from driftseg.models.checkpoint import write_atomically
 
 log = logging.getLogger("driftseg.onnx")
 OPSET = 18
@@ -126,8 +126,8 @@ def load_or_export(pipeline: Pipeline, path: Path, metadata: dict[str, str]) -> 
 
 
 def main(argv=None) -> None:
-    from adapters.spec import RECOMMENDED, parse_method
-    from models.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
+    from driftseg.adapters.spec import RECOMMENDED, parse_method
+    from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
 
     p = argparse.ArgumentParser(prog="driftseg export onnx", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,16 +16,16 @@ import torch
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from adapters.auto import (
+from driftseg.adapters.auto import (
     HISTORY, AutoState, ShiftCalibration, frame_moments, layer_divergence, momentum_schedule,
 )
-from adapters.fda import FDAState, band_size, center_crop_band, low_freq_amplitude, transfer, update_recent
-from adapters.ema_bn import AdaptedNet, NormState
-from adapters.label_calibration import LabelCalibrationState, calibrated_scores
-from adapters.spec import MethodSpec
-from adapters.tent import TentStream
-from models.checkpoint import Checkpoint
-from models.registry import fold_batchnorm
+from driftseg.adapters.fda import FDAState, band_size, center_crop_band, low_freq_amplitude, transfer, update_recent
+from driftseg.adapters.ema_bn import AdaptedNet, NormState
+from driftseg.adapters.label_calibration import LabelCalibrationState, calibrated_scores
+from driftseg.adapters.spec import MethodSpec
+from driftseg.adapters.tent import TentStream
+from driftseg.models.checkpoint import Checkpoint
+from driftseg.models.registry import fold_batchnorm
 
 
 @dataclass

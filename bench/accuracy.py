@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adapters.pipeline import Pipeline
-from adapters.spec import parse_method
-from bench.data import FrameFolder
-from bench.metrics import ConfusionMatrix, mean_dice, mean_iou
-from bench.streams import Stream, open_stream
-from models.checkpoint import Checkpoint
+from driftseg.adapters.pipeline import Pipeline
+from driftseg.adapters.spec import parse_method
+from driftseg.bench.data import FrameFolder
+from driftseg.bench.metrics import ConfusionMatrix, mean_dice, mean_iou
+from driftseg.bench.streams import Stream, open_stream
+from driftseg.models.checkpoint import Checkpoint
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -6,10 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
-from bench import accuracy
-from bench.data import FrameFolder
-from bench.report import add_common_arguments, write_results
-from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from driftseg.bench import accuracy
+from driftseg.bench.data import FrameFolder
+from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 
 def gap_closed(miou: float, baseline: float, oracle: float) -> float | None:

@@ -2,12 +2,12 @@
 import argparse
 import os
 
-from bench import accuracy
-from bench.data import FrameFolder
-from bench.plot import plot_stream
-from bench.report import add_common_arguments, write_results
-from bench.streams import PROTOCOL_STREAMS
-from models.checkpoint import load_checkpoint
+from driftseg.bench import accuracy
+from driftseg.bench.data import FrameFolder
+from driftseg.bench.plot import plot_stream
+from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.bench.streams import PROTOCOL_STREAMS
+from driftseg.models.checkpoint import load_checkpoint
 
 PEERS = ("source", "ptbn", "tent")
 

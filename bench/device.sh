@@ -46,9 +46,13 @@ if [ "$PY" = python3 ] && [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
 fi
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
+# the package as pyproject.toml's package-dir installs it (driftseg/ with the top-level folders as its
+# subpackages), linked rather than installed; -P keeps the checkout's own driftseg/ off sys.path
+rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r driftseg /tmp/pkg/
+for sub in models adapters bench training service; do ln -s "$PWD/$sub" "/tmp/pkg/driftseg/$sub"; done
+export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
 export DRIFTSEG_DATA=${DRIFTSEG_DATA:-$PWD/.carry/camvid} DRIFTSEG_CACHE=${DRIFTSEG_CACHE:-/tmp/driftseg-cache}
-D="$PY driftseg_cli.py"
+D="$PY -P -m driftseg"
 if [ "$SCALE" = small ]; then
     TRAIN_SIZE="--input-size 90 120 --crop 80 112 --batch-size 4"; FRAMES="--max-frames 4 --streams day fog continual"
     BATCH=2; CAMERAS="1 2"; DURATION=3; STEPS=3; PRECISION_FRAMES=3
@@ -92,7 +96,7 @@ speed)
         $D bench load --url http://127.0.0.1:8126 --streams $CAMERAS --duration $DURATION --raw-batch $BATCH --out $OUT/load.json"
     kill "$server"; wait "$server"
     part precision 90 $D bench precision --device "$DEVICE" --max-frames "$PRECISION_FRAMES" --out "$OUT/precision.json"
-    [ "$DEVICE" = cuda ] && part decode 60 $PY -m pytest -q -p no:cacheprovider -m gpu tests/service/test_imaging.py
+    [ "$DEVICE" = cuda ] && part decode 60 $PY -P -m pytest -q -p no:cacheprovider -m gpu tests/service/test_imaging.py
     ;;
 esac
 grep "^=== .*: exit" "$LOG"

@@ -26,15 +26,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.pipeline import Pipeline
-from adapters.spec import parse_method
-from bench import model
-from bench.accuracy import to_tensor
-from bench.data import FrameFolder
-from bench.plot import plot_latency
-from bench.report import add_common_arguments, write_results
-from bench.streams import open_stream
-from models.checkpoint import file_sha256, load_checkpoint
+from driftseg.adapters.pipeline import Pipeline
+from driftseg.adapters.spec import parse_method
+from driftseg.bench import model
+from driftseg.bench.accuracy import to_tensor
+from driftseg.bench.data import FrameFolder
+from driftseg.bench.plot import plot_latency
+from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.bench.streams import open_stream
+from driftseg.models.checkpoint import file_sha256, load_checkpoint
 
 
 def jpeg_frames(stream: str, data: str | None, count: int) -> list[bytes]:

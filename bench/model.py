@@ -11,15 +11,15 @@ from pathlib import Path
 
 import torch
 
-from adapters import onnx_engine
-from adapters.pipeline import Pipeline
-from adapters.spec import parse_method
-from bench.accuracy import device_name, resolve_device, to_tensor
-from bench.data import FrameFolder
-from bench.report import add_common_arguments, write_results
-from bench.speed import round_robin
-from bench.streams import open_stream
-from models.checkpoint import Checkpoint, load_checkpoint
+from driftseg.adapters import onnx_engine
+from driftseg.adapters.pipeline import Pipeline
+from driftseg.adapters.spec import parse_method
+from driftseg.bench.accuracy import device_name, resolve_device, to_tensor
+from driftseg.bench.data import FrameFolder
+from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.bench.speed import round_robin
+from driftseg.bench.streams import open_stream
+from driftseg.models.checkpoint import Checkpoint, load_checkpoint
 
 
 def measure(pipelines: dict[str, Pipeline], frame: torch.Tensor, batches: Sequence[int], steps: int,

@@ -9,15 +9,15 @@ from collections.abc import Sequence
 
 import torch
 
-from adapters.pipeline import PRECISIONS, Pipeline
-from adapters.spec import parse_method
-from bench.accuracy import device_name, resolve_device, to_tensor
-from bench.data import FrameFolder
-from bench.metrics import ConfusionMatrix, mean_iou
-from bench.report import add_common_arguments, write_results
-from bench.speed import round_robin
-from bench.streams import open_stream
-from models.checkpoint import Checkpoint, load_checkpoint
+from driftseg.adapters.pipeline import PRECISIONS, Pipeline
+from driftseg.adapters.spec import parse_method
+from driftseg.bench.accuracy import device_name, resolve_device, to_tensor
+from driftseg.bench.data import FrameFolder
+from driftseg.bench.metrics import ConfusionMatrix, mean_iou
+from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.bench.speed import round_robin
+from driftseg.bench.streams import open_stream
+from driftseg.models.checkpoint import Checkpoint, load_checkpoint
 
 
 def measure(ckpt: Checkpoint, stream_frames: dict[str, list], methods: Sequence[str], precisions: Sequence[str],

@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from models.checkpoint import DEFAULT_CHECKPOINT
+from driftseg.models.checkpoint import DEFAULT_CHECKPOINT
 
 
 def add_common_arguments(p: argparse.ArgumentParser, checkpoint: bool = True, device: bool = True) -> None:

@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from adapters.pipeline import Pipeline
-from adapters.spec import parse_method
-from bench.accuracy import device_name, resolve_device, to_tensor
-from bench.data import FrameFolder
-from bench.report import add_common_arguments, write_results
-from bench.streams import open_stream
-from models.checkpoint import Checkpoint, load_checkpoint
+from driftseg.adapters.pipeline import Pipeline
+from driftseg.adapters.spec import parse_method
+from driftseg.bench.accuracy import device_name, resolve_device, to_tensor
+from driftseg.bench.data import FrameFolder
+from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.bench.streams import open_stream
+from driftseg.models.checkpoint import Checkpoint, load_checkpoint
 
 
 def round_robin(pipelines: dict[str, Pipeline], batches: Iterable[torch.Tensor], warmup: int,

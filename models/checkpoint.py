@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import torch
 
-from models.registry import SegmentationNet, create_model
+from driftseg.models.registry import SegmentationNet, create_model
 
 FORMAT = "driftseg-checkpoint"
 FORMAT_VERSION = 1

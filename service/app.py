@@ -8,11 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.engine import Engine
-from service.errors import ServiceError
-from service.metrics import Metrics, MetricsMiddleware
-from service.routes import health, segment, state, streams
-from service.settings import Settings, load_settings
+from driftseg.service.engine import Engine
+from driftseg.service.errors import ServiceError
+from driftseg.service.metrics import Metrics, MetricsMiddleware
+from driftseg.service.routes import health, segment, state, streams
+from driftseg.service.settings import Settings, load_settings
 
 log = logging.getLogger("driftseg.service")
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from adapters.pipeline import StreamState
-from service.errors import NotReady
+from driftseg.adapters.pipeline import StreamState
+from driftseg.service.errors import NotReady
 
 # frames [B, 3, H, W] and their streams' states -> labels per frame and the new states
 Step = Callable[[torch.Tensor, list[StreamState]], tuple[list[np.ndarray], list[StreamState]]]

@@ -2,8 +2,8 @@
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from service.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
-from service.imaging import MEDIA_TYPES
+from driftseg.service.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from driftseg.service.imaging import MEDIA_TYPES
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the image
 ACCEPTED = f"{', '.join(MEDIA_TYPES)} as the raw body, or multipart/form-data with the image in the field 'image'"

@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from service.settings import load_settings  # after --help, which needs no torch import
+    from driftseg.service.settings import load_settings  # after --help, which needs no torch import
 
     try:
         settings = load_settings(**{k: getattr(args, k) for k in SETTINGS_FLAGS if getattr(args, k) is not None})
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from service.app import create_app
+    from driftseg.service.app import create_app
 
     # the service's own log lines (start-up, snapshots, shutdown) through uvicorn's handler and format
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)

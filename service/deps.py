@@ -6,9 +6,9 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 from fastapi.security import APIKeyHeader
 
-from service.engine import Engine
-from service.errors import NotReady, Unauthorized, Unprocessable
-from service.registry import check_stream_id
+from driftseg.service.engine import Engine
+from driftseg.service.errors import NotReady, Unauthorized, Unprocessable
+from driftseg.service.registry import check_stream_id
 
 DEFAULT_STREAM = "default"
 API_KEY_HEADER = "X-API-Key"

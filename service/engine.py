@@ -18,17 +18,17 @@ import numpy as np
 import torch
 from anyio import to_thread
 
-from adapters import onnx_engine
-from adapters.auto import layer_divergence
-from adapters.pipeline import Pipeline, StreamState, padded_batch_size
-from models.checkpoint import file_sha256, load_checkpoint
-from service import imaging, snapshots
-from service.batcher import Batcher
-from service.errors import NotFound, Overloaded
-from service.metrics import Metrics
-from service.redis_store import RedisSnapshotStore
-from service.registry import StreamEntry, StreamRegistry, check_stream_id
-from service.settings import Settings
+from driftseg.adapters import onnx_engine
+from driftseg.adapters.auto import layer_divergence
+from driftseg.adapters.pipeline import Pipeline, StreamState, padded_batch_size
+from driftseg.models.checkpoint import file_sha256, load_checkpoint
+from driftseg.service import imaging, snapshots
+from driftseg.service.batcher import Batcher
+from driftseg.service.errors import NotFound, Overloaded
+from driftseg.service.metrics import Metrics
+from driftseg.service.redis_store import RedisSnapshotStore
+from driftseg.service.registry import StreamEntry, StreamRegistry, check_stream_id
+from driftseg.service.settings import Settings
 
 FORMATS = ("png", "overlay", "json")
 log = logging.getLogger("driftseg.service")

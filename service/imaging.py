@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from service.errors import PayloadTooLarge, Unprocessable
+from driftseg.service.errors import PayloadTooLarge, Unprocessable
 
 MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 FORMATS = list(MEDIA_TYPES.values())

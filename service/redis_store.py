@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 import redis
 
-from adapters.pipeline import StreamState
-from service.errors import Conflict, Unprocessable
-from service.snapshots import DiskEntry, check_origin, decode, encode, origin_key, stream_key, stream_payload
+from driftseg.adapters.pipeline import StreamState
+from driftseg.service.errors import Conflict, Unprocessable
+from driftseg.service.snapshots import DiskEntry, check_origin, decode, encode, origin_key, stream_key, stream_payload
 
 log = logging.getLogger("driftseg.service")
 

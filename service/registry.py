@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from anyio import to_thread
 
-from adapters.pipeline import StreamState
-from service.errors import Unprocessable
-from service.snapshots import DiskEntry, SnapshotStore, restore
+from driftseg.adapters.pipeline import StreamState
+from driftseg.service.errors import Unprocessable
+from driftseg.service.snapshots import DiskEntry, SnapshotStore, restore
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 SCORE_HISTORY = 32  # shift scores kept per stream for GET /adaptation/state

@@ -7,8 +7,8 @@ import torch
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from adapters.spec import RECOMMENDED, MethodSpec, parse_method
-from models.checkpoint import DEFAULT_CHECKPOINT
+from driftseg.adapters.spec import RECOMMENDED, MethodSpec, parse_method
+from driftseg.models.checkpoint import DEFAULT_CHECKPOINT
 
 ENV_PREFIX = "DRIFTSEG_"
 SECRETS = {"api_key"}  # settings whose values error messages never repeat

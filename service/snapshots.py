@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from adapters.pipeline import StreamState
-from adapters.spec import parse_method
-from models.checkpoint import write_atomically
-from service.errors import Conflict, Unprocessable
+from driftseg.adapters.pipeline import StreamState
+from driftseg.adapters.spec import parse_method
+from driftseg.models.checkpoint import write_atomically
+from driftseg.service.errors import Conflict, Unprocessable
 
 FORMAT = "driftseg-stream-state"
 VERSION = 1

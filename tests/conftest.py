@@ -26,12 +26,12 @@ def one_thread():
 def tiny_ckpt():
     """A small LRASPP checkpoint with CamVid's 11 classes, input 32x48, BN statistics of
     `domain_frames(seed=0)`, its amplitude band and a shift calibration on it."""
-    from adapters.auto import calibrate
-    from adapters.ema_bn import AdaptedNet
-    from adapters.fda import low_freq_amplitude
-    from bench.data import FrameFolder
-    from models.checkpoint import Checkpoint, compact_weights
-    from models.registry import create_model
+    from driftseg.adapters.auto import calibrate
+    from driftseg.adapters.ema_bn import AdaptedNet
+    from driftseg.adapters.fda import low_freq_amplitude
+    from driftseg.bench.data import FrameFolder
+    from driftseg.models.checkpoint import Checkpoint, compact_weights
+    from driftseg.models.registry import create_model
 
     torch.manual_seed(0)
     folder = FrameFolder.open(None)

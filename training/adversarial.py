@@ -16,8 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from training import finetune, norms
-from training.networks import MultiLevelNet, OutputDiscriminator
+from driftseg.training import finetune, norms
+from driftseg.training.networks import MultiLevelNet, OutputDiscriminator
 
 SOURCE, TARGET = 0.0, 1.0  # the discriminators' domain labels
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import torch
 
-from adapters.auto import ShiftCalibration, calibrate
-from adapters.ema_bn import AdaptedNet
-from adapters.pipeline import to_input_size
-from bench.data import FrameFolder
-from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
+from driftseg.adapters.auto import ShiftCalibration, calibrate
+from driftseg.adapters.ema_bn import AdaptedNet
+from driftseg.adapters.pipeline import to_input_size
+from driftseg.bench.data import FrameFolder
+from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 
 
 def shift_calibration(ckpt: Checkpoint, folder: FrameFolder, split: str, momentum: float,

@@ -14,10 +14,10 @@ from torch.utils.data import DistributedSampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from adapters.fda import low_freq_amplitude
-from bench.data import FrameFolder
-from bench.metrics import ConfusionMatrix
-from models.checkpoint import Checkpoint, compact_weights, file_sha256, git_commit, save_checkpoint
+from driftseg.adapters.fda import low_freq_amplitude
+from driftseg.bench.data import FrameFolder
+from driftseg.bench.metrics import ConfusionMatrix
+from driftseg.models.checkpoint import Checkpoint, compact_weights, file_sha256, git_commit, save_checkpoint
 
 AMPLITUDE_BETA = 0.1  # the widest FDA band the checkpoint can serve
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adapters.fda import band_size, low_freq_amplitude, transfer
-from bench.data import FrameFolder
-from models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, compact_weights, git_commit, load_checkpoint, save_checkpoint
-from training import common
-from training.calibrate import shift_calibration
+from driftseg.adapters.fda import band_size, low_freq_amplitude, transfer
+from driftseg.bench.data import FrameFolder
+from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, compact_weights, git_commit, load_checkpoint, save_checkpoint
+from driftseg.training import common
+from driftseg.training.calibrate import shift_calibration
 
 
 def add_arguments(p: argparse.ArgumentParser, lr: float, iters: int) -> None:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.registry import SegmentationNet
+from driftseg.models.registry import SegmentationNet
 
 
 class FeatureTap:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from models.registry import names_of, replace_module
+from driftseg.models.registry import names_of, replace_module
 
 
 class SourceStatsBatchNorm2d(nn.Module):

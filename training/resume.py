@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import write_atomically
+from driftseg.models.checkpoint import write_atomically
 
 FORMAT = "driftseg-training-state"
 

@@ -7,8 +7,8 @@ by default in SEAT's multi-level variant (the auxiliary output added to the main
 before a single discriminator). The checkpoint is a plain network for the service: each BN layer
 takes its target branch, or its source branch where --source-branch names it (the layer switch).
 """
-from training import adversarial, finetune, norms
-from training.networks import MultiLevelNet
+from driftseg.training import adversarial, finetune, norms
+from driftseg.training.networks import MultiLevelNet
 
 
 def main(argv=None) -> None:

@@ -16,9 +16,9 @@ import torch
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from models.checkpoint import Checkpoint, load_checkpoint
-from training import finetune, norms
-from training.networks import FeatureTap
+from driftseg.models.checkpoint import Checkpoint, load_checkpoint
+from driftseg.training import finetune, norms
+from driftseg.training.networks import FeatureTap
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -8,12 +8,12 @@ import torch
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from bench.data import FrameFolder
-from models.registry import create_model, list_architectures
-from models.checkpoint import load_checkpoint, save_checkpoint
-from training import common
-from training.calibrate import shift_calibration
-from training.resume import TrainingState
+from driftseg.bench.data import FrameFolder
+from driftseg.models.registry import create_model, list_architectures
+from driftseg.models.checkpoint import load_checkpoint, save_checkpoint
+from driftseg.training import common
+from driftseg.training.calibrate import shift_calibration
+from driftseg.training.resume import TrainingState
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

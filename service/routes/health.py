@@ -2,7 +2,7 @@
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.schemas import Health, Readiness
+from driftseg.service.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
 

@@ -4,11 +4,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.body import read_image
-from service.deps import EngineDep, ReadAccess, StreamId
-from service.engine import Segmented
-from service.imaging import MEDIA_TYPES
-from service.schemas import ClassCount, SegmentSummary, Timings
+from driftseg.service.body import read_image
+from driftseg.service.deps import EngineDep, ReadAccess, StreamId
+from driftseg.service.engine import Segmented
+from driftseg.service.imaging import MEDIA_TYPES
+from driftseg.service.schemas import ClassCount, SegmentSummary, Timings
 
 router = APIRouter(tags=["segment"])
 

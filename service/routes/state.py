@@ -3,11 +3,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from service.body import read_body
-from service.deps import EngineDep, ReadAccess, StreamId, WriteAccess
-from service.errors import Unprocessable
-from service.registry import check_stream_id
-from service.schemas import ResetResult, StreamStateSummary
+from driftseg.service.body import read_body
+from driftseg.service.deps import EngineDep, ReadAccess, StreamId, WriteAccess
+from driftseg.service.errors import Unprocessable
+from driftseg.service.registry import check_stream_id
+from driftseg.service.schemas import ResetResult, StreamStateSummary
 
 router = APIRouter(tags=["adaptation state"])
 

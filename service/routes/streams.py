@@ -1,8 +1,8 @@
 """The streams a server holds."""
 from fastapi import APIRouter
 
-from service.deps import EngineDep, ReadAccess
-from service.schemas import StreamList
+from driftseg.service.deps import EngineDep, ReadAccess
+from driftseg.service.schemas import StreamList
 
 router = APIRouter(tags=["streams"])
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from adapters.auto import (
+from driftseg.adapters.auto import (
     AutoState,
     ShiftCalibration,
     calibrate,
@@ -13,7 +13,7 @@ from adapters.auto import (
     layer_divergence,
     momentum_schedule,
 )
-from adapters.ema_bn import AdaptedNet
+from driftseg.adapters.ema_bn import AdaptedNet
 
 
 def _net() -> nn.Sequential:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from adapters.ema_bn import AdaptedNet, StreamBatchNorm2d
+from driftseg.adapters.ema_bn import AdaptedNet, StreamBatchNorm2d
 
 
 def _randomise_bn(model: nn.Module, seed: int) -> None:
@@ -395,7 +395,7 @@ def test_unreached_layer_keeps_its_state() -> None:
 
 
 def test_lraspp_alpha_one_is_frozen() -> None:
-    from models.registry import create_model
+    from driftseg.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("lraspp_mobilenet_v3_large", num_classes=3, mean=(0.5,) * 3, std=(0.25,) * 3)

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.fda import (
+from driftseg.adapters.fda import (
     FDAState,
     band_size,
     center_crop_band,

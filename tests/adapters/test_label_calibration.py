@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.label_calibration import LabelCalibrationState, calibrate
+from driftseg.adapters.label_calibration import LabelCalibrationState, calibrate
 
 
 def _random_probs(b: int, c: int, h: int, w: int, seed: int, never: int | None = None) -> torch.Tensor:

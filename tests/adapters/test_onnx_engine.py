@@ -6,9 +6,9 @@ import torch
 from pipeline_util import assert_same_state, run
 from synthetic_frames import domain_frames
 
-from adapters.onnx_engine import OnnxCore, export, onnx_metadata
-from adapters.pipeline import Pipeline
-from adapters.spec import parse_method
+from driftseg.adapters.onnx_engine import OnnxCore, export, onnx_metadata
+from driftseg.adapters.pipeline import Pipeline
+from driftseg.adapters.spec import parse_method
 
 META = onnx_metadata("c0ffee", "auto(m=0.2)+lc")
 

@@ -5,10 +5,10 @@ import torch
 from synthetic_frames import domain_frames
 from torch.nn import functional as F
 
-from adapters.label_calibration import calibrate
-from adapters.pipeline import Pipeline, padded_batch_size, to_input_size
+from driftseg.adapters.label_calibration import calibrate
+from driftseg.adapters.pipeline import Pipeline, padded_batch_size, to_input_size
 from pipeline_util import assert_same_state, run
-from adapters.spec import parse_method
+from driftseg.adapters.spec import parse_method
 
 SPECS = ["source", "ptbn", "ema(m=0.2,alpha=0.5)+lc", "auto(m=0.2)+lc+fda(beta=0.05)", "fda(mode=swap)"]
 

@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from adapters.spec import RECOMMENDED, MethodSpec, parse_method
+from driftseg.adapters.spec import RECOMMENDED, MethodSpec, parse_method
 
 
 def test_source_is_the_default_spec() -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from adapters.tent import TentStream, configure, softmax_entropy
+from driftseg.adapters.tent import TentStream, configure, softmax_entropy
 
 
 def _tiny_net(seed: int = 0) -> nn.Sequential:

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from adapters.pipeline import Pipeline
-from adapters.spec import parse_method
-from bench.accuracy import to_tensor
-from bench.data import FrameFolder
-from driftseg_cli import main
-from models.checkpoint import save_checkpoint
+from driftseg.adapters.pipeline import Pipeline
+from driftseg.adapters.spec import parse_method
+from driftseg.bench.accuracy import to_tensor
+from driftseg.bench.data import FrameFolder
+from driftseg.cli import main
+from driftseg.models.checkpoint import save_checkpoint
 
 METHODS = ["source", "ptbn", "auto"]
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from bench.checkpoints import gap_closed
-from driftseg_cli import main
-from models.checkpoint import save_checkpoint
+from driftseg.bench.checkpoints import gap_closed
+from driftseg.cli import main
+from driftseg.models.checkpoint import save_checkpoint
 
 
 def test_gap_closed() -> None:

@@ -5,8 +5,8 @@ import asyncio
 import httpx
 import pytest
 
-from bench.load import _percentile, main, markdown_table, run_level, server_ms, thirds_p50_ms
-from bench.plot import plot_latency
+from driftseg.bench.load import _percentile, main, markdown_table, run_level, server_ms, thirds_p50_ms
+from driftseg.bench.plot import plot_latency
 
 
 def test_server_ms_sums_the_server_timing_stages() -> None:

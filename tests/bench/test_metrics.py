@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.metrics import ConfusionMatrix, mean_dice, mean_iou, per_class_iou
+from driftseg.bench.metrics import ConfusionMatrix, mean_dice, mean_iou, per_class_iou
 
 
 def np_confusion(target: np.ndarray, pred: np.ndarray, c: int, ignore: int) -> np.ndarray:

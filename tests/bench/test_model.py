@@ -3,7 +3,7 @@ import pytest
 import torch
 from synthetic_frames import domain_frames
 
-from bench.model import build, markdown_table, measure
+from driftseg.bench.model import build, markdown_table, measure
 
 
 def test_throughput_at_each_batch_size(tiny_ckpt, tmp_path) -> None:

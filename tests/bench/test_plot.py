@@ -1,8 +1,8 @@
 """bench/plot.py: the rolling mIoU against per-window confusion matrices, and the picture is written."""
 import torch
 
-from bench.metrics import mean_iou
-from bench.plot import plot_stream, rolling_miou
+from driftseg.bench.metrics import mean_iou
+from driftseg.bench.plot import plot_stream, rolling_miou
 
 
 def test_rolling_miou_equals_the_miou_of_each_window() -> None:

@@ -4,9 +4,9 @@ import pytest
 import torch
 from synthetic_frames import domain_frames
 
-from adapters.pipeline import Pipeline
-from adapters.spec import parse_method
-from bench.precision import markdown_table, measure
+from driftseg.adapters.pipeline import Pipeline
+from driftseg.adapters.spec import parse_method
+from driftseg.bench.precision import markdown_table, measure
 
 
 def _stream(n: int, seed: int) -> list:

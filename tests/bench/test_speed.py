@@ -2,7 +2,7 @@
 import torch
 from synthetic_frames import domain_frames
 
-from bench.speed import measure, with_ratios
+from driftseg.bench.speed import measure, with_ratios
 
 
 def test_every_method_timed_on_every_frame_after_warm_up(tiny_ckpt) -> None:

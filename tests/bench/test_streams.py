@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import bench.streams
-from bench.data import FrameFolder
-from bench.streams import CONTINUAL, open_stream
+import driftseg.bench.streams
+from driftseg.bench.data import FrameFolder
+from driftseg.bench.streams import CONTINUAL, open_stream
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
 needs_real = pytest.mark.skipif(not (REAL / "splits.json").is_file(), reason=f"real CamVid folder {REAL} not found")
@@ -140,7 +140,7 @@ def test_split_corruption_spec_is_deterministic_and_cached(folder, tmp_path, mon
         raise AssertionError("cached frames were generated again")
 
     with monkeypatch.context() as m:
-        m.setattr(bench.streams, "_generate", no_generation)
+        m.setattr(driftseg.bench.streams, "_generate", no_generation)
         again = list(open_stream("my_split:frost", folder).frames())
     for (a, _), (b, _) in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)

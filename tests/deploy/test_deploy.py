@@ -11,10 +11,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from driftseg_cli import COMMANDS
-from service.app import create_app
-from service.metrics import Metrics
-from service.settings import ENV_PREFIX, Settings
+from driftseg.cli import COMMANDS
+from driftseg.service.app import create_app
+from driftseg.service.metrics import Metrics
+from driftseg.service.settings import ENV_PREFIX, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.33.0"

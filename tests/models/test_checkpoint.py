@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import checkpoint as ckpt_mod
-from models.checkpoint import (
+from driftseg.models import checkpoint as ckpt_mod
+from driftseg.models.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     Checkpoint,
@@ -16,7 +16,7 @@ from models.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from models.registry import create_model
+from driftseg.models.registry import create_model
 
 ARCH = "lraspp_mobilenet_v3_large"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

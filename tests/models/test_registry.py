@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models.registry import SegmentationNet, create_model, list_architectures
+from driftseg.models.registry import SegmentationNet, create_model, list_architectures
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ARCHS = ["deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "lraspp_mobilenet_v3_large"]
@@ -77,7 +77,7 @@ def test_unknown_architecture_names_the_choices() -> None:
 
 
 def test_fold_batchnorm_keeps_the_output_and_removes_every_bn() -> None:
-    from models.registry import fold_batchnorm
+    from driftseg.models.registry import fold_batchnorm
 
     torch.manual_seed(0)
     model = create_model("lraspp_mobilenet_v3_large", 4, (0.5,) * 3, (0.25,) * 3).train()

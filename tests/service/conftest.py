@@ -3,9 +3,9 @@ import io
 import pytest
 from PIL import Image
 
-from bench.data import resolve_data_dir
-from models.checkpoint import save_checkpoint
-from service.settings import Settings
+from driftseg.bench.data import resolve_data_dir
+from driftseg.models.checkpoint import save_checkpoint
+from driftseg.service.settings import Settings
 
 SMALL = (160, 120)  # width, height of the frames most tests send: fast, and under the pixel limit below
 

@@ -48,7 +48,7 @@ def start(state_dir: Path, log: Path, **settings: str) -> tuple[subprocess.Popen
     env.update(DRIFTSEG_STATE_DIR=str(state_dir), DRIFTSEG_DEVICE="cpu", **settings)
     port = free_port()
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "driftseg_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "driftseg", "serve", "--host", "127.0.0.1", "--port", str(port),
                                  "--log-level", "info"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     deadline = time.monotonic() + READY_TIMEOUT

@@ -13,10 +13,10 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.batcher import Batcher
-from service.engine import Engine
-from service.errors import NotReady
+from driftseg.service.app import create_app
+from driftseg.service.batcher import Batcher
+from driftseg.service.engine import Engine
+from driftseg.service.errors import NotReady
 
 
 class FakeStep:

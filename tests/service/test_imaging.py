@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from service import imaging
-from service.errors import PayloadTooLarge, Unprocessable
+from driftseg.service import imaging
+from driftseg.service.errors import PayloadTooLarge, Unprocessable
 
 CPU = torch.device("cpu")
 

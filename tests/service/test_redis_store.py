@@ -7,9 +7,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from adapters.pipeline import StreamState
-from service.app import create_app
-from service.redis_store import RedisSnapshotStore, StoreUnavailable
+from driftseg.adapters.pipeline import StreamState
+from driftseg.service.app import create_app
+from driftseg.service.redis_store import RedisSnapshotStore, StoreUnavailable
 from service_util import RedisServer, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt install redis-server)")

@@ -3,8 +3,8 @@ DRIFTSEG_API_KEY_EVERYWHERE the other stream routes too; health, readiness and m
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import load_settings
+from driftseg.service.app import create_app
+from driftseg.service.settings import load_settings
 from service_util import assert_same, exported_state
 
 KEY = "s3cret-key"

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from driftseg.service.app import create_app
 from service_util import exported_state
 
 

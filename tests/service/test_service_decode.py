@@ -7,7 +7,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from driftseg.service.app import create_app
 from service_util import assert_same, exported_state
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.data import resolve_data_dir
-from bench.load import raw_throughput, run_level
-from models.checkpoint import DEFAULT_CHECKPOINT
+from driftseg.bench.data import resolve_data_dir
+from driftseg.bench.load import raw_throughput, run_level
+from driftseg.models.checkpoint import DEFAULT_CHECKPOINT
 from service_util import start, stop
 
 STREAM = "dusk-cam"

@@ -7,11 +7,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from adapters.onnx_engine import export, onnx_metadata
-from adapters.pipeline import Pipeline
-from adapters.spec import RECOMMENDED, parse_method
-from models.checkpoint import file_sha256, load_checkpoint
-from service.app import create_app
+from driftseg.adapters.onnx_engine import export, onnx_metadata
+from driftseg.adapters.pipeline import Pipeline
+from driftseg.adapters.spec import RECOMMENDED, parse_method
+from driftseg.models.checkpoint import file_sha256, load_checkpoint
+from driftseg.service.app import create_app
 
 
 @pytest.fixture(scope="module")

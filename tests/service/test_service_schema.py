@@ -4,7 +4,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from service.app import create_app
+from driftseg.service.app import create_app
 
 EXAMPLES = 40  # per operation
 

@@ -8,13 +8,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from driftseg.service.app import create_app
 from service_util import assert_same, exported_state
 
 
 @pytest.fixture(scope="module")
 def client(ckpt_file, tmp_path_factory):
-    from service.settings import Settings
+    from driftseg.service.settings import Settings
 
     settings = Settings(checkpoint=ckpt_file, method="auto", device="cpu", state_dir=tmp_path_factory.mktemp("state"),
                         max_image_bytes=300_000, max_image_pixels=100_000, snapshot_every=0)

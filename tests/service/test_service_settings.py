@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-import driftseg_cli
-from service import cli
-from service.settings import load_settings
+from driftseg import cli as driftseg_cli
+from driftseg.service import cli
+from driftseg.service.settings import load_settings
 
 
 def test_defaults_and_environment(ckpt_file, tmp_path, monkeypatch):
@@ -45,7 +45,7 @@ def test_cuda_without_a_gpu_is_refused(ckpt_file):
 
 
 def test_serve_command(capsys, monkeypatch, ckpt_file, tmp_path):
-    assert driftseg_cli.COMMANDS[("serve",)][0] == "service.cli:main"
+    assert driftseg_cli.COMMANDS[("serve",)][0] == "driftseg.service.cli:main"
     with pytest.raises(SystemExit) as e:
         driftseg_cli.main(["serve", "--help"])
     assert e.value.code == 0 and "--checkpoint" in capsys.readouterr().out

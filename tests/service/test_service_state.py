@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from fastapi.testclient import TestClient
 
-from models.checkpoint import save_checkpoint
-from service.app import create_app
+from driftseg.models.checkpoint import save_checkpoint
+from driftseg.service.app import create_app
 from service_util import assert_same, exported_state
 
 JPEG = {"Content-Type": "image/jpeg"}

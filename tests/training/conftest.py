@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import source
+from driftseg.training import source
 
 from toy_sizes import SIZE, SOURCE_ITERS
 

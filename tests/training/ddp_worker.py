@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from training import adversarial, finetune, seat, self_training
+from driftseg.training import adversarial, finetune, seat, self_training
 
 JOBS = {"adversarial": adversarial.main, "seat": seat.main, "self-training": self_training.main}
 

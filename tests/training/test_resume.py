@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
-from training import common, source
+from driftseg.models.checkpoint import load_checkpoint
+from driftseg.training import common, source
 
 ITERS, SAVE_EVERY, CUT_AT = 8, 3, 5  # the cut comes two iterations after the last save
 

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from bench.data import CAMVID_CLASSES, CAMVID_PALETTE
-from models.checkpoint import load_checkpoint
+from driftseg.bench.data import CAMVID_CLASSES, CAMVID_PALETTE
+from driftseg.models.checkpoint import load_checkpoint
 from toy_sizes import SIZE, SOURCE_ITERS as ITERS
 
 

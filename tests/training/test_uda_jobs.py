@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters.pipeline import Pipeline
-from adapters.spec import parse_method
-from models.checkpoint import file_sha256, load_checkpoint
-from training import adversarial, seat, self_training
+from driftseg.adapters.pipeline import Pipeline
+from driftseg.adapters.spec import parse_method
+from driftseg.models.checkpoint import file_sha256, load_checkpoint
+from driftseg.training import adversarial, seat, self_training
 
 ITERS = 4
 WORKER = Path(__file__).with_name("ddp_worker.py")

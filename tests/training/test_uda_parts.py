@@ -7,11 +7,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapters.fda import band_size, low_freq_amplitude, transfer
-from models.registry import create_model
-from training import adversarial, norms, self_training
-from training.finetune import fda_style
-from training.networks import FeatureTap, MultiLevelNet, OutputDiscriminator
+from driftseg.adapters.fda import band_size, low_freq_amplitude, transfer
+from driftseg.models.registry import create_model
+from driftseg.training import adversarial, norms, self_training
+from driftseg.training.finetune import fda_style
+from driftseg.training.networks import FeatureTap, MultiLevelNet, OutputDiscriminator
 
 
 def tiny_model(arch="lraspp_mobilenet_v3_large") -> nn.Module:
