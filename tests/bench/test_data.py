@@ -61,7 +61,7 @@ def test_default_is_shared_camvid_beside_the_repository(monkeypatch) -> None:
 
 def test_missing_default_is_a_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("DRIFTSEG_DATA", raising=False)
-    monkeypatch.setattr(bench.data, "DEFAULT_DATA", tmp_path / "absent")
+    monkeypatch.setattr(driftseg.bench.data, "DEFAULT_DATA", tmp_path / "absent")
     with pytest.raises(FileNotFoundError) as err:
         resolve_data_dir()
     msg = str(err.value)
