@@ -1,6 +1,6 @@
 """The automatic mode: how far a stream has drifted, read from its BN state alone, and what to do.
 
-Shift. Per BN layer l, s_l is a divergence (`layer_divergence`) between the stream's EMA moments
+Shift. Per BN layer l, s_l is a divergence (ema_bn.layer_divergence) between the stream's EMA moments
 and the source moments, in units of tau_l: a high
 percentile of the same quantity over in-domain (source_val) frames run through the same EMA, stored
 in the checkpoint by `calibrate`. The stream's shift score is the mean of s_l / tau_l over layers
@@ -27,33 +27,13 @@ after one, while the average fills and the level is learnt.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from driftseg.adapters.ema_bn import AdaptedNet
+from driftseg.adapters.ema_bn import EMA, AdaptedNet, layer_divergence
 
 HISTORY = 32  # switch events kept in a stream's state
-
-
-def layer_divergence(stats: torch.Tensor, reference: torch.Tensor, source: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """[B, L]: per BN layer, the mean over channels of
-
-        (mu - mu_ref)^2 / var_s  +  (log(var + f) - log(var_ref + f))^2
-
-    between the moments `stats` [B, 2, N] (mean, second moment) and `reference` [2, N] or [B, 2, N]:
-    the squared mean difference in units of the source variance var_s, plus the squared log-ratio
-    of the variances (f = 1% of var_s). Unlike a KL divergence between the Gaussians it keeps its
-    scale when a domain shrinks the activations' variance (dark frames, dead channels): the KL
-    divides by that variance and explodes."""
-    reference = reference.expand_as(stats)
-    var_s = (source[1] - source[0].square()).clamp_min(0) + 1e-5
-    floor = 0.01 * var_s
-    mu, mu_ref = stats[:, 0], reference[:, 0]
-    var = (stats[:, 1] - mu.square()).clamp_min(0)
-    var_ref = (reference[:, 1] - mu_ref.square()).clamp_min(0)
-    d = (mu - mu_ref).square() / var_s + (torch.log(var + floor) - torch.log(var_ref + floor)).square()
-    return torch.stack([part.mean(1) for part in d.split(sizes, dim=1)], dim=1)
 
 
 def momentum_schedule(since_reset: torch.Tensor, floor: float) -> torch.Tensor:
@@ -165,3 +145,84 @@ class AutoState:
             raise ValueError(f"auto score, switch_score and switch_level must be finite floats, got {scores}")
         self.alpha, self.since_reset, self.switches = alpha.to(self.alpha).clone(), since, switches[-HISTORY:]
         self.score, self.switch_score, self.switch_level = scores
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    m: float = 0.1  # the EMA's momentum once the average has filled
+    floor: float = 0.0  # the lowest alpha a layer gets
+    switch: float = 2.0  # restart when a frame jumps this many times the stream's running level
+    layers: int = 0  # BN layers adapted, the first ones; 0: all
+
+    def __post_init__(self):
+        if not 0.0 <= self.m <= 1.0:
+            raise ValueError(f"auto m must be in [0, 1], got {self.m}")
+        if not 0.0 <= self.floor <= 1.0:
+            raise ValueError(f"auto floor must be in [0, 1], got {self.floor}")
+        if not self.switch > 0:
+            raise ValueError(f"auto switch must be > 0, got {self.switch}")
+        if self.layers < 0:
+            raise ValueError(f"layers must be >= 0 (0: all BN layers), got {self.layers}")
+
+
+class Auto(EMA):
+    """`auto`: EMA AdaBN with the per-layer alpha of the shift score and restarts at domain switches.
+    A stream's parts: its NormState ("norm") and AutoState ("auto"); in the batch, "stats", and "alpha"
+    [B, L], "since" [B], "level" [B]."""
+
+    name, Config = "auto", AutoConfig
+
+    def __init__(self, config, ckpt, model, device):
+        super().__init__(config, ckpt, model, device)
+        if "shift" not in ckpt.extra:
+            raise ValueError("auto needs the checkpoint's shift calibration: run `driftseg calibrate --checkpoint FILE`")
+        self.calibration = ShiftCalibration.from_dict(ckpt.extra["shift"], len(self.module.norms))
+        self.tau, self.kappa = self.calibration.tau.to(device), self.calibration.kappa.to(device)
+
+    def new_state(self):
+        return {**super().new_state(), "auto": AutoState.initial(len(self.module.norms), self.device)}
+
+    def stack(self, states):
+        autos = [s.parts["auto"] for s in states]
+        return {**super().stack(states), "alpha": torch.stack([a.alpha for a in autos]),
+                "since": torch.tensor([a.since_reset for a in autos], device=self.device),
+                "level": torch.tensor([a.switch_level for a in autos], device=self.device)}
+
+    def forward(self, images, batch, out):
+        """The shift score, the next frame's alpha and the switch test, all as tensors: a stream that
+        switches restarts from the source."""
+        b, old, since, cfg = images.shape[0], batch["stats"], batch["since"], self.config
+        momentum = momentum_schedule(since, cfg.m)
+        logits, stats = self.module(images, old, momentum, batch["alpha"])
+        # the shift (new state against the source) and the jump (this frame against the old state) in one call
+        divergence = layer_divergence(torch.cat([stats, frame_moments(old, stats, momentum)]),
+                                      torch.cat([self.source.expand_as(old), old]), self.source, self.module.sizes)
+        shift, jump = divergence[:b] / self.tau, (divergence[b:] / self.kappa).mean(1)
+        warm = round(1 / max(cfg.m, 1e-3))  # no second restart before the EMA has filled
+        restart = (since >= warm) & (jump > cfg.switch * batch["level"].clamp_min(1.0))
+        out["restart"] = restart
+        out["stats"] = torch.where(restart[:, None, None], self.source, stats)
+        out["alpha"] = torch.where(restart[:, None], 1.0, (2 - shift).clamp_max(1.0).clamp_min(cfg.floor))
+        out["since"] = torch.where(restart, 0, since + 1)
+        out["level"] = torch.where(restart, 0.0, torch.lerp(batch["level"], jump, momentum))
+        out["score"], out["switch_score"] = shift.mean(1), jump
+        return logits
+
+    def scatter(self, old, new, out, restarted):
+        super().scatter(old, new, out, restarted)
+        # one read back to the host for every stream's scalars
+        host = torch.stack([out["score"], out["switch_score"], out["level"], out["since"].float()], 1).tolist()
+        for s, prev, alpha, (score, jump, level, since), restart in zip(new, old, out["alpha"], host, restarted):
+            was = prev.parts["auto"]
+            switches = (was.switches + [s.frames])[-HISTORY:] if restart else was.switches
+            s.parts["auto"] = replace(was, alpha=alpha, since_reset=int(since), score=score, switch_score=jump,
+                                      switch_level=level, switches=switches)
+
+    def describe(self, state):
+        auto = state.parts["auto"]
+        return {"since_reset": auto.since_reset, "switches": list(auto.switches),
+                "layers": self.layer_views(state, alpha=auto.alpha, tau=self.tau)}
+
+    def shift(self, state):
+        auto = state.parts["auto"]
+        return float(auto.score), float(auto.alpha.float().mean())

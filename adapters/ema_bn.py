@@ -16,13 +16,34 @@ Each BN layer, inside the one forward pass (update, then normalise):
 m = 1, a = 0 is prediction-time BN (each frame's own statistics); a = 1 is the frozen model.
 """
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from driftseg.adapters.component import NETWORK, Component
 from driftseg.models.registry import fold_batchnorm, names_of, replace_module
+
+
+def layer_divergence(stats: torch.Tensor, reference: torch.Tensor, source: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """[B, L]: per BN layer, the mean over channels of
+
+        (mu - mu_ref)^2 / var_s  +  (log(var + f) - log(var_ref + f))^2
+
+    between the moments `stats` [B, 2, N] (mean, second moment) and `reference` [2, N] or [B, 2, N]:
+    the squared mean difference in units of the source variance var_s, plus the squared log-ratio
+    of the variances (f = 1% of var_s). Unlike a KL divergence between the Gaussians it keeps its
+    scale when a domain shrinks the activations' variance (dark frames, dead channels): the KL
+    divides by that variance and explodes."""
+    reference = reference.expand_as(stats)
+    var_s = (source[1] - source[0].square()).clamp_min(0) + 1e-5
+    floor = 0.01 * var_s
+    mu, mu_ref = stats[:, 0], reference[:, 0]
+    var = (stats[:, 1] - mu.square()).clamp_min(0)
+    var_ref = (reference[:, 1] - mu_ref.square()).clamp_min(0)
+    d = (mu - mu_ref).square() / var_s + (torch.log(var + floor) - torch.log(var_ref + floor)).square()
+    return torch.stack([part.mean(1) for part in d.split(sizes, dim=1)], dim=1)
 
 
 class StreamBatchNorm2d(nn.Module):
@@ -150,3 +171,61 @@ class NormState:
         if not torch.isfinite(stats).all():
             raise ValueError("norm stats hold non-finite values")
         self.stats = stats.to(self.source).clone()
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    m: float = 0.1  # EMA momentum; 1: each frame's own statistics
+    alpha: float = 0.0  # weight of the source statistics in the blend
+    layers: int = 0  # BN layers adapted, the first ones; 0: all
+
+    def __post_init__(self):
+        if not 0.0 <= self.m <= 1.0:
+            raise ValueError(f"ema m must be in [0, 1], got {self.m}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"ema alpha must be in [0, 1], got {self.alpha}")
+        if self.layers < 0:
+            raise ValueError(f"layers must be >= 0 (0: all BN layers), got {self.layers}")
+
+
+class EMA(Component):
+    """`ema`: EMA AdaBN with a fixed momentum and alpha (`ptbn` is m=1, alpha=0). A stream's part is
+    its NormState under "norm"; in the batch, "stats" [B, 2, N]."""
+
+    name, stage, Config = "ema", NETWORK, EMAConfig
+
+    def __init__(self, config, ckpt, model, device):
+        super().__init__(config, ckpt, model, device)
+        self.module = AdaptedNet(model, config.layers or None).to(device).eval()
+        self.source = self.module.source_state()
+
+    def new_state(self):
+        return {"norm": NormState.initial(self.source)}
+
+    def stack(self, states):
+        return {"stats": torch.stack([s.parts["norm"].stats for s in states])}
+
+    def forward(self, images, batch, out):
+        b = images.shape[0]
+        momentum = torch.full((b,), self.config.m, device=images.device)
+        alpha = torch.full((b,), self.config.alpha, device=images.device)
+        logits, out["stats"] = self.module(images, batch["stats"], momentum, alpha)
+        return logits
+
+    def scatter(self, old, new, out, restarted):
+        for s, prev, stats in zip(new, old, out["stats"]):
+            s.parts["norm"] = replace(prev.parts["norm"], stats=stats)
+
+    def describe(self, state):
+        return {"layers": self.layer_views(state)}
+
+    def layer_views(self, state, alpha: torch.Tensor | None = None, tau: torch.Tensor | None = None) -> list[dict]:
+        """Per adapted BN layer: its name, channels, the stream's divergence from the source, the shift
+        (the divergence in units of `tau`, the calibration, where there is one) and the alpha in force."""
+        net = self.module
+        divergence = layer_divergence(state.parts["norm"].stats[None].float(), self.source, self.source, net.sizes)[0]
+        shift = divergence / tau if tau is not None else None
+        return [{"index": i, "name": name, "channels": channels, "divergence": float(divergence[i]),
+                 "shift": float(shift[i]) if shift is not None else None,
+                 "alpha": float(alpha[i]) if alpha is not None else self.config.alpha}
+                for i, (name, channels) in enumerate(zip(net.layer_names, net.sizes))]

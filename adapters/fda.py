@@ -14,10 +14,12 @@ band must come from images of the same size as the frames it is applied to.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
+
+from driftseg.adapters.component import INPUT, Component
 
 MODES = ("swap", "ratio")
 # Guards source / recent where both amplitudes vanish; the ratio then tends to 1.
@@ -199,3 +201,54 @@ class FDAState:
             raise ValueError(f"frames must be a non-negative int, got {frames!r}")
         self.recent_band = recent.to(self.source_band).clone()
         self.frames = frames
+
+
+@dataclass(frozen=True)
+class FDAConfig:
+    beta: float = 0.01  # the band's half-width as a share of the frame's shorter side
+    mode: str = "ratio"  # swap: the source's amplitude; ratio: scaled by source / the stream's recent mean
+    m: float = 0.1  # momentum of the stream's recent amplitude
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"fda mode must be one of {MODES}, got {self.mode!r}")
+        if not 0.0 <= self.beta <= 0.5:
+            raise ValueError(f"fda beta must be in [0, 0.5], got {self.beta}")
+        if not 0.0 < self.m <= 1.0:
+            raise ValueError(f"fda m must be in (0, 1], got {self.m}")
+
+
+class FDA(Component):
+    """`fda`: a stream's part is its FDAState ("fda"); in the batch, "fda_recent" [B, 3, 2b, 2b]. A band
+    narrower than one frequency at the network's input size (b = 0) leaves frames as they are."""
+
+    name, stage, Config = "fda", INPUT, FDAConfig
+    no_export_reason = "FDA's FFT has no ONNX export here"
+
+    def __init__(self, config, ckpt, model, device):
+        super().__init__(config, ckpt, model, device)
+        self.b = band_size(*ckpt.input_size, config.beta)
+        if self.b:
+            self.source_band = center_crop_band(ckpt.source_amplitude.float(), self.b).to(device)
+
+    def new_state(self):
+        return {"fda": FDAState.initial(self.source_band)} if self.b else {}
+
+    def stack(self, states):
+        return {"fda_recent": torch.stack([s.parts["fda"].recent_band for s in states])} if self.b else {}
+
+    def forward(self, images, batch, out):
+        if not self.b:
+            return images
+        out["fda_recent"] = update_recent(batch["fda_recent"], low_freq_amplitude(images, self.b), self.config.m)
+        return transfer(images, self.source_band, self.b, self.config.mode, out["fda_recent"])
+
+    def scatter(self, old, new, out, restarted):
+        if self.b:
+            for s, prev, recent in zip(new, old, out["fda_recent"]):
+                fda = prev.parts["fda"]
+                s.parts["fda"] = replace(fda, recent_band=recent, frames=fda.frames + 1)
+
+    def describe(self, state):
+        fda = state.parts.get("fda")
+        return {"fda": {"frames": fda.frames, "band": int(fda.recent_band.shape[-1])}} if fda else {}

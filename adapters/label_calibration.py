@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
+
+from driftseg.adapters.component import OUTPUT, Component
 
 
 def _prototypes(proto_sum: Tensor, weight: Tensor) -> Tensor:
@@ -131,3 +134,57 @@ def calibrate(
     int64, new proto_sum, new weight)."""
     scores, new_sum, new_weight = calibrated_scores(probs, proto_sum, weight, forget)
     return scores.argmax(dim=1), new_sum, new_weight
+
+
+@dataclass(frozen=True)
+class LabelCalibrationConfig:
+    forget: float = 1.0  # scale of the old sums at each frame; 1: never forget
+    stride: int = 2  # calibrate the scores averaged over stride x stride pixels
+
+    def __post_init__(self):
+        if not 0.0 < self.forget <= 1.0:
+            raise ValueError(f"lc forget must be in (0, 1], got {self.forget}")
+        if self.stride < 1:
+            raise ValueError(f"lc stride must be >= 1, got {self.stride}")
+
+
+class LabelCalibration(Component):
+    """`lc`: a stream's part is its LabelCalibrationState ("lc"); in the batch, "lc_sum" [B, C, C] and
+    "lc_weight" [B, C]. A stream that restarts (a domain switch) gets new prototypes."""
+
+    name, stage, Config = "lc", OUTPUT, LabelCalibrationConfig
+
+    def __init__(self, config, ckpt, model, device):
+        super().__init__(config, ckpt, model, device)
+        self.num_classes, self.class_names = ckpt.num_classes, list(ckpt.class_names)
+
+    def new_state(self):
+        return {"lc": LabelCalibrationState.initial(self.num_classes, self.device)}
+
+    def stack(self, states):
+        return {"lc_sum": torch.stack([s.parts["lc"].proto_sum for s in states]),
+                "lc_weight": torch.stack([s.parts["lc"].weight for s in states])}
+
+    def forward(self, scores, batch, out):
+        # on the network's output averaged over stride x stride pixels: the network upsampled it from a
+        # coarser grid still (8x for LRASPP), so this is the same calibration at 1 / stride^2 of the
+        # cost; the pipeline resizes the scores to the frame's size as it does any others
+        stride = self.config.stride
+        if stride > 1:
+            h, w = scores.shape[-2:]
+            # bilinear at an exact 1 / stride takes each block's centre (for stride 2 the mean of the
+            # block); on the CPU 4x faster than avg_pool2d
+            scores = F.interpolate(scores, size=(-(-h // stride), -(-w // stride)), mode="bilinear", align_corners=False)
+        scores, out["lc_sum"], out["lc_weight"] = calibrated_scores(
+            scores.softmax(1), batch["lc_sum"], batch["lc_weight"], self.config.forget)
+        return scores
+
+    def scatter(self, old, new, out, restarted):
+        for s, p, w, restart in zip(new, out["lc_sum"], out["lc_weight"], restarted):
+            s.parts["lc"] = LabelCalibrationState.initial(self.num_classes, self.device) if restart \
+                else LabelCalibrationState(p, w)
+
+    def describe(self, state):
+        lc = state.parts["lc"]
+        return {"label_calibration": {"classes": self.class_names, "weight": lc.weight.tolist(),
+                                      "prototypes": lc.prototypes().tolist()}}

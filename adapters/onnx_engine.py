@@ -1,13 +1,14 @@
 """The adapted function in onnxruntime.
 
-`Pipeline.adapt_core` (FDA excepted: its FFT has no ONNX export here) is exported with every stream
-state tensor as a graph input and its new value as a graph output, the batch dimension dynamic, so
-the adaptation itself (EMA statistics, alpha, the switch test, label calibration) runs inside the
-runtime. `OnnxCore` is a drop-in for `pipeline.adapt_core`; resizing the frames to the network's
-size and the label maps back to theirs stay in torch.
+`Pipeline.adapt` (FDA and TENT excepted, see export_refusal) is exported with every stream state
+tensor as a graph input and its new value as a graph output, the batch dimension dynamic, so the
+adaptation itself (EMA statistics, alpha, the switch test, label calibration) runs inside the
+runtime. `Onnx` is the pipeline's backend (adapters/backends.py) that runs it; resizing the frames
+to the network's size and the label maps back to theirs stay in torch.
 
     export(pipeline, path, metadata)      write the .onnx file (atomically), metadata inside it
-    OnnxCore(path, pipeline, expect)      run it; refused if its metadata is not `expect`
+    Pipeline(..., backend=Onnx(path, metadata))   run it (exported first where there is no file);
+                                          refused if its metadata is not `metadata`
     driftseg export onnx --out FILE       the command
 """
 import argparse
@@ -27,29 +28,28 @@ IR_VERSION = 10  # onnx 1.23 can write IR 14, which onnxruntime 1.31 refuses ("m
 
 
 class _FlatCore(nn.Module):
-    """`pipeline.adapt_core` with positional tensors in and out, as an exporter wants it."""
+    """`pipeline.adapt` with positional tensors in and out, as an exporter wants it."""
 
     def __init__(self, pipeline: Pipeline, inputs: list[str], outputs: list[str]):
         super().__init__()
         self.pipeline, self.inputs, self.outputs = pipeline, inputs, outputs
         # registered, so that the exporter sees their weights as the graph's initialisers
-        self.network = pipeline.frozen if pipeline.frozen is not None else pipeline.adapted
+        self.networks = nn.ModuleList(c.module for c in pipeline.components if c.module is not None)
 
     def forward(self, images: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        scores, out = self.pipeline._adapt_core(images, dict(zip(self.inputs, states)))
+        scores, out = self.pipeline.adapt(images, dict(zip(self.inputs, states)))
         return (scores, *(out[name] for name in self.outputs))
 
 
 def _names(pipeline: Pipeline) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Example stacked states of two streams, and the names of the new states `adapt_core` returns."""
-    if pipeline.spec.norm == "tent":
-        raise ValueError("tent adapts by backprop: it has no ONNX export")
-    if pipeline.fda_b:
-        raise ValueError("FDA's FFT has no ONNX export here: export the method without +fda")
+    """Example stacked states of two streams, and the names of the new states `adapt` returns."""
+    refusal = pipeline.spec.export_refusal()
+    if refusal:
+        raise ValueError(f"no ONNX export for this method ({refusal}): export it without that component")
     batch = pipeline.stack_states([pipeline.new_state(), pipeline.new_state()])
     images = torch.rand(2, 3, *pipeline.input_size, device=pipeline.device)
     with torch.no_grad():
-        _, out = pipeline._adapt_core(images, batch)
+        _, out = pipeline.adapt(images, batch)
     return batch, list(out)
 
 
@@ -75,7 +75,7 @@ def export(pipeline: Pipeline, path: Path, metadata: dict[str, str]) -> Path:
 
 
 class OnnxCore:
-    """`pipeline.adapt_core` run by onnxruntime from an exported file."""
+    """`pipeline.adapt` run by onnxruntime from an exported file."""
 
     def __init__(self, path: Path, pipeline: Pipeline, expect: dict[str, str]):
         import onnxruntime as ort
@@ -108,8 +108,7 @@ class OnnxCore:
             raise ValueError(f"{path} returns states {self.outputs}, the method needs {outputs}: export it again")
         self.device = pipeline.device
 
-    def __call__(self, images: torch.Tensor, batch: dict[str, torch.Tensor], tent=None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, images: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         feeds = {"images": images.detach().cpu().numpy()}
         feeds.update({name: batch[name].detach().cpu().numpy() for name in self.inputs})
         results = self.session.run(None, feeds)
@@ -117,12 +116,20 @@ class OnnxCore:
         return scores, dict(zip(self.outputs, states))
 
 
-def load_or_export(pipeline: Pipeline, path: Path, metadata: dict[str, str]) -> OnnxCore:
-    """The engine from `path`, exported there first if there is no file yet."""
-    if not path.is_file():
-        log.info("exporting the adapted function to %s", path)
-        export(pipeline, path, metadata)
-    return OnnxCore(path, pipeline, metadata)
+class Onnx:
+    """The pipeline's backend that runs its adapted function in onnxruntime from the file `path`,
+    exported there first if there is no file yet; a file whose metadata is not `metadata` is refused."""
+
+    name, pads_batches = "onnx", False
+
+    def __init__(self, path: Path, metadata: dict[str, str]):
+        self.path, self.metadata = Path(path), metadata
+
+    def bind(self, pipeline: Pipeline) -> OnnxCore:
+        if not self.path.is_file():
+            log.info("exporting the adapted function to %s", self.path)
+            export(pipeline, self.path, self.metadata)
+        return OnnxCore(self.path, pipeline, self.metadata)
 
 
 def main(argv=None) -> None:

@@ -5,9 +5,12 @@ Its state is the whole adapted model and optimiser, so a stream owns a copy of t
 prediction returned is the one made before the frame's update, as in the reference code.
 """
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from driftseg.adapters.component import NETWORK, Component
 
 
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -64,3 +67,36 @@ class TentStream:
             loss.backward()
             self.optimizer.step()
         return logits.detach()
+
+
+@dataclass(frozen=True)
+class TentConfig:
+    lr: float = 1e-3
+    steps: int = 1  # Adam steps per frame
+
+    def __post_init__(self):
+        if not (self.lr > 0 and self.steps >= 1):
+            raise ValueError(f"tent needs lr > 0 and steps >= 1, got lr={self.lr}, steps={self.steps}")
+
+
+class Tent(Component):
+    """`tent`: a stream's part is its TentStream ("tent"), a whole model updated in place, passed to
+    the forward as it is: one stream per batch."""
+
+    name, stage, Config = "tent", NETWORK, TentConfig
+    backprop, no_export_reason = True, "it adapts by backprop"
+
+    def __init__(self, config, ckpt, model, device):
+        super().__init__(config, ckpt, model, device)
+        self.model = model
+
+    def new_state(self):
+        return {"tent": TentStream(self.model, self.config.lr, self.config.steps)}
+
+    def stack(self, states):
+        if len(states) != 1:
+            raise ValueError("tent adapts one stream at a time: pass a batch of 1")
+        return {"tent": states[0].parts["tent"]}
+
+    def forward(self, images, batch, out):
+        return batch["tent"].forward_and_adapt(images)

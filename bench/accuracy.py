@@ -55,9 +55,10 @@ def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int, max_frames
         cm = ConfusionMatrix(pipeline.num_classes, ignore_index)
         cm.update(torch.from_numpy(label), labels[0].cpu())
         frame_cms.append(cm.mat)
-        if state.auto is not None:
-            shift.append(state.auto.score)
-            alpha.append(state.auto.alpha.mean().item())
+        score, alpha_mean = pipeline.shift(state)
+        if score is not None:
+            shift.append(score)
+            alpha.append(alpha_mean)
     cms = torch.stack(frame_cms)
     n = len(cms)
     scores = {stream.name: _score(cms.sum(0), n, seconds)}
@@ -67,7 +68,7 @@ def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int, max_frames
             lo, hi = bounds[k], min(bounds[k + 1], n)
             if hi > lo:
                 scores[f"{stream.name}/{k + 1}-{segment.name}"] = _score(cms[lo:hi].sum(0), hi - lo, None)
-    switches = state.auto.switches if state.auto is not None else []
+    switches = state.parts["auto"].switches if "auto" in state.parts else []
     return scores, {"confusion": cms, "shift": shift, "alpha": alpha, "switches": switches}
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from driftseg.adapters.backends import Compiled
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 from driftseg.bench import model
@@ -161,8 +162,8 @@ def raw_throughput(url: str, checkpoint, frame: bytes, batch: int, steps: int = 
         raise ValueError(f"--raw-batch times the torch engine, the server runs {ready.get('engine')}: "
                          "time that with `driftseg bench model --engines onnx`")
     method, device = ready["method"], torch.device(ready["device"])
-    pipeline = Pipeline(load_checkpoint(checkpoint), parse_method(method), device, compile=ready["compiled"],
-                        precision=ready["precision"])
+    pipeline = Pipeline(load_checkpoint(checkpoint), parse_method(method), device,
+                        backend=Compiled() if ready["compiled"] else None, precision=ready["precision"])
     image = to_tensor(np.array(Image.open(io.BytesIO(frame)).convert("RGB")))
     timing = model.measure({method: pipeline}, image, [batch], steps)[batch][method]
     return {"method": method, "device": str(device), "compiled": ready["compiled"], "precision": ready["precision"],

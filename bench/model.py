@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from driftseg.adapters import onnx_engine
+from driftseg.adapters.backends import BACKENDS, create_backend
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 from driftseg.bench.accuracy import device_name, resolve_device, to_tensor
@@ -41,11 +41,8 @@ def build(ckpt: Checkpoint, methods: Sequence[str], engines: Sequence[str], devi
     pipelines = {}
     for method in methods:
         for engine in engines:
-            pipeline = Pipeline(ckpt, parse_method(method), device, compile=engine == "compiled")
-            if engine == "onnx":
-                path = workdir / f"{len(pipelines)}.onnx"
-                onnx_engine.export(pipeline, path, {})
-                pipeline.adapt_core = onnx_engine.OnnxCore(path, pipeline, {})
+            backend = create_backend(engine, onnx_file=workdir / f"{len(pipelines)}.onnx")
+            pipeline = Pipeline(ckpt, parse_method(method), device, backend=backend)
             pipelines[method if engine == "torch" else f"{method} ({engine})"] = pipeline
     return pipelines
 
@@ -67,7 +64,7 @@ def main(argv=None) -> None:
     p.add_argument("--stream", default="day", help="the stream whose first frame is timed")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--methods", nargs="+", default=["source", "auto"], help="the first is the baseline of the ratios")
-    p.add_argument("--engines", nargs="+", default=["torch"], choices=["torch", "compiled", "onnx"],
+    p.add_argument("--engines", nargs="+", default=["torch"], choices=BACKENDS,
                    help="run each method on each engine (compiled: torch.compile, CUDA graphs on a GPU, compiled "
                         "in the warm-up steps; onnx: exported first; both take a while)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per batch size and method")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from driftseg.adapters.backends import Compiled
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 from driftseg.bench.accuracy import device_name, resolve_device, to_tensor
@@ -51,7 +52,7 @@ def measure(ckpt: Checkpoint, frames: Sequence[torch.Tensor], methods: Sequence[
     repeat's median. With `compile`, every method but tent (which cannot be) runs compiled."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    pipelines = {m: Pipeline(ckpt, spec, device, compile=compile and spec.norm != "tent")
+    pipelines = {m: Pipeline(ckpt, spec, device, backend=Compiled() if compile and not spec.backprop else None)
                  for m, spec in ((m, parse_method(m)) for m in methods)}
     runs = [round_robin(pipelines, frames, warmup) for _ in range(repeats)]
     if not runs[0][methods[0]]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from driftseg.adapters.pipeline import StreamState
+from driftseg.adapters.component import StreamState
 from driftseg.service.errors import NotReady
 
 # frames [B, 3, H, W] and their streams' states -> labels per frame and the new states

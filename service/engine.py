@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,9 @@ import torch
 from anyio import to_thread
 
 from driftseg.adapters import onnx_engine
-from driftseg.adapters.auto import layer_divergence
-from driftseg.adapters.pipeline import Pipeline, StreamState, padded_batch_size
+from driftseg.adapters.backends import create_backend, padded_batch_size
+from driftseg.adapters.component import StreamState
+from driftseg.adapters.pipeline import Pipeline
 from driftseg.models.checkpoint import file_sha256, load_checkpoint
 from driftseg.service import imaging, snapshots
 from driftseg.service.batcher import Batcher
@@ -79,10 +80,8 @@ class Engine:
         self.ready = False
         self.pending = 0  # /segment requests admitted and not yet answered
         self.model_seconds = 0.0  # running mean of a batch's time in the network, for Retry-After
-        # tent adapts one stream at a time; AdaptedNet runs one step at a time, which the batcher keeps to
-        max_batch = 1 if self.spec.norm == "tent" else settings.max_batch
         self.batched_decode = settings.decode == "batched" or (settings.decode == "auto" and self.device.type == "cuda")
-        self.batcher = Batcher(self._step, max_batch, settings.max_batch_delay_ms / 1000, metrics.observe_batch,
+        self.batcher = Batcher(self._step, settings.max_batch, settings.max_batch_delay_ms / 1000, metrics.observe_batch,
                                prepare=self._prepare, model_thread=model_thread)
 
     @classmethod
@@ -90,14 +89,11 @@ class Engine:
         """Load the checkpoint, build the pipeline and warm it up (blocking; the lifespan runs it in
         `model_thread`, the thread the batcher then runs the network in, see service/batcher.py)."""
         ckpt = load_checkpoint(settings.checkpoint)
-        pipeline = Pipeline(ckpt, settings.spec, settings.torch_device, compile=settings.compile,
-                            precision=settings.precision)
         fingerprint = file_sha256(settings.checkpoint)
-        if settings.engine == "onnx":
-            cached = settings.state_dir / "onnx" / f"{snapshots.origin_key(fingerprint, settings.method_string)}.onnx"
-            path = settings.onnx_model or cached
-            pipeline.adapt_core = onnx_engine.load_or_export(
-                pipeline, path, onnx_engine.onnx_metadata(fingerprint, settings.method_string))
+        cached = settings.state_dir / "onnx" / f"{snapshots.origin_key(fingerprint, settings.method_string)}.onnx"
+        backend = create_backend("compiled" if settings.compile else settings.engine, settings.onnx_model or cached,
+                                 onnx_engine.onnx_metadata(fingerprint, settings.method_string))
+        pipeline = Pipeline(ckpt, settings.spec, settings.torch_device, backend, settings.precision)
         engine = cls(settings, pipeline, ckpt.class_names, ckpt.palette, fingerprint, metrics, model_thread)
         engine.warm_up()
         return engine
@@ -211,11 +207,8 @@ class Engine:
             return imaging.encode_overlay(rgb, labels, self.palette)
         return imaging.histogram(labels, len(self.class_names))
 
-    @staticmethod
-    def _auto(state: StreamState) -> tuple[float | None, float | None]:
-        if state.auto is None:
-            return None, None
-        return float(state.auto.score), float(state.auto.alpha.float().mean())
+    def _auto(self, state: StreamState) -> tuple[float | None, float | None]:
+        return self.pipeline.shift(state)
 
     # state export, import, reset, listing
 
@@ -228,32 +221,15 @@ class Engine:
 
     def _describe(self, entry: StreamEntry, state: StreamState, scores: list, on_disk: bool) -> dict:
         score, alpha = self._auto(state)
-        out = {
+        return {
             "stream": entry.stream, "checkpoint": self.fingerprint,
-            "method": {"spec": self.method, "parameters": asdict(self.spec)},
+            "method": {"spec": self.method, "parameters": self.spec.parameters()},
             "frames": state.frames, "last_seen": entry.last_seen, "in_memory": True, "on_disk": on_disk,
-            "shift_score": score, "alpha_mean": alpha,
-            "since_reset": state.auto.since_reset if state.auto else None,
-            "switches": list(state.auto.switches) if state.auto else [],
+            "shift_score": score, "alpha_mean": alpha, "since_reset": None, "switches": [],
             "shift_history": [{"frame": f, "score": s} for f, s in scores],
             "layers": [], "label_calibration": None, "fda": None,
+            **self.pipeline.describe(state),
         }
-        if state.norm is not None:
-            adapted, source = self.pipeline.adapted, self.pipeline.source_stats
-            divergence = layer_divergence(state.norm.stats[None].float(), source, source, adapted.sizes)[0]
-            shift = divergence / self.pipeline.shift.tau if state.auto is not None else None
-            for i, (name, channels) in enumerate(zip(adapted.layer_names, adapted.sizes)):
-                out["layers"].append({
-                    "index": i, "name": name, "channels": channels, "divergence": float(divergence[i]),
-                    "shift": float(shift[i]) if shift is not None else None,
-                    "alpha": float(state.auto.alpha[i]) if state.auto is not None else self.spec.alpha,
-                })
-        if state.lc is not None:
-            out["label_calibration"] = {"classes": self.class_names, "weight": state.lc.weight.tolist(),
-                                        "prototypes": state.lc.prototypes().tolist()}
-        if state.fda is not None:
-            out["fda"] = {"frames": state.fda.frames, "band": int(state.fda.recent_band.shape[-1])}
-        return out
 
     async def export(self, stream: str) -> bytes:
         """The stream's state as snapshot bytes (service/snapshots.py)."""

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from driftseg.adapters.pipeline import StreamState
+from driftseg.adapters.component import StreamState
 from driftseg.service.errors import Conflict, Unprocessable
 from driftseg.service.snapshots import DiskEntry, check_origin, decode, encode, origin_key, stream_key, stream_payload
 

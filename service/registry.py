@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from anyio import to_thread
 
-from driftseg.adapters.pipeline import StreamState
+from driftseg.adapters.component import StreamState
 from driftseg.service.errors import Unprocessable
 from driftseg.service.snapshots import DiskEntry, SnapshotStore, restore
 

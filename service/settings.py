@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     @classmethod
     def _method_parses(cls, spec: str) -> str:
         parsed = parse_method(spec)  # raises ValueError saying what is wrong
-        if parsed.norm == "tent":
-            raise ValueError("tent adapts by backprop and updates its model in place, so a stream's state cannot be "
+        if parsed.backprop:
+            raise ValueError(f"{parsed.network} adapts by backprop and updates its model in place, so a stream's state cannot be "
                              "snapshotted or rolled back; serve a backprop-free method (auto, ema, ptbn, source, +lc, +fda)")
         return spec.strip()
 
@@ -105,8 +105,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _engine_takes_the_method(self) -> "Settings":
-        if self.engine == "onnx" and self.spec.fda_mode is not None:
-            raise ValueError(f"engine onnx cannot run FDA (its FFT has no ONNX export here): drop +fda from "
+        refusal = self.spec.export_refusal()
+        if self.engine == "onnx" and refusal:
+            raise ValueError(f"engine onnx cannot run this method ({refusal}): drop that component from "
                              f"{ENV_PREFIX}METHOD or use {ENV_PREFIX}ENGINE=torch")
         if self.onnx_model is not None and self.engine != "onnx":
             raise ValueError(f"{ENV_PREFIX}ONNX_MODEL is set but {ENV_PREFIX}ENGINE is not onnx")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from driftseg.adapters.pipeline import StreamState
+from driftseg.adapters.component import StreamState
 from driftseg.adapters.spec import parse_method
 from driftseg.models.checkpoint import write_atomically
 from driftseg.service.errors import Conflict, Unprocessable

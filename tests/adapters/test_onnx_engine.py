@@ -6,7 +6,7 @@ import torch
 from pipeline_util import assert_same_state, run
 from synthetic_frames import domain_frames
 
-from driftseg.adapters.onnx_engine import OnnxCore, export, onnx_metadata
+from driftseg.adapters.onnx_engine import Onnx, OnnxCore, export, onnx_metadata
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 
@@ -21,19 +21,19 @@ def exported(tiny_ckpt, tmp_path_factory):
 
 
 def test_onnx_engine_equals_torch_over_a_domain_switch(tiny_ckpt, exported) -> None:
-    torch_pipe, onnx_pipe = (Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc")) for _ in range(2))
-    onnx_pipe.adapt_core = OnnxCore(exported, onnx_pipe, META)
+    torch_pipe = Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc"))
+    onnx_pipe = Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc"), backend=Onnx(exported, META))
     frames = torch.cat([domain_frames(6, seed=1), domain_frames(6, seed=2, shift=0.8)])
     t_labels, t_state = run(torch_pipe, frames)
     o_labels, o_state = run(onnx_pipe, frames)
     assert (o_labels != t_labels).float().mean() < 1e-3  # near-ties of the untrained network may flip
     assert_same_state(o_state, t_state)
-    assert o_state.auto.switches == t_state.auto.switches
+    assert o_state.parts["auto"].switches == t_state.parts["auto"].switches
 
 
 def test_the_batch_dimension_is_dynamic(tiny_ckpt, exported) -> None:
-    torch_pipe, onnx_pipe = (Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc")) for _ in range(2))
-    onnx_pipe.adapt_core = OnnxCore(exported, onnx_pipe, META)
+    torch_pipe = Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc"))
+    onnx_pipe = Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc"), backend=Onnx(exported, META))
     for b in (1, 3):
         frames = domain_frames(b, seed=b)
         t_labels, t_states = torch_pipe.step(frames, [torch_pipe.new_state() for _ in range(b)])

@@ -1,12 +1,16 @@
 """adapters/pipeline.py: streams batched together equal streams run apart; states are explicit,
 never mutated, round-trip through state_dict, and load all or nothing; auto restarts at a switch."""
+import json
+
 import pytest
 import torch
 from synthetic_frames import domain_frames
 from torch.nn import functional as F
 
 from driftseg.adapters.label_calibration import calibrate
-from driftseg.adapters.pipeline import Pipeline, padded_batch_size, to_input_size
+from driftseg.adapters.backends import Compiled, Eager, padded_batch_size
+from driftseg.adapters.pipeline import Pipeline, to_input_size
+from driftseg.adapters.registry import METHODS
 from pipeline_util import assert_same_state, run
 from driftseg.adapters.spec import parse_method
 
@@ -43,10 +47,10 @@ def test_label_calibration_runs_on_2x2_block_means_of_the_network_output(tiny_ck
     pipeline = Pipeline(tiny_ckpt, parse_method("lc(stride=2)"))
     frame = domain_frames(1, seed=7, shift=0.3)
     _, (state,) = pipeline.step(frame, [pipeline.new_state()])
-    logits = pipeline.frozen(to_input_size(frame, pipeline.input_size))
+    logits = pipeline.network.module(to_input_size(frame, pipeline.input_size))
     _, proto_sum, weight = calibrate(F.avg_pool2d(logits, 2).softmax(1), torch.zeros(1, 11, 11), torch.zeros(1, 11))
-    torch.testing.assert_close(state.lc.proto_sum, proto_sum[0])
-    torch.testing.assert_close(state.lc.weight, weight[0])
+    torch.testing.assert_close(state.parts["lc"].proto_sum, proto_sum[0])
+    torch.testing.assert_close(state.parts["lc"].weight, weight[0])
     assert weight.sum() < (logits.shape[-1] * logits.shape[-2]) / 4 + 1e-3  # a quarter of the pixels, weighted
 
 
@@ -111,11 +115,11 @@ def test_auto_stays_at_the_source_in_domain_and_restarts_at_a_switch(tiny_ckpt) 
     in_domain = domain_frames(30, seed=10)
     shifted = domain_frames(20, seed=11, shift=0.8)
     _, state = run(pipeline, in_domain)
-    assert state.auto.switches == []
-    assert state.auto.alpha.mean() > 0.8  # mostly the source statistics
+    assert state.parts["auto"].switches == []
+    assert state.parts["auto"].alpha.mean() > 0.8  # mostly the source statistics
     _, state = run(pipeline, shifted, state)
-    assert state.auto.switches and 31 <= state.auto.switches[0] <= 33, state.auto.switches
-    assert state.auto.score > 1 and state.auto.alpha.mean() < 0.8
+    assert state.parts["auto"].switches and 31 <= state.parts["auto"].switches[0] <= 33, state.parts["auto"].switches
+    assert state.parts["auto"].score > 1 and state.parts["auto"].alpha.mean() < 0.8
 
 
 def test_auto_needs_the_calibration(tiny_ckpt) -> None:
@@ -135,7 +139,7 @@ def test_compiled_pipeline_equals_eager_on_cuda(tiny_ckpt, spec, monkeypatch) ->
     # network, whose per-frame statistics amplify any difference, that alone moved 8% of the deep
     # layers' statistics apart on an H100, so both run in full fp32 here
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    eager, compiled = (Pipeline(tiny_ckpt, parse_method(spec), "cuda", compile=c) for c in (False, True))
+    eager, compiled = (Pipeline(tiny_ckpt, parse_method(spec), "cuda", backend=b) for b in (Eager(), Compiled()))
     frames = torch.cat([domain_frames(6, seed=1), domain_frames(6, seed=2, shift=0.8)]).cuda()
     e_labels, e_state = run(eager, frames)
     c_first, c_mid = run(compiled, frames[:6])
@@ -144,8 +148,8 @@ def test_compiled_pipeline_equals_eager_on_cuda(tiny_ckpt, spec, monkeypatch) ->
     torch.testing.assert_close(c_mid.state_dict(), kept, rtol=0, atol=0)  # untouched by the replays after it
     assert (torch.cat([c_first, c_rest]) != e_labels).float().mean() < 1e-2  # near-ties of the untrained network
     assert_same_state(c_state, e_state)
-    if e_state.auto is not None:
-        assert c_state.auto.switches == e_state.auto.switches
+    if "auto" in e_state.parts:
+        assert c_state.parts["auto"].switches == e_state.parts["auto"].switches
 
 
 @pytest.mark.parametrize("b, padded", [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 16), (32, 32)])
@@ -174,7 +178,7 @@ def test_padding_a_batch_changes_nothing_for_its_streams(tiny_ckpt) -> None:
 def test_compiled_pipeline_equals_eager_on_the_cpu(tiny_ckpt) -> None:
     from torch._dynamo.utils import counters
 
-    eager, compiled = (Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc"), compile=c) for c in (False, True))
+    eager, compiled = (Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc"), backend=b) for b in (Eager(), Compiled()))
     frames = domain_frames(4, seed=12, shift=0.3)
     graphs = counters["stats"]["unique_graphs"]
     e_labels, e_states = eager.step(frames[:3], [eager.new_state() for _ in range(3)])
@@ -184,3 +188,39 @@ def test_compiled_pipeline_equals_eager_on_the_cpu(tiny_ckpt) -> None:
         assert_same_state(c, e)
     compiled.step(frames, [compiled.new_state() for _ in range(4)])
     assert counters["stats"]["unique_graphs"] - graphs == 1  # batches of 3 and 4 share one graph
+
+
+def test_the_batching_tester_covers_every_registered_method() -> None:
+    named = {name for spec in SPECS for name, _ in parse_method(spec).parts}
+    assert named == {name for name, c in METHODS.items() if not c.backprop}
+
+
+def _flat(d, prefix=""):
+    """A nested state_dict as {path: leaf}."""
+    if isinstance(d, dict):
+        return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}/{key}").items()}
+    if isinstance(d, (list, tuple)):
+        return {k: v for i, sub in enumerate(d) for k, v in _flat(sub, f"{prefix}/{i}").items()}
+    return {prefix: d}
+
+
+def _assert_equal_dicts(a: dict, b: dict) -> None:
+    fa, fb = _flat(a), _flat(b)
+    assert fa.keys() == fb.keys()
+    for k, v in fa.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, fb[k]), k
+        else:
+            assert v == fb[k], k
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_round_trips_resets_and_describes_its_state(tiny_ckpt, name) -> None:
+    pipeline = Pipeline(tiny_ckpt, parse_method("fda(beta=0.05)" if name == "fda" else name))
+    _, state = run(pipeline, domain_frames(3, seed=1, shift=0.4))
+    json.dumps(pipeline.describe(state))  # what GET /adaptation/state answers
+    restored = pipeline.new_state()
+    restored.load_state_dict(state.state_dict())
+    _assert_equal_dicts(restored.state_dict(), state.state_dict())
+    state.reset()
+    _assert_equal_dicts(state.state_dict(), pipeline.new_state().state_dict())

@@ -3,72 +3,91 @@ import dataclasses
 
 import pytest
 
+from driftseg.adapters.ema_bn import EMAConfig
+from driftseg.adapters.label_calibration import LabelCalibrationConfig
 from driftseg.adapters.spec import RECOMMENDED, MethodSpec, parse_method
+from driftseg.adapters.tent import TentConfig
+
+
+def ema(spec: str) -> tuple:
+    """The network component's name and its (m, alpha)."""
+    parsed = parse_method(spec)
+    cfg = parsed.config("ema")
+    return parsed.network, cfg.m, cfg.alpha
 
 
 def test_source_is_the_default_spec() -> None:
     spec = parse_method("source")
     assert spec == MethodSpec()
-    assert spec.norm == "source" and not spec.lc and spec.fda_mode is None
+    assert spec.network == "source" and spec.config("lc") is None and spec.config("fda") is None
 
 
 def test_ptbn_is_ema_with_momentum_one_alpha_zero() -> None:
     spec = parse_method("ptbn")
-    assert (spec.norm, spec.momentum, spec.alpha) == ("ema", 1.0, 0.0)
+    assert ema("ptbn") == ("ema", 1.0, 0.0)
     assert spec == parse_method("ema(m=1,alpha=0)")
     assert spec == parse_method("ema(alpha=0.0, m=1.0)")
-    assert not spec.lc and spec.fda_mode is None
+    assert spec.config("lc") is None and spec.config("fda") is None
 
 
 def test_ema_with_label_calibration() -> None:
     spec = parse_method("ema(m=0.1,alpha=0.5)+lc")
-    assert spec == MethodSpec(norm="ema", momentum=0.1, alpha=0.5, lc=True)
-    assert isinstance(spec.momentum, float) and isinstance(spec.alpha, float)
-    assert spec.lc_forget == 1.0
+    assert spec == MethodSpec((("ema", EMAConfig(m=0.1, alpha=0.5)), ("lc", LabelCalibrationConfig())))
+    assert isinstance(spec.config("ema").m, float) and isinstance(spec.config("ema").alpha, float)
+    assert spec.config("lc").forget == 1.0
     # order of the components and whitespace do not matter
     assert parse_method(" lc + ema( m = 0.1 , alpha = 0.5 ) ") == spec
 
 
 def test_ema_defaults() -> None:
-    spec = parse_method("ema")
-    assert (spec.norm, spec.momentum, spec.alpha) == ("ema", 0.1, 0.0)
-    assert parse_method("ema()") == spec
+    assert ema("ema") == ("ema", 0.1, 0.0)
+    assert parse_method("ema()") == parse_method("ema")
 
 
 def test_tent_parameters() -> None:
     spec = parse_method("tent(lr=0.01,steps=2)")
-    assert spec == MethodSpec(norm="tent", tent_lr=0.01, tent_steps=2)
-    assert type(spec.tent_steps) is int
-    assert parse_method("tent(lr=1e-4)").tent_lr == pytest.approx(1e-4)
-    assert parse_method("tent") == MethodSpec(norm="tent", tent_lr=1e-3, tent_steps=1)
+    assert spec == MethodSpec((("tent", TentConfig(lr=0.01, steps=2)),))
+    assert type(spec.config("tent").steps) is int
+    assert parse_method("tent(lr=1e-4)").config("tent").lr == pytest.approx(1e-4)
+    assert parse_method("tent") == MethodSpec((("tent", TentConfig(lr=1e-3, steps=1)),))
 
 
 def test_fda_with_ema() -> None:
     spec = parse_method("fda(beta=0.05,mode=swap,m=0.2)+ema")
-    assert spec.fda_mode == "swap"
-    assert spec.fda_beta == pytest.approx(0.05)
-    assert spec.fda_momentum == pytest.approx(0.2)
+    fda = spec.config("fda")
+    assert fda.mode == "swap"
+    assert fda.beta == pytest.approx(0.05)
+    assert fda.m == pytest.approx(0.2)
     # fda's m is its own, not the ema's
-    assert (spec.norm, spec.momentum, spec.alpha) == ("ema", 0.1, 0.0)
-    assert parse_method("fda").fda_mode == "ratio"
-    assert parse_method("fda").norm == "source"
+    assert ema("fda(beta=0.05,mode=swap,m=0.2)+ema") == ("ema", 0.1, 0.0)
+    assert parse_method("fda").config("fda").mode == "ratio"
+    assert parse_method("fda").network == "source"
+    # the components run in their stages' order: input, network, output
+    assert [name for name, _ in parse_method("lc+ema+fda").parts] == ["fda", "ema", "lc"]
 
 
 def test_lc_forget() -> None:
     spec = parse_method("lc(forget=0.9)")
-    assert spec.lc and spec.lc_forget == pytest.approx(0.9)
-    assert spec.norm == "source"
-    assert parse_method("lc(forget=1)").lc_forget == 1.0
+    assert spec.config("lc") and spec.config("lc").forget == pytest.approx(0.9)
+    assert spec.network == "source"
+    assert parse_method("lc(forget=1)").config("lc").forget == 1.0
 
 
 def test_lc_stride() -> None:
-    assert parse_method("lc").lc_stride == 2
-    assert parse_method("lc(stride=1,forget=0.5)").lc_stride == 1
+    assert parse_method("lc").config("lc").stride == 2
+    assert parse_method("lc(stride=1,forget=0.5)").config("lc").stride == 1
 
 
 def test_spec_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
-        parse_method("ema").momentum = 0.5  # type: ignore[misc]
+        parse_method("ema").config("ema").m = 0.5  # type: ignore[misc]
+
+
+def test_what_backprop_and_export_allow() -> None:
+    assert parse_method("tent").backprop and not parse_method("auto").backprop
+    assert parse_method("auto").export_refusal() is None
+    assert "backprop" in parse_method("tent").export_refusal()
+    assert "FFT" in parse_method("auto+fda").export_refusal()
 
 
 @pytest.mark.parametrize("spec", ["bogus", "ema+bogus", "EMA", "", "ema(m=0.1", "+lc", "lc+"])
@@ -139,8 +158,8 @@ def test_repeated_component(spec: str) -> None:
 
 
 def test_layers_parameter_of_ema_and_auto() -> None:
-    assert parse_method("ema(m=0.1,layers=12)").layers == 12
-    assert parse_method("auto(layers=20)+lc").layers == 20
-    assert parse_method("auto").layers == parse_method(RECOMMENDED).layers
+    assert parse_method("ema(m=0.1,layers=12)").config("ema").layers == 12
+    assert parse_method("auto(layers=20)+lc").config("auto").layers == 20
+    assert parse_method("auto") == parse_method(RECOMMENDED) and parse_method("auto").config("auto").layers == 12
     with pytest.raises(ValueError, match="layers"):
         parse_method("ema(layers=-1)")

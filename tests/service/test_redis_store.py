@@ -7,7 +7,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from driftseg.adapters.pipeline import StreamState
+from driftseg.adapters.component import StreamState
 from driftseg.service.app import create_app
 from driftseg.service.redis_store import RedisSnapshotStore, StoreUnavailable
 from service_util import RedisServer, free_port

@@ -12,7 +12,7 @@ def test_defaults_and_environment(ckpt_file, tmp_path, monkeypatch):
     monkeypatch.setenv("DRIFTSEG_STATE_DIR", str(tmp_path / "s"))
     monkeypatch.setenv("DRIFTSEG_MAX_STREAMS", "5")
     s = load_settings()
-    assert s.method == "auto" and s.method_string.startswith("auto(") and s.spec.lc
+    assert s.method == "auto" and s.method_string.startswith("auto(") and s.spec.config("lc")
     assert s.max_streams == 5 and s.state_dir == tmp_path / "s" and s.checkpoint == ckpt_file
     assert s.snapshot_every == 100 and s.max_image_bytes == 20 * 1024 * 1024 and s.metrics_stream_cap == 32
     assert load_settings(max_streams=7).max_streams == 7  # arguments win over the environment

@@ -1,0 +1,56 @@
+"""How a Pipeline runs its adapted function (`Pipeline.adapt`: the components' tensor work at the
+network's input size), chosen by whoever builds the pipeline and passed to it:
+
+    Eager()      as it is, in PyTorch
+    Compiled()   through torch.compile (replayed as CUDA graphs on a GPU), batches padded to
+                 `padded_batch_size` so that every batch size up to 32 shares one of six graphs
+    onnx_engine.Onnx(path, metadata)   exported to ONNX and run by onnxruntime
+
+`bind(pipeline)` returns the callable the pipeline calls as `core(images, batch) -> (scores, out)`.
+"""
+from pathlib import Path
+
+import torch
+
+BACKENDS = ("torch", "compiled", "onnx")
+
+
+def padded_batch_size(b: int) -> int:
+    """The batch size a compiled pipeline runs `b` frames at: the next power of two, so that a server
+    whose batches take every size up to 32 compiles (and on a GPU captures) six graphs, not 32."""
+    return 1 << (b - 1).bit_length()
+
+
+class Eager:
+    name, pads_batches = "torch", False
+
+    def bind(self, pipeline):
+        return pipeline.adapt
+
+
+class Compiled:
+    """The first batch of each padded size pays the compilation."""
+
+    name, pads_batches = "compiled", True
+
+    def bind(self, pipeline):
+        if pipeline.spec.backprop:
+            raise ValueError(f"{pipeline.spec.network} adapts by backprop, outside the compiled forward: "
+                             "it cannot be compiled")
+        mode = "reduce-overhead" if pipeline.device.type == "cuda" else "default"
+        return torch.compile(pipeline.adapt, mode=mode, dynamic=False)
+
+
+def create_backend(name: str, onnx_file: Path | None = None, metadata: dict[str, str] | None = None):
+    """The backend by name: `torch` (eager), `compiled`, or `onnx` (run from `onnx_file`, exported
+    there first where there is none, refused if its metadata is not `metadata`)."""
+    if name == "torch":
+        return Eager()
+    if name == "compiled":
+        return Compiled()
+    if name == "onnx":
+        if onnx_file is None:
+            raise ValueError("the onnx backend needs the file to run (or export to)")
+        from driftseg.adapters.onnx_engine import Onnx  # it imports the pipeline, which imports this module
+        return Onnx(onnx_file, metadata or {})
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")

@@ -1,0 +1,102 @@
+"""What an adaptation method is to the pipeline: a component, and what a stream owns: a StreamState.
+
+A method spec ("ema(m=0.1)+lc") names components; `Pipeline` composes them and knows none of them:
+
+    frames -> input components (FDA) -> the network component (source, ema, auto, tent)
+           -> output components (label calibration), on the network's scores
+
+Each component is built once per pipeline (checkpoint, network, device) and holds only what every
+stream shares; what a stream owns are its parts of a `StreamState`, one state object (reset(),
+state_dict(), load_state_dict()) under each key the component names. For a batch of frames of
+different streams a component
+
+    stack(states)              -> its parts of the streams' states as batch tensors
+    forward(x, batch, out)     -> x transformed, a pure tensor function: reads its batch tensors,
+                                  writes its new state tensors to `out`, reads nothing back to the host
+    scatter(old, new, out, restarted)  -> the new states' parts from `out` (the old ones untouched)
+
+and shows what it holds of a stream in `describe` (GET /adaptation/state). A network component may
+write `out["restart"]` [B] (bool): a stream that switched domains, whose other parts start afresh.
+"""
+import copy
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from driftseg.models.checkpoint import Checkpoint
+
+INPUT, NETWORK, OUTPUT = "input", "network", "output"
+STAGES = (INPUT, NETWORK, OUTPUT)
+
+
+@dataclass
+class StreamState:
+    """Everything one stream's adaptation owns: the components' parts by key, and its frame count."""
+
+    parts: dict[str, Any] = field(default_factory=dict)
+    frames: int = 0
+
+    def reset(self) -> None:
+        """Back to the source state, in place."""
+        for part in self.parts.values():
+            part.reset()
+        self.frames = 0
+
+    def state_dict(self) -> dict:
+        return {"frames": self.frames, **{k: part.state_dict() for k, part in self.parts.items()}}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Load a `state_dict` of a state with the same parts, or raise ValueError saying what does not
+        fit; on error this state is left as it was."""
+        if set(d) != {"frames", *self.parts}:
+            raise ValueError(f"state should hold {sorted(['frames', *self.parts])}, got {sorted(d)}")
+        frames = d["frames"]
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+            raise ValueError(f"frames must be a non-negative int, got {frames!r}")
+        # load into deep copies first, so that a bad part leaves the whole state as it was (torch loads
+        # a part's model, TENT's, in place)
+        trial = {k: copy.deepcopy(part) for k, part in self.parts.items()}
+        for k, part in trial.items():
+            part.load_state_dict(d[k])
+        self.parts, self.frames = trial, frames
+
+
+class Component:
+    """One method of a spec. Subclasses set the class attributes and override what they use."""
+
+    name: ClassVar[str]  # in a method spec
+    stage: ClassVar[str]  # INPUT, NETWORK or OUTPUT
+    Config: ClassVar[type]  # frozen dataclass of the spec's parameters, checked in __post_init__
+    # adapts by backprop: float32 only, one stream per batch, no compiled or exported forward
+    backprop: ClassVar[bool] = False
+    # why it cannot run inside the ONNX export of the adapted function; empty where it can
+    no_export_reason: ClassVar[str] = ""
+
+    def __init__(self, config, ckpt: Checkpoint, model: nn.Module, device: torch.device):
+        self.config, self.device = config, device
+        # the network module a component runs, if any: the ONNX export registers its weights
+        self.module: nn.Module | None = None
+
+    def new_state(self) -> dict[str, Any]:
+        """A stream's parts at the source, by key."""
+        return {}
+
+    def stack(self, states: list[StreamState]) -> dict[str, Any]:
+        return {}
+
+    def forward(self, x: torch.Tensor, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> torch.Tensor:
+        return x
+
+    def scatter(self, old: list[StreamState], new: list[StreamState], out: dict[str, torch.Tensor],
+                restarted: list[bool]) -> None:
+        """Set the new states' parts (copies of the old ones' until then) from `out`."""
+
+    def describe(self, state: StreamState) -> dict[str, Any]:
+        """What GET /adaptation/state shows of the stream's parts (service.schemas.StreamStateSummary)."""
+        return {}
+
+    def shift(self, state: StreamState) -> tuple[float, float] | None:
+        """The stream's shift score and mean alpha, for a network component that measures them."""
+        return None
