@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements still missing (issues 2 and 5), sized for the device machine a session may be
-# lent: 15 minutes of device time in all, at most 10 per command. Three steps:
+# The measurements that need a GPU, as one script whose parts each have a time limit, so that all of it
+# fits 15 minutes of a GPU machine's time (at most 10 minutes a command). Three steps:
 #
 #   bench/device.sh prepare     here: CamVid into .carry/camvid, the wheels the device lacks into .whl
 #   bench/device.sh train       there (~7 min): the default checkpoint at full scale (train source's
@@ -84,7 +84,7 @@ train)
         --device "$DEVICE" $FRAMES --out "$OUT/methods.json"
     ;;
 speed)
-    # issue 5's first goal: adapted vs frozen at batch 1 and 32, eager and compiled, same run
+    # adapted vs frozen at batch 1 and 32, eager and compiled, same run
     part model 200 $D bench model --device "$DEVICE" --engines torch compiled --methods source auto --batches 1 $BATCH \
         --steps "$STEPS" --out "$OUT/model.json"
     # the others: a compiled server (batches up to 32) under 1, 8 and 32 cameras, against the raw pipeline
