@@ -17,6 +17,7 @@ COMMANDS = {
     ("bench", "speed"): ("driftseg.bench.speed:main", "per-frame cost of methods at batch 1, round robin, vs the frozen model"),
     ("bench", "model"): ("driftseg.bench.model:main", "raw throughput of the frozen and adapted pipeline at batch sizes, no HTTP"),
     ("bench", "precision"): ("driftseg.bench.precision:main", "labels, mIoU and time of the network in bf16/fp16 against fp32"),
+    ("bench", "training"): ("driftseg.bench.training:main", "seconds per training iteration under speed-only settings (memory format, bf16, compile, threads)"),
     ("bench", "load"): ("driftseg.bench.load:main", "closed-loop load test of a running server: frames/s, latency, errors"),
     ("export", "onnx"): ("driftseg.adapters.onnx_engine:main", "export the adapted function, stream states as graph inputs, to ONNX"),
     ("serve",): ("driftseg.service.cli:main", "serve segmentation over HTTP, adapting per stream"),
