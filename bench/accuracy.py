@@ -14,15 +14,11 @@ from tqdm import tqdm
 
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
-from driftseg.bench.data import FrameFolder
-from driftseg.bench.metrics import ConfusionMatrix, mean_dice, mean_iou
-from driftseg.bench.streams import Stream, open_stream
+from driftseg.data.folder import FrameFolder
+from driftseg.data.metrics import ConfusionMatrix, mean_dice, mean_iou
+from driftseg.data.streams import Stream, open_stream
+from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import Checkpoint
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 -> float [1, 3, H, W] in [0, 1]."""
-    return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div_(255)
 
 
 def device_name(device: torch.device) -> str:

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from driftseg.bench import accuracy
-from driftseg.bench.data import FrameFolder
 from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.data.folder import FrameFolder
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 

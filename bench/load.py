@@ -29,11 +29,11 @@ from PIL import Image
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 from driftseg.bench import model
-from driftseg.bench.accuracy import to_tensor
-from driftseg.bench.data import FrameFolder
 from driftseg.bench.plot import plot_latency
 from driftseg.bench.report import add_common_arguments, write_results
-from driftseg.bench.streams import open_stream
+from driftseg.data.folder import FrameFolder
+from driftseg.data.streams import open_stream
+from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import file_sha256, load_checkpoint
 
 

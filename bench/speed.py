@@ -14,10 +14,11 @@ import torch
 
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
-from driftseg.bench.accuracy import device_name, resolve_device, to_tensor
-from driftseg.bench.data import FrameFolder
+from driftseg.bench.accuracy import device_name, resolve_device
 from driftseg.bench.report import add_common_arguments, write_results
-from driftseg.bench.streams import open_stream
+from driftseg.data.folder import FrameFolder
+from driftseg.data.streams import open_stream
+from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import Checkpoint, load_checkpoint
 
 

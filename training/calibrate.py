@@ -8,17 +8,15 @@ import torch
 from driftseg.adapters.auto import ShiftCalibration, calibrate
 from driftseg.adapters.ema_bn import AdaptedNet
 from driftseg.adapters.pipeline import to_input_size
-from driftseg.bench.data import FrameFolder
+from driftseg.data.folder import FrameFolder
+from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 
 
 def shift_calibration(ckpt: Checkpoint, folder: FrameFolder, split: str, momentum: float,
                       device: str | torch.device = "cpu") -> ShiftCalibration:
     adapted = AdaptedNet(ckpt.build_model(device)).eval()
-    frames = (
-        to_input_size(torch.from_numpy(folder.read_image(name)).permute(2, 0, 1)[None].float().div(255), ckpt.input_size)
-        for name in folder.frames(split)
-    )
+    frames = (to_input_size(to_tensor(folder.read_image(name)), ckpt.input_size) for name in folder.frames(split))
     return calibrate(adapted, frames, momentum, split)
 
 

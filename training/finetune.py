@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from driftseg.adapters.fda import band_size, low_freq_amplitude, transfer
-from driftseg.bench.data import FrameFolder
+from driftseg.data.folder import FrameFolder
+from driftseg.data.transforms import load_frames
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, compact_weights, git_commit, load_checkpoint, save_checkpoint
 from driftseg.training import common
 from driftseg.training.calibrate import shift_calibration
@@ -76,9 +77,9 @@ def prepare(args: argparse.Namespace, name: str) -> Job:
     if parent.class_names != folder.class_names:
         raise ValueError(f"{args.parent} has classes {parent.class_names}, the data folder {folder.class_names}")
     size = tuple(parent.input_size)
-    source_images, source_labels = common.load_frames(folder, args.source_split, size, ctx.device)
-    val_images, val_labels = common.load_frames(folder, args.val_split, size, ctx.device)
-    target_images = common.load_frames(folder, args.target_split, size, ctx.device, labels=False)
+    source_images, source_labels = load_frames(folder, args.source_split, size, ctx.device)
+    val_images, val_labels = load_frames(folder, args.val_split, size, ctx.device)
+    target_images = load_frames(folder, args.target_split, size, ctx.device, labels=False)
     crop = tuple(args.crop or parent.config.get("crop") or size)
     augment = common.augmentation(crop, folder.ignore_index, short_side=min(size))
     return Job(name, args, ctx, folder, parent, source_images, source_labels, target_images, val_images,

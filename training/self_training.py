@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from driftseg.data.transforms import to_unit
 from driftseg.models.checkpoint import Checkpoint, load_checkpoint
 from driftseg.training import finetune, norms
 from driftseg.training.networks import FeatureTap
@@ -45,7 +46,7 @@ def teacher_outputs(teachers: list[Checkpoint], images: torch.Tensor, device, ba
     tap = FeatureTap(models[0])
     probs, features = [], []
     for i in range(0, len(images), batch):
-        x = images[i:i + batch].float().div(255)
+        x = to_unit(images[i:i + batch])
         probs.append(sum(m(x).float().softmax(1) for m in models) / len(models))
         features.append(tap.take().float())
     tap.handle.remove()

@@ -8,7 +8,8 @@ import torch
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from driftseg.bench.data import FrameFolder
+from driftseg.data.folder import FrameFolder
+from driftseg.data.transforms import load_frames
 from driftseg.models.registry import create_model, list_architectures
 from driftseg.models.checkpoint import load_checkpoint, save_checkpoint
 from driftseg.training import common
@@ -62,9 +63,9 @@ def main(argv=None) -> None:
     else:
         model = create_model(args.arch, len(folder.class_names), IMAGENET_MEAN, IMAGENET_STD).to(ctx.device)
     size = tuple(args.input_size)
-    splits = [common.load_frames(folder, split, size, ctx.device) for split in args.train_split]
+    splits = [load_frames(folder, split, size, ctx.device) for split in args.train_split]
     images, labels = torch.cat([x for x, _ in splits]), torch.cat([y for _, y in splits])
-    val_images, val_labels = common.load_frames(folder, args.val_split, size, ctx.device)
+    val_images, val_labels = load_frames(folder, args.val_split, size, ctx.device)
 
     model = model.to(memory_format=torch.channels_last)
     train_model = DistributedDataParallel(model) if ctx.world > 1 else model

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from driftseg.bench.corruptions import CORRUPTIONS, corrupt
-from driftseg.bench.data import FrameFolder
+from driftseg.data.corruptions import CORRUPTIONS, corrupt
+from driftseg.data.folder import FrameFolder
 
 DAY_SPLIT, DUSK_SPLIT = "source_val", "target_dusk"
 SYNTHETIC = ("fog", "contrast", "gaussian_noise", "motion_blur", "snow", "brightness", "defocus_blur", "night")
