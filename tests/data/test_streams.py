@@ -288,3 +288,22 @@ def test_corruption_names_are_imagecorruptions_own() -> None:
 
     assert CORRUPTIONS == tuple(imagecorruptions().get_corruption_names("all"))
 
+
+def test_cached_frames_are_written_atomically(folder, tmp_path, monkeypatch) -> None:
+    """Each frame goes through models/checkpoint.py's write_atomically (a temp file renamed over the
+    name), so that a reader in another process never opens half a PNG; no temp file is left."""
+    written = []
+    write = driftseg.data.streams.write_atomically
+
+    def recorded(path, *args, **kwargs):
+        written.append(path.name)
+        return write(path, *args, **kwargs)
+
+    monkeypatch.setattr(driftseg.data.streams, "write_atomically", recorded)
+    frames = list(open_stream("my_split:night", folder, cache_dir=tmp_path / "cache").frames())
+    assert written == ["f0.png", "f1.png", "f2.png"]
+    files = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert files == written
+    for (image, _), name in zip(frames, written, strict=True):
+        with Image.open(next((tmp_path / "cache").rglob(name))) as im:
+            np.testing.assert_array_equal(np.array(im), image)
