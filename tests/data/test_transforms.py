@@ -1,6 +1,5 @@
 """data/transforms.py: the one uint8 HxWx3 -> float [0, 1] conversion, and a split loaded at a size."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
