@@ -1,5 +1,6 @@
-"""Pieces every training job shares: distributed set-up, frames on the device, augmentation,
-the poly schedule, progress lines with ETA and a JSONL log, evaluation, checkpoint writing."""
+"""Pieces every training job shares: distributed set-up, augmentation and endless batches, the poly
+schedule, progress lines with ETA and a JSONL log, evaluation, the source amplitude band, and what a
+checkpoint's config records. The loop that uses them is loop.py."""
 import itertools
 import json
 import os
@@ -15,10 +16,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from driftseg.adapters.fda import low_freq_amplitude
-from driftseg.data.folder import FrameFolder
 from driftseg.data.metrics import ConfusionMatrix
 from driftseg.data.transforms import to_unit
-from driftseg.models.checkpoint import Checkpoint, compact_weights, file_sha256, git_commit, save_checkpoint
+from driftseg.models.checkpoint import Checkpoint, file_sha256
 
 AMPLITUDE_BETA = 0.1  # the widest FDA band the checkpoint can serve
 
@@ -189,18 +189,6 @@ def mean_amplitude(images: torch.Tensor, beta: float = AMPLITUDE_BETA, batch: in
     b = int(min(h, w) * beta)
     total = sum(low_freq_amplitude(to_unit(images[i:i + batch]), b).sum(0) for i in range(0, len(images), batch))
     return (total / len(images)).cpu()
-
-
-def write_checkpoint(out: Path, model, arch: str, arch_kwargs: dict, folder: FrameFolder, input_size, mean, std,
-                     amplitude: torch.Tensor, config: dict, data: dict, metrics: dict) -> Checkpoint:
-    ckpt = Checkpoint(
-        arch=arch, arch_kwargs=arch_kwargs, class_names=list(folder.class_names),
-        palette=[list(c) for c in folder.palette], mean=list(mean), std=list(std), input_size=list(input_size),
-        weights=compact_weights(model.state_dict()), source_amplitude=amplitude,
-        source_amplitude_beta=AMPLITUDE_BETA, config=config, data=data, metrics=metrics, git_commit=git_commit(),
-    )
-    save_checkpoint(ckpt, out)
-    return ckpt
 
 
 def args_record(args) -> dict:

@@ -34,10 +34,12 @@ class TrainingState:
     """Saves and restores `parts` at iteration boundaries.
 
     `fixed` holds the arguments a resumed run must share with the run that wrote the file (the
-    schedule length, batch size, seed, data...); `path` is where `save` writes (None: never)."""
+    schedule length, batch size, seed, data...); `path` is where `save` writes (None: never), if
+    `write` (under torchrun, the main process)."""
 
-    def __init__(self, job: str, parts: Mapping[str, Any], fixed: dict[str, Any], path: Path | None, every: int):
-        self.job, self.parts, self.fixed, self.path, self.every = job, parts, fixed, path, every
+    def __init__(self, job: str, parts: Mapping[str, Any], fixed: dict[str, Any], path: Path | None, every: int,
+                 write: bool = True):
+        self.job, self.parts, self.fixed, self.path, self.every, self.write = job, parts, fixed, path, every, write
 
     def maybe_save(self, done: int, train_seconds: float) -> None:
         """Save after `done` iterations when `done` is a multiple of `every`."""
@@ -45,6 +47,8 @@ class TrainingState:
             self.save(done, train_seconds)
 
     def save(self, done: int, train_seconds: float) -> None:
+        if not self.write:
+            return
         payload = {
             "format": FORMAT, "job": self.job, "fixed": self.fixed, "done": done,
             "train_seconds": train_seconds, "rng": rng_state(),

@@ -91,7 +91,7 @@ def prototype_filter(features: torch.Tensor, labels: torch.Tensor, num_classes: 
 def main(argv=None) -> None:
     args = parse_args(argv)
     job = finetune.prepare(args, "self-training")
-    paths = args.teachers or [args.parent]
+    paths = args.teachers = args.teachers or [args.parent]  # resolved: the config records the teachers used
     teachers = [load_checkpoint(path) for path in paths]
     for path, t in zip(paths, teachers):
         if (t.class_names, t.input_size) != (job.parent.class_names, job.parent.input_size):
@@ -132,7 +132,8 @@ def main(argv=None) -> None:
         schedule.step()
         return {"seg": seg.item(), "pseudo": pseudo.item(), "lr": schedule.get_last_lr()[0]}
 
-    seconds = finetune.run(job, step, student)
+    parts = {"model": student, "optimizer": optimizer, "schedule": schedule, "source": source, "target": target}
+    seconds = job.train(step, parts, student).seconds
     record = {"pseudo_labels": {"kept_fraction": round(kept, 4), "confident_fraction": round(confident, 4),
                                 "thresholds": [round(t, 4) for t in thresholds.tolist()]}}
     parents = [(args.parent, job.parent)] + [(p, t) for p, t in zip(paths, teachers) if p != args.parent]
