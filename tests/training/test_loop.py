@@ -90,6 +90,7 @@ def test_the_cut_job_saved_every_stateful_part(runs) -> None:
     assert saved["parts"]["source"] == saved["parts"]["target"] == {"drawn": 2 * saved["done"]}
     assert any(k.startswith("aux.") for k in saved["parts"]["model"])  # the auxiliary head trains too
     assert saved["fixed"]["levels"] == "separate" and saved["fixed"]["fda_beta"] == 0.05
+    assert saved["world_size"] == 1 and saved["rank_rngs"] == []
 
 
 def test_resumed_job_has_the_uninterrupted_loss_curve(runs) -> None:
