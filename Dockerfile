@@ -13,6 +13,7 @@ COPY pyproject.toml README.md ./
 COPY driftseg/ driftseg/
 COPY models/ models/
 COPY adapters/ adapters/
+COPY data/ data/
 COPY bench/ bench/
 COPY training/ training/
 COPY service/ service/

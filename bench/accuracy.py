@@ -14,15 +14,12 @@ from tqdm import tqdm
 
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
-from driftseg.bench.data import FrameFolder
-from driftseg.bench.metrics import ConfusionMatrix, mean_dice, mean_iou
-from driftseg.bench.streams import Stream, open_stream
+from driftseg.bench.report import table
+from driftseg.data.folder import FrameFolder
+from driftseg.data.metrics import ConfusionMatrix, mean_dice, mean_iou
+from driftseg.data.streams import Stream, open_stream
+from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import Checkpoint
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 -> float [1, 3, H, W] in [0, 1]."""
-    return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div_(255)
 
 
 def device_name(device: torch.device) -> str:
@@ -106,16 +103,12 @@ def summarise(streams: dict[str, dict[str, dict]], methods: Sequence[str]) -> di
 
 def markdown_table(result: dict) -> str:
     streams = list(result["streams"])
-    methods = list(result["summary"])
-    head = "| method | " + " | ".join(streams) + " | mean | ms/frame | x source |"
-    lines = [head, "|" + " --- |" * (len(streams) + 4)]
-    for m in methods:
-        cells = [_cell(result["streams"][s].get(m)) for s in streams]
-        summary = result["summary"][m]
+    rows = []
+    for m, summary in result["summary"].items():
         extra = [summary.get(k) for k in ("mean_miou", "ms_per_frame", "cost_vs_source")]
-        cells += ["" if v is None else f"{v:.{d}f}" for v, d in zip(extra, (1, 1, 2))]
-        lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([f"`{m}`", *(_cell(result["streams"][s].get(m)) for s in streams),
+                     *("" if v is None else f"{v:.{d}f}" for v, d in zip(extra, (1, 1, 2)))])
+    return table(["method", *streams, "mean", "ms/frame", "x source"], rows)
 
 
 def _cell(score: dict | None) -> str:

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from driftseg.bench import accuracy
-from driftseg.bench.data import FrameFolder
-from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.bench.report import add_common_arguments, table, write_results
+from driftseg.data.folder import FrameFolder
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 
@@ -22,14 +22,14 @@ def markdown_table(result: dict) -> str:
     head = ["checkpoint", "job", *streams, *(f"{s} change" for s in streams)]
     if result["oracle"]:
         head.append(f"{gap} gap closed")
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rows = []
     for row in result["rows"]:
         cells = [f"`{row['checkpoint']}`", row["job"] + (" (upper bound)" if row["role"] == "oracle" else ""),
                  *(f"{row['miou'][s]:.1f}" for s in streams), *(f"{row['change'][s]:+.1f}" for s in streams)]
         if result["oracle"]:
             cells.append("" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return table(head, rows)
 
 
 def main(argv=None) -> None:

@@ -3,10 +3,10 @@ import argparse
 import os
 
 from driftseg.bench import accuracy
-from driftseg.bench.data import FrameFolder
 from driftseg.bench.plot import plot_stream
 from driftseg.bench.report import add_common_arguments, write_results
-from driftseg.bench.streams import PROTOCOL_STREAMS
+from driftseg.data.folder import FrameFolder
+from driftseg.data.streams import PROTOCOL_STREAMS
 from driftseg.models.checkpoint import load_checkpoint
 
 PEERS = ("source", "ptbn", "tent")

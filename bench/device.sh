@@ -49,7 +49,7 @@ fi
 # the package as pyproject.toml's package-dir installs it (driftseg/ with the top-level folders as its
 # subpackages), linked rather than installed; -P keeps the checkout's own driftseg/ off sys.path
 rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r driftseg /tmp/pkg/
-for sub in models adapters bench training service; do ln -s "$PWD/$sub" "/tmp/pkg/driftseg/$sub"; done
+for sub in models adapters data bench training service; do ln -s "$PWD/$sub" "/tmp/pkg/driftseg/$sub"; done
 export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
 export DRIFTSEG_DATA=${DRIFTSEG_DATA:-$PWD/.carry/camvid} DRIFTSEG_CACHE=${DRIFTSEG_CACHE:-/tmp/driftseg-cache}
 D="$PY -P -m driftseg"

@@ -30,11 +30,11 @@ from driftseg.adapters.backends import Compiled
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 from driftseg.bench import model
-from driftseg.bench.accuracy import to_tensor
-from driftseg.bench.data import FrameFolder
 from driftseg.bench.plot import plot_latency
-from driftseg.bench.report import add_common_arguments, write_results
-from driftseg.bench.streams import open_stream
+from driftseg.bench.report import add_common_arguments, table, write_results
+from driftseg.data.folder import FrameFolder
+from driftseg.data.streams import open_stream
+from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import file_sha256, load_checkpoint
 
 
@@ -176,7 +176,7 @@ def markdown_table(levels: Sequence[dict], raw: dict | None = None) -> str:
     head = ["cameras", *(["frames/s sent"] if open_loop else []), "frames/s", "p50 ms", "p95 ms", "p99 ms",
             "server p50 ms", "errors", *(["p50 ms first / last third", "steady"] if open_loop else []),
             *([f"x raw model (batch {raw['batch']})"] if raw else [])]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rows = []
     for r in levels:
         cells = [str(r["cameras"])]
         if open_loop:
@@ -188,8 +188,8 @@ def markdown_table(levels: Sequence[dict], raw: dict | None = None) -> str:
             cells += [" / ".join(thirds), "yes" if r["steady"] else "no"]
         if raw:
             cells.append(f"{r['frames_per_s'] / raw['frames_per_s']:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return table(head, rows)
 
 
 def main(argv=None) -> None:

@@ -14,11 +14,12 @@ import torch
 from driftseg.adapters.backends import BACKENDS, create_backend
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
-from driftseg.bench.accuracy import device_name, resolve_device, to_tensor
-from driftseg.bench.data import FrameFolder
-from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.bench.accuracy import device_name, resolve_device
+from driftseg.bench.report import add_common_arguments, table, write_results
 from driftseg.bench.speed import round_robin
-from driftseg.bench.streams import open_stream
+from driftseg.data.folder import FrameFolder
+from driftseg.data.streams import open_stream
+from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import Checkpoint, load_checkpoint
 
 
@@ -51,12 +52,10 @@ def markdown_table(result: dict[int, dict[str, dict]], methods: Sequence[str]) -
     base = methods[0]
     head = ["batch"] + [f"`{m}` {col}" for m in methods for col in ("ms/batch", "frames/s")]
     head += [f"`{m}` x `{base}`" for m in methods[1:]]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for b, row in result.items():
-        cells = [str(b)] + [f"{row[m][key]:.1f}" for m in methods for key in ("ms_per_batch", "frames_per_s")]
-        cells += [f"{row[m]['ms_per_batch'] / row[base]['ms_per_batch']:.2f}" for m in methods[1:]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = ([str(b)] + [f"{row[m][key]:.1f}" for m in methods for key in ("ms_per_batch", "frames_per_s")]
+            + [f"{row[m]['ms_per_batch'] / row[base]['ms_per_batch']:.2f}" for m in methods[1:]]
+            for b, row in result.items())
+    return table(head, rows)
 
 
 def main(argv=None) -> None:

@@ -9,7 +9,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from driftseg.bench.metrics import mean_iou  # noqa: E402
+from driftseg.data.metrics import mean_iou  # noqa: E402
 
 
 def rolling_miou(confusion: torch.Tensor, window: int) -> list[float]:

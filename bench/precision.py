@@ -11,12 +11,13 @@ import torch
 
 from driftseg.adapters.pipeline import PRECISIONS, Pipeline
 from driftseg.adapters.spec import parse_method
-from driftseg.bench.accuracy import device_name, resolve_device, to_tensor
-from driftseg.bench.data import FrameFolder
-from driftseg.bench.metrics import ConfusionMatrix, mean_iou
-from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.bench.accuracy import device_name, resolve_device
+from driftseg.bench.report import add_common_arguments, table, write_results
 from driftseg.bench.speed import round_robin
-from driftseg.bench.streams import open_stream
+from driftseg.data.folder import FrameFolder
+from driftseg.data.metrics import ConfusionMatrix, mean_iou
+from driftseg.data.streams import open_stream
+from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import Checkpoint, load_checkpoint
 
 
@@ -56,16 +57,16 @@ def _scorer(frames: list, precisions: list[str], num_classes: int, ignore_index:
 
 
 def markdown_table(result: dict) -> str:
-    lines = ["| method | stream | precision | pixels labelled as fp32 (%) | mIoU | mIoU change | median ms/frame | x fp32 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    head = ["method", "stream", "precision", "pixels labelled as fp32 (%)", "mIoU", "mIoU change", "median ms/frame",
+            "x fp32"]
+    rows = []
     for method, streams in result.items():
         for stream, by_precision in streams.items():
             ref = by_precision["fp32"]
-            for p, r in by_precision.items():
-                lines.append(f"| `{method}` | {stream} | {p} | {r['same_labels']:.2f} | {r['miou']:.1f} | "
-                             f"{r['miou'] - ref['miou']:+.2f} | {r['ms_per_frame']:.1f} | "
-                             f"{r['ms_per_frame'] / ref['ms_per_frame']:.2f} |")
-    return "\n".join(lines)
+            rows += [[f"`{method}`", stream, p, f"{r['same_labels']:.2f}", f"{r['miou']:.1f}",
+                      f"{r['miou'] - ref['miou']:+.2f}", f"{r['ms_per_frame']:.1f}",
+                      f"{r['ms_per_frame'] / ref['ms_per_frame']:.2f}"] for p, r in by_precision.items()]
+    return table(head, rows)
 
 
 def main(argv=None) -> None:

@@ -1,7 +1,8 @@
-"""What every bench command shares: the options naming its inputs and output, and how it keeps its
-result: a JSON file, with its Markdown table beside it."""
+"""What every bench command shares: the options naming its inputs and output, its Markdown table,
+and how it keeps its result: a JSON file, with the table beside it."""
 import argparse
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT
@@ -15,6 +16,22 @@ def add_common_arguments(p: argparse.ArgumentParser, checkpoint: bool = True, de
     if device:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+
+
+def table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table: the header row, the rule, then one line per row of cells (already formatted)."""
+    head = list(head)
+    lines = [_row(head), "|" + " --- |" * len(head)]
+    for cells in rows:
+        cells = list(cells)
+        if len(cells) != len(head):
+            raise ValueError(f"a table row has {len(cells)} cells, the header {len(head)}: {cells}")
+        lines.append(_row(cells))
+    return "\n".join(lines)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def write_results(out: Path, doc: dict, table: str) -> None:

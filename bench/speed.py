@@ -15,10 +15,11 @@ import torch
 from driftseg.adapters.backends import Compiled
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
-from driftseg.bench.accuracy import device_name, resolve_device, to_tensor
-from driftseg.bench.data import FrameFolder
-from driftseg.bench.report import add_common_arguments, write_results
-from driftseg.bench.streams import open_stream
+from driftseg.bench.accuracy import device_name, resolve_device
+from driftseg.bench.report import add_common_arguments, table, write_results
+from driftseg.data.folder import FrameFolder
+from driftseg.data.streams import open_stream
+from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import Checkpoint, load_checkpoint
 
 
@@ -75,11 +76,10 @@ def with_ratios(timings: dict[str, dict], baseline: str = "source") -> dict[str,
 
 
 def markdown_table(timings: dict[str, dict]) -> str:
-    lines = ["| method | median ms/frame | mean ms/frame | x source (median) | x source, repeats (min-max) |",
-             "| --- | --- | --- | --- | --- |"]
-    lines += [f"| `{m}` | {t['median_ms']:.1f} | {t['mean_ms']:.1f} | {t['x_source']:.2f} | "
-              f"{min(t['repeat_x_source']):.2f}-{max(t['repeat_x_source']):.2f} |" for m, t in timings.items()]
-    return "\n".join(lines)
+    head = ["method", "median ms/frame", "mean ms/frame", "x source (median)", "x source, repeats (min-max)"]
+    return table(head, ([f"`{m}`", f"{t['median_ms']:.1f}", f"{t['mean_ms']:.1f}", f"{t['x_source']:.2f}",
+                         f"{min(t['repeat_x_source']):.2f}-{max(t['repeat_x_source']):.2f}"]
+                        for m, t in timings.items()))
 
 
 def main(argv=None) -> None:

@@ -14,8 +14,9 @@ import torch
 from torch.nn import functional as F
 
 from driftseg.bench.accuracy import device_name, resolve_device
-from driftseg.bench.data import FrameFolder
-from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.bench.report import add_common_arguments, table, write_results
+from driftseg.data.folder import FrameFolder
+from driftseg.data.transforms import load_frames
 from driftseg.models.registry import create_model
 from driftseg.training import common
 from driftseg.training.source import IMAGENET_MEAN, IMAGENET_STD
@@ -54,7 +55,7 @@ class Trainer:
 
 def measure(folder: FrameFolder, settings: list[str], threads: list[int], device: torch.device, size, crop,
             batch_size: int, steps: int, warmup: int) -> list[dict]:
-    images, labels = common.load_frames(folder, "source_train", size, device)
+    images, labels = load_frames(folder, "source_train", size, device)
     augment = common.augmentation(crop, folder.ignore_index, short_side=min(size))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
@@ -86,11 +87,10 @@ def measure(folder: FrameFolder, settings: list[str], threads: list[int], device
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| setting | threads | s/step (median) | augmentation s/batch | it/s (step + augmentation) | x first setting |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| `{r['setting']}` | {r['threads']} | {r['step_s']:.3f} | {r['augment_s']:.3f} | {r['it_per_s']:.3f} | "
-              f"{r['x_first']:.2f} |" for r in rows]
-    return "\n".join(lines)
+    head = ["setting", "threads", "s/step (median)", "augmentation s/batch", "it/s (step + augmentation)",
+            "x first setting"]
+    return table(head, ([f"`{r['setting']}`", str(r["threads"]), f"{r['step_s']:.3f}", f"{r['augment_s']:.3f}",
+                         f"{r['it_per_s']:.3f}", f"{r['x_first']:.2f}"] for r in rows))
 
 
 def main(argv=None) -> None:
@@ -109,9 +109,9 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     rows = measure(FrameFolder.open(args.data), args.settings, args.threads, device, tuple(args.input_size),
                    tuple(args.crop), args.batch_size, args.steps, args.warmup)
-    table = markdown_table(rows)
-    print(table)
+    text = markdown_table(rows)
+    print(text)
     if args.out:
         doc = {"device": device_name(device), "input_size": args.input_size, "crop": args.crop,
                "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "rows": rows}
-        write_results(args.out, doc, table)
+        write_results(args.out, doc, text)

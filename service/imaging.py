@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from driftseg.data.transforms import pixels, to_tensor, to_unit
 from driftseg.service.errors import PayloadTooLarge, Unprocessable
 
 MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
@@ -75,13 +76,13 @@ def decode_batch(items: list, max_pixels: int, device: torch.device) -> list:
     (nvJPEG on a GPU). Which frame broke a batch the call does not say, so then each is decoded on its
     own by PIL; one that fails there is answered by the exception in its place, and only it fails.
     Every frame moves to `device`, so that a batch of both kinds is one tensor."""
-    out = [_unit_frame(item.to(device)) if isinstance(item, torch.Tensor) else item for item in items]
+    out = [to_unit(item.to(device)) if isinstance(item, torch.Tensor) else item for item in items]
     jpegs = [i for i, item in enumerate(items) if isinstance(item, EncodedJPEG)]
     if not jpegs:
         return out
     try:
         images = _decode_jpegs([torch.frombuffer(bytearray(items[i].data), dtype=torch.uint8) for i in jpegs], device)
-        decoded = [image[None].float().div_(255) for image in images]
+        decoded = [to_unit(image[None]) for image in images]
     except RuntimeError:
         decoded = []
         for i in jpegs:
@@ -110,16 +111,12 @@ def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch
 
 def pixels_view(rgb: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 pixels as a [1, 3, H, W] uint8 tensor: a view, so no work on the calling thread."""
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None]
-
-
-def _unit_frame(frame: torch.Tensor) -> torch.Tensor:
-    return frame.float().div_(255) if frame.dtype == torch.uint8 else frame
+    return pixels(rgb)[None]
 
 
 def to_frame(rgb: np.ndarray) -> torch.Tensor:
     """[1, 3, H, W] float in [0, 1]: what Pipeline.step takes."""
-    return _unit_frame(pixels_view(rgb))
+    return to_tensor(rgb)
 
 
 def encode_labels(labels: np.ndarray) -> bytes:

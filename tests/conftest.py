@@ -29,7 +29,7 @@ def tiny_ckpt():
     from driftseg.adapters.auto import calibrate
     from driftseg.adapters.ema_bn import AdaptedNet
     from driftseg.adapters.fda import low_freq_amplitude
-    from driftseg.bench.data import FrameFolder
+    from driftseg.data.folder import FrameFolder
     from driftseg.models.checkpoint import Checkpoint, compact_weights
     from driftseg.models.registry import create_model
 

@@ -57,11 +57,13 @@ def domain_loss(discriminator: nn.Module, logits: torch.Tensor, domains: torch.T
 
 def train(job: finetune.Job, net: MultiLevelNet) -> float:
     """Adversarial training of `net` in place (in the modes the caller set); the training seconds.
-    Each forward carries the source frames first, then the target frames (training/norms.py)."""
+    Each forward carries the source frames first, then the target frames (training/norms.py). The
+    training state holds both networks (the discriminators and the auxiliary head too), both
+    optimizers and schedules, and the positions in both frame orders."""
     args, ctx = job.args, job.ctx
     lambdas = {"separate": [args.lambda_adv, args.lambda_adv_aux], "fused": [args.lambda_adv],
                "single": [args.lambda_adv]}[args.levels]  # one discriminator per weight
-    discriminators = [OutputDiscriminator(job.parent.num_classes).to(ctx.device) for _ in lambdas]
+    discriminators = nn.ModuleList(OutputDiscriminator(job.parent.num_classes).to(ctx.device) for _ in lambdas)
     wrap = (lambda m: DistributedDataParallel(m)) if ctx.world > 1 else (lambda m: m)
     g, ds = wrap(net), [wrap(d) for d in discriminators]
     g_opt, g_schedule = finetune.poly_adamw(net.parameters(), args)
@@ -108,8 +110,10 @@ def train(job: finetune.Job, net: MultiLevelNet) -> float:
         d_schedule.step()
         return {"seg": seg.item(), "adv": adv.item(), "d": d_loss.item(), "lr": g_schedule.get_last_lr()[0]}
 
+    parts = {"model": net, "discriminators": discriminators, "optimizer": g_opt, "schedule": g_schedule,
+             "d_optimizer": d_opt, "d_schedule": d_schedule, "source": source, "target": target}
     try:
-        return finetune.run(job, step, net.model)
+        return job.train(step, parts, net.model).seconds
     finally:
         net.tap.handle.remove()
 

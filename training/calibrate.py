@@ -1,6 +1,7 @@
 """`driftseg calibrate`: store in a checkpoint what in-domain frames look like to the automatic
 mode's shift and switch scores (adapters/auto.py), measured on a split of the source domain."""
 import argparse
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -8,18 +9,22 @@ import torch
 from driftseg.adapters.auto import ShiftCalibration, calibrate
 from driftseg.adapters.ema_bn import AdaptedNet
 from driftseg.adapters.pipeline import to_input_size
-from driftseg.bench.data import FrameFolder
+from driftseg.data.folder import FrameFolder
+from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 
 
-def shift_calibration(ckpt: Checkpoint, folder: FrameFolder, split: str, momentum: float,
+def shift_calibration(ckpt: Checkpoint, frames: Iterable[torch.Tensor], momentum: float, split: str,
                       device: str | torch.device = "cpu") -> ShiftCalibration:
+    """The calibration of `ckpt` on in-domain `frames` of `split` ([1, 3, H, W] each, in [0, 1], at
+    any size: they are resized to the checkpoint's input size)."""
     adapted = AdaptedNet(ckpt.build_model(device)).eval()
-    frames = (
-        to_input_size(torch.from_numpy(folder.read_image(name)).permute(2, 0, 1)[None].float().div(255), ckpt.input_size)
-        for name in folder.frames(split)
-    )
-    return calibrate(adapted, frames, momentum, split)
+    return calibrate(adapted, (to_input_size(frame, ckpt.input_size) for frame in frames), momentum, split)
+
+
+def folder_frames(folder: FrameFolder, split: str) -> Iterator[torch.Tensor]:
+    """A split's frames one at a time, as read: [1, 3, H, W] in [0, 1]."""
+    return (to_tensor(folder.read_image(name)) for name in folder.frames(split))
 
 
 def main(argv=None) -> None:
@@ -32,7 +37,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     try:
         ckpt = load_checkpoint(args.checkpoint)
-        cal = shift_calibration(ckpt, FrameFolder.open(args.data), args.split, args.momentum, args.device)
+        cal = shift_calibration(ckpt, folder_frames(FrameFolder.open(args.data), args.split), args.momentum, args.split,
+                                args.device)
     except (ValueError, KeyError, FileNotFoundError) as e:
         p.exit(2, f"driftseg calibrate: error: {e}\n")
     ckpt.extra["shift"] = cal.to_dict()

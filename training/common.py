@@ -1,5 +1,6 @@
-"""Pieces every training job shares: distributed set-up, frames on the device, augmentation,
-the poly schedule, progress lines with ETA and a JSONL log, evaluation, checkpoint writing."""
+"""Pieces every training job shares: distributed set-up, augmentation and endless batches, the poly
+schedule, progress lines with ETA and a JSONL log, evaluation, the source amplitude band, and what a
+checkpoint's config records. The loop that uses them is loop.py."""
 import itertools
 import json
 import os
@@ -15,9 +16,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from driftseg.adapters.fda import low_freq_amplitude
-from driftseg.bench.data import FrameFolder
-from driftseg.bench.metrics import ConfusionMatrix
-from driftseg.models.checkpoint import Checkpoint, compact_weights, file_sha256, git_commit, save_checkpoint
+from driftseg.data.metrics import ConfusionMatrix
+from driftseg.data.transforms import to_unit
+from driftseg.models.checkpoint import Checkpoint, file_sha256
 
 AMPLITUDE_BETA = 0.1  # the widest FDA band the checkpoint can serve
 
@@ -45,19 +46,6 @@ def setup_distributed(device: str) -> Dist:
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
     dev = torch.device(device, local) if device == "cuda" else torch.device("cpu")
     return Dist(dist.get_rank(), dist.get_world_size(), dev)
-
-
-def load_frames(folder: FrameFolder, split: str, size: tuple[int, int], device, labels: bool = True):
-    """A split's frames as uint8 tensors [N, 3, H, W] (and labels [N, H, W]) at `size`, on `device`."""
-    images, targets = [], []
-    for name in folder.check_split(split) if labels else folder.frames(split):
-        image = torch.from_numpy(folder.read_image(name)).permute(2, 0, 1)
-        images.append(v2.functional.resize(image, list(size), antialias=True))
-        if labels:
-            label = torch.from_numpy(folder.read_label(name))[None]
-            targets.append(v2.functional.resize(label, list(size), v2.InterpolationMode.NEAREST)[0])
-    images = torch.stack(images).to(device)
-    return (images, torch.stack(targets).to(device)) if labels else images
 
 
 def augmentation(
@@ -91,7 +79,7 @@ def augmented_batch(images, labels, indices, augment) -> tuple[torch.Tensor, tor
         x, y = augment(tv_tensors.Image(images[i]), tv_tensors.Mask(labels[i][None]))
         xs.append(x)
         ys.append(y[0])
-    return torch.stack(xs).float().div_(255), torch.stack(ys).long() if ys else None
+    return to_unit(torch.stack(xs)), torch.stack(ys).long() if ys else None
 
 
 class Batches:
@@ -187,7 +175,7 @@ def evaluate(model, images, labels, num_classes: int, ignore_index: int, batch: 
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index)
     for i in range(0, len(images), batch):
-        x = images[i:i + batch].float().div(255)
+        x = to_unit(images[i:i + batch])
         with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
             pred = model(x).argmax(1)
         cm.update(labels[i:i + batch].cpu(), pred.cpu())
@@ -199,20 +187,8 @@ def mean_amplitude(images: torch.Tensor, beta: float = AMPLITUDE_BETA, batch: in
     """The mean low-frequency amplitude band [3, 2b, 2b] of uint8 frames [N, 3, H, W]."""
     h, w = images.shape[-2:]
     b = int(min(h, w) * beta)
-    total = sum(low_freq_amplitude(images[i:i + batch].float().div(255), b).sum(0) for i in range(0, len(images), batch))
+    total = sum(low_freq_amplitude(to_unit(images[i:i + batch]), b).sum(0) for i in range(0, len(images), batch))
     return (total / len(images)).cpu()
-
-
-def write_checkpoint(out: Path, model, arch: str, arch_kwargs: dict, folder: FrameFolder, input_size, mean, std,
-                     amplitude: torch.Tensor, config: dict, data: dict, metrics: dict) -> Checkpoint:
-    ckpt = Checkpoint(
-        arch=arch, arch_kwargs=arch_kwargs, class_names=list(folder.class_names),
-        palette=[list(c) for c in folder.palette], mean=list(mean), std=list(std), input_size=list(input_size),
-        weights=compact_weights(model.state_dict()), source_amplitude=amplitude,
-        source_amplitude_beta=AMPLITUDE_BETA, config=config, data=data, metrics=metrics, git_commit=git_commit(),
-    )
-    save_checkpoint(ckpt, out)
-    return ckpt
 
 
 def args_record(args) -> dict:

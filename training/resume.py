@@ -4,13 +4,16 @@ the data order, the RNG and the seconds trained so far. One file written atomica
 `torch.load(weights_only=True)`.
 
 A job names its stateful parts (anything with state_dict() / load_state_dict()) and the arguments
-that must not change across a resume; `--resume FILE` then refuses a file from another job or
-other arguments, naming what differs."""
+that must not change across a resume; `--resume FILE` then refuses a file from another job, other
+arguments or another number of processes, naming what differs. Under torchrun every process's RNG
+is kept (each draws its own augmentation); the other parts are the same on every process, or (the
+data position) hold what each process needs, and are written by the main process."""
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from driftseg.models.checkpoint import write_atomically
 
@@ -30,14 +33,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of this process's group, (0, 1) alone."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class TrainingState:
     """Saves and restores `parts` at iteration boundaries.
 
     `fixed` holds the arguments a resumed run must share with the run that wrote the file (the
-    schedule length, batch size, seed, data...); `path` is where `save` writes (None: never)."""
+    schedule length, batch size, seed, data...); `path` is where `save` writes (None: never).
+    Under torchrun every process calls `maybe_save` (each hands over its RNG state) and the one
+    with `write` writes."""
 
-    def __init__(self, job: str, parts: Mapping[str, Any], fixed: dict[str, Any], path: Path | None, every: int):
-        self.job, self.parts, self.fixed, self.path, self.every = job, parts, fixed, path, every
+    def __init__(self, job: str, parts: Mapping[str, Any], fixed: dict[str, Any], path: Path | None, every: int,
+                 write: bool = True):
+        self.job, self.parts, self.fixed, self.path, self.every, self.write = job, parts, fixed, path, every, write
 
     def maybe_save(self, done: int, train_seconds: float) -> None:
         """Save after `done` iterations when `done` is a multiple of `every`."""
@@ -45,9 +58,16 @@ class TrainingState:
             self.save(done, train_seconds)
 
     def save(self, done: int, train_seconds: float) -> None:
+        _, world = _distributed()
+        rngs = [rng_state()]
+        if world > 1:
+            rngs = [None] * world
+            dist.all_gather_object(rngs, rng_state())
+        if not self.write:
+            return
         payload = {
             "format": FORMAT, "job": self.job, "fixed": self.fixed, "done": done,
-            "train_seconds": train_seconds, "rng": rng_state(),
+            "train_seconds": train_seconds, "rng": rngs[0], "world_size": world, "rank_rngs": rngs[1:],
             "parts": {name: part.state_dict() for name, part in self.parts.items()},
         }
         write_atomically(self.path, lambda f: torch.save(payload, f))
@@ -65,10 +85,15 @@ class TrainingState:
         if differ:
             told = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differ.items())
             raise ValueError(f"{path} was written with other arguments; resume with the same ones ({told})")
+        rank, world = _distributed()
+        written = payload.get("world_size")  # None: a file of before the per-process RNG, whose processes shared one
+        if written is not None and written != world:
+            raise ValueError(f"{path} was written by a job of {written} process(es); resume it with {written}, "
+                             f"not {world} (each process's data shard and RNG are in it)")
         missing = self.parts.keys() - payload["parts"].keys()
         if missing:
             raise ValueError(f"{path} lacks the state of {sorted(missing)}")
         for name, part in self.parts.items():
             part.load_state_dict(payload["parts"][name])
-        set_rng_state(payload["rng"])
+        set_rng_state(payload["rng"] if rank == 0 or written is None else payload["rank_rngs"][rank - 1])
         return payload["done"], payload["train_seconds"]

@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from driftseg.data.transforms import to_unit
 from driftseg.models.checkpoint import Checkpoint, load_checkpoint
 from driftseg.training import finetune, norms
 from driftseg.training.networks import FeatureTap
@@ -45,7 +46,7 @@ def teacher_outputs(teachers: list[Checkpoint], images: torch.Tensor, device, ba
     tap = FeatureTap(models[0])
     probs, features = [], []
     for i in range(0, len(images), batch):
-        x = images[i:i + batch].float().div(255)
+        x = to_unit(images[i:i + batch])
         probs.append(sum(m(x).float().softmax(1) for m in models) / len(models))
         features.append(tap.take().float())
     tap.handle.remove()
@@ -90,7 +91,7 @@ def prototype_filter(features: torch.Tensor, labels: torch.Tensor, num_classes: 
 def main(argv=None) -> None:
     args = parse_args(argv)
     job = finetune.prepare(args, "self-training")
-    paths = args.teachers or [args.parent]
+    paths = args.teachers = args.teachers or [args.parent]  # resolved: the config records the teachers used
     teachers = [load_checkpoint(path) for path in paths]
     for path, t in zip(paths, teachers):
         if (t.class_names, t.input_size) != (job.parent.class_names, job.parent.input_size):
@@ -131,7 +132,8 @@ def main(argv=None) -> None:
         schedule.step()
         return {"seg": seg.item(), "pseudo": pseudo.item(), "lr": schedule.get_last_lr()[0]}
 
-    seconds = finetune.run(job, step, student)
+    parts = {"model": student, "optimizer": optimizer, "schedule": schedule, "source": source, "target": target}
+    seconds = job.train(step, parts, student).seconds
     record = {"pseudo_labels": {"kept_fraction": round(kept, 4), "confident_fraction": round(confident, 4),
                                 "thresholds": [round(t, 4) for t in thresholds.tolist()]}}
     parents = [(args.parent, job.parent)] + [(p, t) for p, t in zip(paths, teachers) if p != args.parent]

@@ -7,8 +7,8 @@ import pytest
 
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
-from driftseg.bench.accuracy import to_tensor
-from driftseg.bench.data import FrameFolder
+from driftseg.data.folder import FrameFolder
+from driftseg.data.transforms import to_tensor
 from driftseg.cli import main
 from driftseg.models.checkpoint import save_checkpoint
 

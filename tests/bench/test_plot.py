@@ -1,7 +1,7 @@
 """bench/plot.py: the rolling mIoU against per-window confusion matrices, and the picture is written."""
 import torch
 
-from driftseg.bench.metrics import mean_iou
+from driftseg.data.metrics import mean_iou
 from driftseg.bench.plot import plot_stream, rolling_miou
 
 

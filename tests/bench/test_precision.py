@@ -30,7 +30,7 @@ def test_fp32_against_itself_and_bf16(tiny_ckpt) -> None:
 def test_bf16_runs_the_network_in_bf16_and_keeps_states_in_fp32(tiny_ckpt) -> None:
     fp32, bf16 = (Pipeline(tiny_ckpt, parse_method("auto"), precision=p) for p in ("fp32", "bf16"))
     frame = domain_frames(1, seed=4)
-    (l32, (s32,)), (l16, (s16,)) = fp32.step(frame, [fp32.new_state()]), bf16.step(frame, [bf16.new_state()])
+    (_, (s32,)), (_, (s16,)) = fp32.step(frame, [fp32.new_state()]), bf16.step(frame, [bf16.new_state()])
     assert s16.parts["norm"].stats.dtype == torch.float32 and s16.parts["lc"].proto_sum.dtype == torch.float32
     assert not torch.equal(s16.parts["norm"].stats, s32.parts["norm"].stats)  # the convolutions did run in bf16
     torch.testing.assert_close(s16.parts["norm"].stats, s32.parts["norm"].stats, rtol=0.1, atol=0.1)

@@ -3,7 +3,7 @@ import io
 import pytest
 from PIL import Image
 
-from driftseg.bench.data import resolve_data_dir
+from driftseg.data.folder import resolve_data_dir
 from driftseg.models.checkpoint import save_checkpoint
 from driftseg.service.settings import Settings
 

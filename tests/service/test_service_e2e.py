@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from driftseg.bench.data import resolve_data_dir
+from driftseg.data.folder import resolve_data_dir
 from driftseg.bench.load import raw_throughput, run_level
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT
 from service_util import start, stop

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from driftseg.bench.data import resolve_data_dir
+from driftseg.data.folder import resolve_data_dir
 from service_util import start, stop
 
 STREAMS, MAX_STREAMS = 10, 4

@@ -1,13 +1,20 @@
 """`train source --resume`: a job cut off mid-way and resumed from its training state ends as the
-same job run without a break would, on the toy CamVid folder (conftest.py)."""
+same job run without a break would, on the toy CamVid folder (conftest.py); under torchrun every
+process resumes with its own RNG (resume.py)."""
 import json
 import shutil
 
+from pathlib import Path
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
 
 from driftseg.models.checkpoint import load_checkpoint
 from driftseg.training import common, source
+from driftseg.training.resume import TrainingState
 
 ITERS, SAVE_EVERY, CUT_AT = 8, 3, 5  # the cut comes two iterations after the last save
 
@@ -86,3 +93,35 @@ def test_resume_refuses_a_state_of_other_arguments(toy_data, runs, tmp_path):
 def test_resume_refuses_a_file_that_is_not_a_training_state(toy_data, runs, tmp_path):
     with pytest.raises(ValueError, match="not a driftseg training state"):
         train(toy_data, tmp_path / "other.pt", "--resume", str(runs["whole"][0]))
+
+
+# ---------------------------------------------------------------- every process its own RNG
+
+
+def _rank_rng(rank: int, world: int, init: str, state: str, drawn: str, phase: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        part = nn.Linear(2, 2)
+        training = TrainingState("toy", {"part": part}, {"seed": 0}, Path(state), every=1, write=rank == 0)
+        if phase == "save":
+            torch.manual_seed(100 + rank)
+            training.maybe_save(1, 1.0)
+        else:
+            torch.manual_seed(7)  # whatever the resumed process drew before, the state's RNG follows
+            assert training.load(Path(state)) == (1, 1.0)
+        torch.save(torch.rand(4), f"{drawn}.{phase}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_process_resumes_with_its_own_rng(tmp_path) -> None:
+    state, drawn = str(tmp_path / "toy.state.pt"), str(tmp_path / "drawn")
+    for phase in ("save", "load"):
+        init = f"file://{tmp_path / f'rendezvous-{phase}'}"
+        mp.spawn(_rank_rng, args=(2, init, state, drawn, phase), nprocs=2, join=True)
+    after = {(phase, r): torch.load(f"{drawn}.{phase}.{r}") for phase in ("save", "load") for r in range(2)}
+    for r in range(2):
+        torch.testing.assert_close(after["load", r], after["save", r], rtol=0, atol=0)
+    assert not torch.equal(after["save", 0], after["save", 1])
+    with pytest.raises(ValueError, match=r"written by a job of 2 process\(es\); resume it with 2, not 1"):
+        TrainingState("toy", {"part": nn.Linear(2, 2)}, {"seed": 0}, None, 0).load(Path(state))

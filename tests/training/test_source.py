@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from driftseg.bench.data import CAMVID_CLASSES, CAMVID_PALETTE
+from driftseg.data.folder import CAMVID_CLASSES, CAMVID_PALETTE
 from driftseg.models.checkpoint import load_checkpoint
 from toy_sizes import SIZE, SOURCE_ITERS as ITERS
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from driftseg.adapters.fda import band_size, low_freq_amplitude, transfer
 from driftseg.models.registry import create_model

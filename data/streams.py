@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from driftseg.bench.corruptions import CORRUPTIONS, corrupt
-from driftseg.bench.data import FrameFolder
+from driftseg.data.corruptions import CORRUPTIONS, corrupt
+from driftseg.data.folder import FrameFolder
+from driftseg.models.checkpoint import write_atomically
 
 DAY_SPLIT, DUSK_SPLIT = "source_val", "target_dusk"
 SYNTHETIC = ("fog", "contrast", "gaussian_noise", "motion_blur", "snow", "brightness", "defocus_blur", "night")
@@ -101,10 +102,9 @@ def _generate(folder: FrameFolder, segment: Segment, severity: int, names: list[
     out.mkdir(parents=True, exist_ok=True)
     order = {n: i for i, n in enumerate(folder.frames(segment.split))}
     for name in names:
-        image = corrupt(folder.read_image(name), segment.corruption, severity, seed=order[name])
-        tmp = out / f".{name}.{os.getpid()}.png"
-        Image.fromarray(image).save(tmp, compress_level=1)
-        os.replace(tmp, out / f"{name}.png")  # atomic: a concurrent reader never sees half a file
+        image = Image.fromarray(corrupt(folder.read_image(name), segment.corruption, severity, seed=order[name]))
+        # atomic: a concurrent reader (another process preparing the same stream) never sees half a file
+        write_atomically(out / f"{name}.png", lambda f: image.save(f, format="PNG", compress_level=1))
 
 
 def _segment(spec: str, folder: FrameFolder, start: int) -> Segment:

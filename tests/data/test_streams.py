@@ -1,4 +1,4 @@
-"""bench/streams.py: stream specs, their order, the corrupted-frame cache and the protocol's night."""
+"""data/streams.py: stream specs, their order, the corrupted-frame cache and the protocol's night."""
 import json
 from pathlib import Path
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import driftseg.bench.streams
-from driftseg.bench.data import FrameFolder
-from driftseg.bench.streams import CONTINUAL, open_stream
+import driftseg.data.streams
+from driftseg.data.folder import FrameFolder
+from driftseg.data.streams import CONTINUAL, open_stream
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
 needs_real = pytest.mark.skipif(not (REAL / "splits.json").is_file(), reason=f"real CamVid folder {REAL} not found")
@@ -140,7 +140,7 @@ def test_split_corruption_spec_is_deterministic_and_cached(folder, tmp_path, mon
         raise AssertionError("cached frames were generated again")
 
     with monkeypatch.context() as m:
-        m.setattr(driftseg.bench.streams, "_generate", no_generation)
+        m.setattr(driftseg.data.streams, "_generate", no_generation)
         again = list(open_stream("my_split:frost", folder).frames())
     for (a, _), (b, _) in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -277,3 +277,33 @@ def test_every_corruption_regenerates_identically(folder, tmp_path) -> None:
     a = list(open_stream("my_split:impulse_noise", folder, cache_dir=tmp_path / "a").frames(limit=1))
     b = list(open_stream("my_split:impulse_noise", folder, cache_dir=tmp_path / "b").frames(limit=1))
     np.testing.assert_array_equal(a[0][0], b[0][0])
+
+
+# ---------------------------------------------------------------- the corruption list and the cache files
+
+
+def test_corruption_names_are_imagecorruptions_own() -> None:
+    # driftseg.data.corruptions lists them itself, so that a stream spec is checked without the package
+    from driftseg.data.corruptions import CORRUPTIONS, imagecorruptions
+
+    assert CORRUPTIONS == tuple(imagecorruptions().get_corruption_names("all"))
+
+
+def test_cached_frames_are_written_atomically(folder, tmp_path, monkeypatch) -> None:
+    """Each frame goes through models/checkpoint.py's write_atomically (a temp file renamed over the
+    name), so that a reader in another process never opens half a PNG; no temp file is left."""
+    written = []
+    write = driftseg.data.streams.write_atomically
+
+    def recorded(path, *args, **kwargs):
+        written.append(path.name)
+        return write(path, *args, **kwargs)
+
+    monkeypatch.setattr(driftseg.data.streams, "write_atomically", recorded)
+    frames = list(open_stream("my_split:night", folder, cache_dir=tmp_path / "cache").frames())
+    assert written == ["f0.png", "f1.png", "f2.png"]
+    files = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert files == written
+    for (image, _), name in zip(frames, written, strict=True):
+        with Image.open(next((tmp_path / "cache").rglob(name))) as im:
+            np.testing.assert_array_equal(np.array(im), image)

@@ -1,4 +1,4 @@
-"""bench/data.py: where the data folder is found, and reading folders in the CamVid layout."""
+"""data/folder.py: where the data folder is found, and reading folders in the CamVid layout."""
 import json
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import driftseg.bench.data
-from driftseg.bench.data import CAMVID_CLASSES, FrameFolder, resolve_data_dir
+import driftseg.data.folder
+from driftseg.data.folder import CAMVID_CLASSES, FrameFolder, resolve_data_dir
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
 needs_real = pytest.mark.skipif(not (REAL / "splits.json").is_file(), reason=f"real CamVid folder {REAL} not found")
@@ -50,7 +50,7 @@ def test_environment_variable_used_without_argument(tmp_path, monkeypatch) -> No
 
 def test_default_is_shared_camvid_beside_the_repository(monkeypatch) -> None:
     monkeypatch.delenv("DRIFTSEG_DATA", raising=False)
-    repo = Path(driftseg.bench.data.__file__).resolve().parents[1]
+    repo = Path(driftseg.data.folder.__file__).resolve().parents[1]
     expected = repo.parent / "shared" / "data" / "camvid"
     if not expected.is_dir():
         pytest.skip(f"{expected} not present")
@@ -61,7 +61,7 @@ def test_default_is_shared_camvid_beside_the_repository(monkeypatch) -> None:
 
 def test_missing_default_is_a_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("DRIFTSEG_DATA", raising=False)
-    monkeypatch.setattr(driftseg.bench.data, "DEFAULT_DATA", tmp_path / "absent")
+    monkeypatch.setattr(driftseg.data.folder, "DEFAULT_DATA", tmp_path / "absent")
     with pytest.raises(FileNotFoundError) as err:
         resolve_data_dir()
     msg = str(err.value)

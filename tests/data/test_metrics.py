@@ -1,9 +1,9 @@
-"""bench/metrics.py against confusion matrices and scores computed independently with NumPy."""
+"""data/metrics.py against confusion matrices and scores computed independently with NumPy."""
 import numpy as np
 import pytest
 import torch
 
-from driftseg.bench.metrics import ConfusionMatrix, mean_dice, mean_iou, per_class_iou
+from driftseg.data.metrics import ConfusionMatrix, mean_dice, mean_iou, per_class_iou
 
 
 def np_confusion(target: np.ndarray, pred: np.ndarray, c: int, ignore: int) -> np.ndarray:
