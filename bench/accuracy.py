@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from driftseg.device import resolve_device
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 from driftseg.bench.report import table
@@ -25,14 +26,6 @@ from driftseg.models.checkpoint import Checkpoint
 def device_name(device: torch.device) -> str:
     """What the device is, for result files: the GPU's name, or the CPU's."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(device)
 
 
 def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int, max_frames: int | None) -> tuple[dict, dict]:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from driftseg.training import finetune, norms
+from driftseg.training import common, finetune, norms
 from driftseg.training.networks import MultiLevelNet, OutputDiscriminator
 
 SOURCE, TARGET = 0.0, 1.0  # the discriminators' domain labels
@@ -86,7 +86,7 @@ def train(job: finetune.Job, net: MultiLevelNet) -> float:
         both = torch.cat([torch.full((n,), SOURCE), torch.full((len(xt),), TARGET)])
         for d in discriminators:
             d.requires_grad_(False)
-        with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.device.type == "cuda"), norms.source_first(net, plain):
+        with common.mixed_precision(ctx.device), norms.source_first(net, plain):
             main, aux = g(torch.cat([xs, xt]))
         seg = F.cross_entropy(main[:n].float(), ys, ignore_index=job.ignore_index)
         seg_aux = F.cross_entropy(aux[:n].float(), ys, ignore_index=job.ignore_index)

@@ -16,6 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from driftseg.adapters.fda import low_freq_amplitude
+from driftseg.device import resolve_device
 from driftseg.data.metrics import ConfusionMatrix
 from driftseg.data.transforms import to_unit
 from driftseg.models.checkpoint import Checkpoint, file_sha256
@@ -36,8 +37,7 @@ class Dist:
 
 def setup_distributed(device: str) -> Dist:
     """Single process, or one process of a `torchrun` group (NCCL on GPU, gloo on CPU)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device).type
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return Dist(0, 1, torch.device(device))
     local = int(os.environ["LOCAL_RANK"])
@@ -46,6 +46,12 @@ def setup_distributed(device: str) -> Dist:
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
     dev = torch.device(device, local) if device == "cuda" else torch.device("cpu")
     return Dist(dist.get_rank(), dist.get_world_size(), dev)
+
+
+def mixed_precision(device: torch.device):
+    """The jobs' autocast: bf16 on a GPU; float32 on the CPU, where bf16 measured slower
+    (`driftseg bench training`)."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
 
 
 def augmentation(
@@ -176,7 +182,7 @@ def evaluate(model, images, labels, num_classes: int, ignore_index: int, batch: 
     cm = ConfusionMatrix(num_classes, ignore_index)
     for i in range(0, len(images), batch):
         x = to_unit(images[i:i + batch])
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
+        with mixed_precision(x.device):
             pred = model(x).argmax(1)
         cm.update(labels[i:i + batch].cpu(), pred.cpu())
     model.train(was_training)

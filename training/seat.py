@@ -1,4 +1,5 @@
-"""`driftseg train seat`: adversarial adaptation with Separate Affine Transformations (seed paper 003).
+"""`driftseg train seat`: adversarial adaptation with Separate Affine Transformations
+(SEAT, Yan & Lee 2021).
 
 Every BN layer of the network gets two branches, each with its own normalisation statistics and
 affine transform: source frames go through the source branches, target frames through the

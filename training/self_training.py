@@ -1,12 +1,12 @@
 """`driftseg train self-training`: pseudo-label the unlabelled target frames, then train on source
-labels and target pseudo-labels (seed paper 001's self-supervised step). With several teachers the
+labels and target pseudo-labels (the self-supervised step of FDA, Yang & Soatto 2020). With several teachers the
 pseudo-labels come from the mean of their softmax: FDA's multi-band transfer (MBT), distilled into
 the one network the service runs.
 
 Each target pixel takes the class of the teachers' mean softmax. Class-wise thresholds keep the most
 confident --top-fraction of each class's pixels, capped at --max-threshold (CBST / IAST), so rare
 classes keep pseudo-labels; the rest are ignored. --prototypes denoises further in the spirit of
-ProDA / G2L (seed paper 004): class prototypes are the mean normalised backbone feature of each
+ProDA (Zhang et al. 2021) and G2L: class prototypes are the mean normalised backbone feature of each
 class's kept pixels, and a pixel whose feature is nearer another class's prototype is ignored too.
 """
 import argparse
@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from driftseg.data.transforms import to_unit
 from driftseg.models.checkpoint import Checkpoint, load_checkpoint
-from driftseg.training import finetune, norms
+from driftseg.training import common, finetune, norms
 from driftseg.training.networks import FeatureTap
 
 
@@ -119,7 +119,7 @@ def main(argv=None) -> None:
         xt, yt = next(target)
         plain = len(xs)
         xs, ys = finetune.with_styled(xs, ys, xt, args.fda_beta)
-        with torch.autocast(job.ctx.device.type, torch.bfloat16, enabled=job.ctx.device.type == "cuda"), \
+        with common.mixed_precision(job.ctx.device), \
                 norms.source_first(student, plain):
             logits = g(torch.cat([xs, xt])).float()
         seg = F.cross_entropy(logits[:len(xs)], ys, ignore_index=job.ignore_index)

@@ -47,7 +47,7 @@ def main(argv=None) -> None:
 
     def step(it: int) -> dict[str, float]:
         x, y = next(batches)
-        with torch.autocast(job.ctx.device.type, torch.bfloat16, enabled=job.ctx.device.type == "cuda"):
+        with common.mixed_precision(job.ctx.device):
             loss = F.cross_entropy(train_model(x.contiguous(memory_format=torch.channels_last)), y,
                                    ignore_index=job.ignore_index)
         optimizer.zero_grad(set_to_none=True)

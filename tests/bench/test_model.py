@@ -15,7 +15,8 @@ def test_throughput_at_each_batch_size(tiny_ckpt, tmp_path) -> None:
         assert list(row) == ["source", "auto"]
         for t in row.values():
             assert t["ms_per_batch"] > 0
-            assert t["frames_per_s"] == pytest.approx(b / (t["ms_per_batch"] / 1000), rel=1e-2)
+            # frames/s is rounded to 0.1 and ms/batch to 0.001: a slow step leaves only the rounding
+            assert t["frames_per_s"] == pytest.approx(b / (t["ms_per_batch"] / 1000), rel=1e-3, abs=0.051)
     lines = markdown_table(result, ["source", "auto"]).splitlines()
     assert len(lines) == 4 and lines[2].startswith("| 1 |") and lines[3].startswith("| 3 |")
     ratio = result[3]["auto"]["ms_per_batch"] / result[3]["source"]["ms_per_batch"]

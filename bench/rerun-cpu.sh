@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Every CPU result in the README that rests on the default checkpoint, rerun in order with the
+# README's own commands (run it after the default checkpoint changes). Each part writes its JSON and
+# Markdown table (and plots) under bench/results/; a part whose JSON exists already is skipped unless
+# FORCE=1, so a run that was cut off goes on where it stopped. The load tests start their own server
+# on a free port with a fresh state folder and stop it afterwards.
+#
+#   bench/rerun-cpu.sh [PART ...]      parts: methods drift speed model model-compiled precision load
+#                                      load-compiled (all, in that order, without arguments)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+D=${D:-.venv/bin/driftseg}
+R=bench/results
+ALL="methods drift speed model model-compiled precision load load-compiled"
+parts=${*:-$ALL}
+
+done_already() { [ -z "${FORCE:-}" ] && [ -f "$1" ] && echo "== $1 exists: skipped (FORCE=1 reruns it)"; }
+
+serve_and_load() {  # $1: output name, $2: extra server environment (e.g. DRIFTSEG_COMPILE=true)
+    local port=8124 state
+    state=$(mktemp -d)
+    env $2 DRIFTSEG_STATE_DIR="$state" $D serve --port $port > "$state/serve.log" 2>&1 &
+    local server=$!
+    until curl -sf "http://127.0.0.1:$port/readyz" > /dev/null; do
+        kill -0 $server 2> /dev/null || { cat "$state/serve.log"; return 1; }
+        sleep 2
+    done
+    $D bench load --url "http://127.0.0.1:$port" --streams 1 8 32 --duration 20 --raw-batch 8 --out "$R/$1.json"
+    # open loop, one camera, at rates around what this CPU serves at the checkpoint's input size
+    $D bench load --url "http://127.0.0.1:$port" --streams 1 --rate 2 4 6 8 10 --duration 20 \
+        --out "$R/${1/load/load-open}.json"
+    kill $server; wait $server
+}
+
+for part in $parts; do
+    echo "== $part ($(date +%H:%M:%S))"
+    case $part in
+    methods) done_already $R/methods.json || $D bench accuracy --methods source ptbn tent "ema(m=0.1)" \
+        "ema(m=0.1,alpha=0.5)" lc "ema(m=0.1)+lc" "fda(mode=swap)" "fda(mode=ratio)" "auto(m=0.1,floor=0.2)" \
+        "auto(m=0.1,floor=0.2)+lc" "auto(m=0.1,floor=0.2)+lc+fda(mode=ratio)" \
+        "auto(m=0.1,floor=0.2,switch=2,layers=20)+lc" auto --out $R/methods.json ;;
+    drift) done_already $R/drift.json || $D bench accuracy --streams continual \
+        --methods source ptbn tent "ema(m=0.1)+lc" auto --out $R/drift.json ;;
+    speed) done_already $R/speed.json || $D bench speed --frames 200 --repeats 5 --methods source ptbn \
+        "ema(m=0.1)+lc" "auto(m=0.1,floor=0.2)+lc" "auto(m=0.1,floor=0.2,switch=2,layers=20)+lc" tent auto \
+        --out $R/speed.json ;;
+    model) done_already $R/model-cpu.json || $D bench model --batches 1 8 32 --engines torch onnx --steps 10 \
+        --out $R/model-cpu.json ;;
+    model-compiled) done_already $R/model-cpu-compiled.json || $D bench model --engines torch compiled \
+        --methods source auto --batches 1 8 32 --steps 20 --out $R/model-cpu-compiled.json ;;
+    precision) done_already $R/precision-cpu.json || $D bench precision --out $R/precision-cpu.json ;;
+    load) done_already $R/load-cpu.json || serve_and_load load-cpu "" ;;
+    load-compiled) done_already $R/load-cpu-compiled.json || serve_and_load load-cpu-compiled DRIFTSEG_COMPILE=true ;;
+    *) echo "unknown part $part (parts: $ALL)" >&2; exit 2 ;;
+    esac
+done
