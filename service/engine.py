@@ -29,6 +29,7 @@ from driftseg.service.metrics import Metrics
 from driftseg.service.redis_store import RedisSnapshotStore
 from driftseg.service.registry import StreamEntry, StreamRegistry, check_stream_id
 from driftseg.service.settings import Settings
+from driftseg.service.stages import Stage
 
 FORMATS = ("png", "overlay", "json")
 log = logging.getLogger("driftseg.service")
@@ -54,7 +55,7 @@ class Segmented:
     height: int
     shift_score: float | None
     alpha_mean: float | None
-    seconds: dict[str, float]  # wait, decode, model, encode
+    seconds: dict[Stage, float]  # every stage of service/stages.py
     media_type: str | None = None
     body: bytes | None = None
     counts: np.ndarray | None = None
@@ -169,9 +170,9 @@ class Engine:
             out, t_encode = await to_thread.run_sync(_timed, self._encode, fmt, rgb, labels)
             score, alpha = self._auto(state)
             await self.registry.commit(entry, state, score)
-        seconds = {"wait": waited, "decode": t_decode, "model": t_model, "encode": t_encode}
-        for stage in ("decode", "model", "encode"):
-            self.metrics.stage_seconds.labels(stage).observe(seconds[stage])
+        seconds = {Stage.WAIT: waited, Stage.DECODE: t_decode, Stage.MODEL: t_model, Stage.ENCODE: t_encode}
+        for stage, value in seconds.items():
+            self.metrics.stage_seconds.labels(stage).observe(value)
         self.metrics.frames.labels("true" if adapt else "false").inc()
         if adapt:
             self.metrics.frames_adapted.inc()

@@ -2,7 +2,7 @@
 
     driftseg_requests_total{route,status}             requests answered, by route template and status
     driftseg_request_duration_seconds{route}          histogram of request time
-    driftseg_stage_duration_seconds{stage}            histogram of decode | model | encode time
+    driftseg_stage_duration_seconds{stage}            histogram of each stage's time (service/stages.py)
     driftseg_frames_total{adapted}                    frames segmented, folded into their stream or not
     driftseg_segment_in_flight                        /segment requests admitted and not yet answered (the
                                                       queue depth; beyond max_pending a request gets a 503)
@@ -28,6 +28,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from driftseg.service.stages import Stage
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OTHER = "_other"
@@ -55,7 +57,7 @@ class Metrics:
         self.queue_wait = Histogram("driftseg_queue_wait_seconds", "A frame's wait for its batch",
                                     buckets=LATENCY_BUCKETS, registry=self.registry)
         self.snapshots = Counter("driftseg_snapshots_written", "Stream snapshots written", registry=self.registry)
-        for stage in ("decode", "model", "encode"):
+        for stage in Stage:
             self.stage_seconds.labels(stage)  # every series exists from the start
         for adapted in ("true", "false"):
             self.frames.labels(adapted)

@@ -1,7 +1,9 @@
 """Response models: what the JSON answers hold, as they appear in the OpenAPI schema."""
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+
+from driftseg.service.stages import Stage
 
 
 class ClassCount(BaseModel):
@@ -11,11 +13,9 @@ class ClassCount(BaseModel):
     fraction: float
 
 
-class Timings(BaseModel):
-    wait: float = Field(description="ms waiting for the stream (earlier frames of it, a snapshot read)")
-    decode: float
-    model: float
-    encode: float
+# ms per stage of the request, one field per stage of service/stages.py
+Timings = create_model("Timings", **{stage.value: (float, Field(description=f"ms {stage.description}"))
+                                     for stage in Stage})
 
 
 class SegmentSummary(BaseModel):

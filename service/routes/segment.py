@@ -9,6 +9,7 @@ from driftseg.service.deps import EngineDep, ReadAccess, StreamId
 from driftseg.service.engine import Segmented
 from driftseg.service.imaging import MEDIA_TYPES
 from driftseg.service.schemas import ClassCount, SegmentSummary, Timings
+from driftseg.service.stages import server_timing
 
 router = APIRouter(tags=["segment"])
 
@@ -49,8 +50,7 @@ def choose_format(fmt: str | None, accept: str | None) -> str:
 
 
 def _headers(r: Segmented) -> dict[str, str]:
-    timing = ", ".join(f"{stage};dur={r.seconds[stage] * 1000:.2f}" for stage in ("wait", "decode", "model", "encode"))
-    headers = {"X-Stream-Id": r.stream, "X-Frame-Index": str(r.frame), "Server-Timing": timing}
+    headers = {"X-Stream-Id": r.stream, "X-Frame-Index": str(r.frame), "Server-Timing": server_timing(r.seconds)}
     if r.shift_score is not None:
         headers["X-Shift-Score"] = f"{r.shift_score:.4f}"
     return headers

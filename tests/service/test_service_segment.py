@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from driftseg.service.app import create_app
+from driftseg.service.stages import Stage
 from service_util import assert_same, exported_state
 
 
@@ -57,6 +58,19 @@ def test_headers_and_json_summary(client, frames):
     assert body["classes"][0]["name"] and abs(sum(c["fraction"] for c in body["classes"]) - 1) < 1e-6
     assert 0 <= body["alpha_mean"] <= 1 and body["shift_score"] == pytest.approx(float(r.headers["X-Shift-Score"]), abs=1e-4)
     assert set(body["timings_ms"]) == {"wait", "decode", "model", "encode"}
+
+
+def test_stage_names_are_the_same_in_every_view(client, frames):
+    """Server-Timing, the JSON summary, its schema and the stage histogram name the same stages, in order."""
+    names = [stage.value for stage in Stage]
+    r = post(client, frames[0], "stages", format="json")
+    assert [part.split(";")[0] for part in r.headers["Server-Timing"].split(", ")] == names
+    assert list(r.json()["timings_ms"]) == names
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Timings"]
+    assert list(schema["properties"]) == names and all(p["description"] for p in schema["properties"].values())
+    observed = [line.split('stage="')[1].split('"')[0] for line in client.get("/metrics").text.splitlines()
+                if line.startswith("driftseg_stage_duration_seconds_count{")]
+    assert observed == names
 
 
 def test_overlay_by_query_and_by_accept(client, frames):
