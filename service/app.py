@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         engine.ready = True
         log.info("driftseg ready: %s on %s, method %s, %d stream snapshot(s) in %s", settings.checkpoint,
-                 engine.device, engine.method, len(engine.registry.on_disk), settings.state_dir)
+                 engine.device, engine.method, engine.registry.counts()[1], engine.store.location)
         if settings.api_key is None:
             log.info("DRIFTSEG_API_KEY is not set: every route is open")
         else:
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.ready = False  # /readyz turns 503 while the streams are flushed
             written = await engine.stop()
             model_thread.shutdown()
-            log.info("driftseg stopped: %d stream snapshot(s) written to %s", written, settings.state_dir)
+            log.info("driftseg stopped: %d stream snapshot(s) written to %s", written, engine.store.location)
 
     app = FastAPI(title="driftseg", version="0.1.0", lifespan=lifespan,
                   description="Semantic segmentation of camera streams that adapts per stream without backprop.")

@@ -12,7 +12,6 @@ import math
 import time
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,22 +25,13 @@ from driftseg.service import imaging, snapshots
 from driftseg.service.batcher import Batcher
 from driftseg.service.errors import NotFound, Overloaded
 from driftseg.service.metrics import Metrics
-from driftseg.service.redis_store import RedisSnapshotStore
 from driftseg.service.registry import StreamEntry, StreamRegistry, check_stream_id
 from driftseg.service.settings import Settings
+from driftseg.service.store import open_store
 from driftseg.service.stages import Stage
 
 FORMATS = ("png", "overlay", "json")
 log = logging.getLogger("driftseg.service")
-
-
-def open_store(settings: Settings, checkpoint: str, method: str):
-    """The snapshot store DRIFTSEG_STATE_STORE names: Redis, shared by replicas, or a folder."""
-    url = settings.state_store
-    if url is not None and url.startswith(("redis://", "rediss://")):
-        return RedisSnapshotStore(url, checkpoint, method)
-    directory = Path(url.removeprefix("file://")) if url is not None else settings.state_dir
-    return snapshots.SnapshotStore(directory, checkpoint, method)
 
 
 @dataclass
@@ -225,14 +215,14 @@ class Engine:
         async with self.registry.use(stream, create=False) as entry:
             if entry is None:
                 raise self._unknown(stream)
-            return await to_thread.run_sync(self._describe, entry, entry.state, list(entry.scores), stream in self.registry.on_disk)
+            return await to_thread.run_sync(self._describe, entry, entry.state, list(entry.scores), self.registry.is_stored(stream))
 
-    def _describe(self, entry: StreamEntry, state: StreamState, scores: list, on_disk: bool) -> dict:
+    def _describe(self, entry: StreamEntry, state: StreamState, scores: list, stored: bool) -> dict:
         score, alpha = self._auto(state)
         out = {
             "stream": entry.stream, "checkpoint": self.fingerprint,
             "method": {"spec": self.method, "parameters": asdict(self.spec)},
-            "frames": state.frames, "last_seen": entry.last_seen, "in_memory": True, "on_disk": on_disk,
+            "frames": state.frames, "last_seen": entry.last_seen, "in_memory": True, "on_disk": stored,
             "shift_score": score, "alpha_mean": alpha,
             "since_reset": state.auto.since_reset if state.auto else None,
             "switches": list(state.auto.switches) if state.auto else [],

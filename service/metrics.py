@@ -96,11 +96,10 @@ class _EngineCollector(Collector):
         score = GaugeMetricFamily("driftseg_shift_score", "Shift score of a stream's state (about 1 at the edge "
                                   "of in-domain)", labels=["stream"])
         if engine is not None:
-            registry = engine.registry
-            held.add_metric(["memory"], len(registry.entries))
-            held.add_metric(["disk"], len(registry.on_disk))
-            recent = sorted(registry.entries.values(), key=lambda e: e.last_seen, reverse=True)
-            scored = [(e.stream, e.scores[-1][1]) for e in recent if e.scores]
+            in_memory, stored = engine.registry.counts()
+            held.add_metric(["memory"], in_memory)
+            held.add_metric(["disk"], stored)  # the label value predates the Redis store: any store
+            scored = engine.registry.latest_scores()
             cap = self.metrics.stream_cap
             for stream, value in scored[:cap]:
                 score.add_metric([stream], value)

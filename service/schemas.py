@@ -6,6 +6,10 @@ from pydantic import BaseModel, Field, create_model
 from driftseg.service.stages import Stage
 
 
+# the field's name predates the Redis store; it means any state store
+STORED = "a snapshot of the stream is in the state store (a folder or Redis, DRIFTSEG_STATE_STORE)"
+
+
 class ClassCount(BaseModel):
     id: int
     name: str
@@ -68,7 +72,7 @@ class StreamStateSummary(BaseModel):
     frames: int
     last_seen: float = Field(description="unix time")
     in_memory: bool
-    on_disk: bool
+    on_disk: bool = Field(description=STORED)
     shift_score: float | None
     alpha_mean: float | None
     since_reset: int | None
@@ -84,13 +88,13 @@ class StreamInfo(BaseModel):
     frames: int
     last_seen: float = Field(description="unix time")
     in_memory: bool
-    on_disk: bool
+    on_disk: bool = Field(description=STORED)
 
 
 class StreamList(BaseModel):
     streams: list[StreamInfo]
     in_memory: int
-    on_disk: int
+    on_disk: int = Field(description="streams with a snapshot in the state store (a folder or Redis)")
     max_streams: int
 
 

@@ -22,7 +22,7 @@ async def readyz(request: Request):
         body = Readiness(ready=False, detail="the model is not loaded yet, or the server is shutting down")
         return JSONResponse(body.model_dump(), status_code=503)
     # degraded, still ready: frames are served and states kept in memory until the store is back
-    detail = None if engine.store.healthy else f"degraded: state store {engine.store.directory} unavailable"
+    detail = None if engine.store.healthy else f"degraded: state store {engine.store.location} unavailable"
     settings = engine.settings
     return Readiness(ready=True, checkpoint=engine.fingerprint, method=engine.method, device=str(engine.device),
                      engine=settings.engine, compiled=settings.compile, precision=settings.precision, detail=detail)

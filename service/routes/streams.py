@@ -12,5 +12,5 @@ router = APIRouter(tags=["streams"])
 async def list_streams(_access: ReadAccess, engine: EngineDep) -> StreamList:
     """Streams held in memory or as snapshots in the state dir, most recently seen first."""
     rows = engine.streams()
-    return StreamList(streams=rows, in_memory=len(engine.registry.entries), on_disk=len(engine.registry.on_disk),
-                      max_streams=engine.settings.max_streams)
+    in_memory, stored = engine.registry.counts()
+    return StreamList(streams=rows, in_memory=in_memory, on_disk=stored, max_streams=engine.settings.max_streams)
