@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         engine.ready = True
         log.info("driftseg ready: %s on %s, method %s, %d stream snapshot(s) in %s", settings.checkpoint,
-                 engine.device, engine.method, engine.registry.counts()[1], engine.store.location)
+                 engine.device, engine.method, engine.states.counts()[1], engine.store.location)
         if settings.api_key is None:
             log.info("DRIFTSEG_API_KEY is not set: every route is open")
         else:

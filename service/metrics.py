@@ -96,10 +96,10 @@ class _EngineCollector(Collector):
         score = GaugeMetricFamily("driftseg_shift_score", "Shift score of a stream's state (about 1 at the edge "
                                   "of in-domain)", labels=["stream"])
         if engine is not None:
-            in_memory, stored = engine.registry.counts()
+            in_memory, stored = engine.states.counts()
             held.add_metric(["memory"], in_memory)
             held.add_metric(["disk"], stored)  # the label value predates the Redis store: any store
-            scored = engine.registry.latest_scores()
+            scored = engine.states.latest_scores()
             cap = self.metrics.stream_cap
             for stream, value in scored[:cap]:
                 score.add_metric([stream], value)

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from driftseg.adapters.spec import RECOMMENDED, MethodSpec, parse_method
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT
+from driftseg.service.adaptation import engine_refusal, method_refusal
 
 ENV_PREFIX = "DRIFTSEG_"
 SECRETS = {"api_key"}  # settings whose values error messages never repeat
@@ -65,10 +66,9 @@ class Settings(BaseSettings):
     @field_validator("method")
     @classmethod
     def _method_parses(cls, spec: str) -> str:
-        parsed = parse_method(spec)  # raises ValueError saying what is wrong
-        if parsed.norm == "tent":
-            raise ValueError("tent adapts by backprop and updates its model in place, so a stream's state cannot be "
-                             "snapshotted or rolled back; serve a backprop-free method (auto, ema, ptbn, source, +lc, +fda)")
+        refusal = method_refusal(parse_method(spec))  # parse_method raises ValueError saying what is wrong
+        if refusal:
+            raise ValueError(refusal)
         return spec.strip()
 
     @field_validator("state_store")
@@ -105,9 +105,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _engine_takes_the_method(self) -> "Settings":
-        if self.engine == "onnx" and self.spec.fda_mode is not None:
-            raise ValueError(f"engine onnx cannot run FDA (its FFT has no ONNX export here): drop +fda from "
-                             f"{ENV_PREFIX}METHOD or use {ENV_PREFIX}ENGINE=torch")
+        refusal = engine_refusal(self.spec, self.engine)
+        if refusal:
+            raise ValueError(f"{refusal} ({ENV_PREFIX}METHOD, {ENV_PREFIX}ENGINE)")
         if self.onnx_model is not None and self.engine != "onnx":
             raise ValueError(f"{ENV_PREFIX}ONNX_MODEL is set but {ENV_PREFIX}ENGINE is not onnx")
         if self.precision != "fp32" and self.engine != "torch":

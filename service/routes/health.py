@@ -1,7 +1,8 @@
 """Liveness, readiness and metrics."""
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from driftseg.service.deps import LoadedEngine, MetricsDep
 from driftseg.service.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -14,22 +15,17 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(request: Request):
+async def readyz(engine: LoadedEngine):
     """200 once the model is loaded and warmed up (with `detail` saying so when the state store is
     down); 503 before that and while shutting down."""
-    engine = getattr(request.app.state, "engine", None)
     if engine is None or not engine.ready:
         body = Readiness(ready=False, detail="the model is not loaded yet, or the server is shutting down")
         return JSONResponse(body.model_dump(), status_code=503)
-    # degraded, still ready: frames are served and states kept in memory until the store is back
-    detail = None if engine.store.healthy else f"degraded: state store {engine.store.location} unavailable"
-    settings = engine.settings
-    return Readiness(ready=True, checkpoint=engine.fingerprint, method=engine.method, device=str(engine.device),
-                     engine=settings.engine, compiled=settings.compile, precision=settings.precision, detail=detail)
+    return Readiness(**engine.readiness())
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-async def metrics(request: Request) -> Response:
+async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus exposition (service/metrics.py lists the series)."""
-    data, content_type = request.app.state.metrics.render()
+    data, content_type = metrics.render()
     return Response(data, media_type=content_type)

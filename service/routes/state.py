@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from driftseg.service.body import read_body
-from driftseg.service.deps import EngineDep, ReadAccess, StreamId, WriteAccess
+from driftseg.service.deps import ReadAccess, StatesDep, StreamId, WriteAccess
 from driftseg.service.errors import Unprocessable
 from driftseg.service.registry import check_stream_id
 from driftseg.service.schemas import ResetResult, StreamStateSummary
@@ -25,7 +25,7 @@ _BINARY = {"type": "string", "format": "binary"}
 )
 async def get_state(
     _access: ReadAccess,
-    engine: EngineDep,
+    states: StatesDep,
     stream: StreamId,
     fmt: Annotated[Literal["json", "binary"] | None, Query(alias="format", description="json | binary (else from Accept)")] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -34,10 +34,10 @@ async def get_state(
     per-BN-layer drift and alpha, label-calibration prototypes; or (format=binary) the whole state as a
     snapshot file that PUT /adaptation/state imports here or on another replica."""
     if fmt == "binary" or (fmt is None and SNAPSHOT_TYPE in (accept or "")):
-        data = await engine.export(stream)
+        data = await states.export(stream)
         return Response(data, media_type=SNAPSHOT_TYPE,
                         headers={"Content-Disposition": f'attachment; filename="{stream}.driftseg-state"'})
-    return await engine.describe(stream)
+    return await states.describe(stream)
 
 
 @router.put(
@@ -49,11 +49,11 @@ async def get_state(
     openapi_extra={"requestBody": {"required": True, "description": "a snapshot from GET /adaptation/state?format=binary",
                                    "content": {SNAPSHOT_TYPE: {"schema": _BINARY}}}},
 )
-async def put_state(_access: WriteAccess, request: Request, engine: EngineDep, stream: StreamId) -> dict:
+async def put_state(_access: WriteAccess, request: Request, states: StatesDep, stream: StreamId) -> dict:
     """Replace the stream's state with a snapshot's. Every check runs before the stream is touched:
     on any error its state stays as it was."""
     data = await read_body(request, MAX_STATE_BYTES, "snapshot", None)
-    return await engine.import_state(stream, data)
+    return await states.import_state(stream, data)
 
 
 @router.post("/adapt/reset", response_model=ResetResult,
@@ -61,7 +61,7 @@ async def put_state(_access: WriteAccess, request: Request, engine: EngineDep, s
                         404: {"description": "stream not held"}})
 async def reset(
     _access: WriteAccess,
-    engine: EngineDep,
+    states: StatesDep,
     stream: Annotated[str | None, Query(description="the stream to reset (or header X-Stream-Id)")] = None,
     x_stream_id: Annotated[str | None, Header()] = None,
     all_: Annotated[bool, Query(alias="all", description="reset every stream held")] = False,
@@ -71,8 +71,8 @@ async def reset(
     if all_:
         if stream is not None:
             raise Unprocessable("give either stream=ID or all=true, not both")
-        return ResetResult(reset=await engine.reset_all())
+        return ResetResult(reset=await states.reset_all())
     target = stream if stream is not None else x_stream_id
     if target is None:
         raise Unprocessable("say what to reset: stream=ID (or header X-Stream-Id) or all=true")
-    return ResetResult(reset=await engine.reset(check_stream_id(target)))
+    return ResetResult(reset=await states.reset(check_stream_id(target)))

@@ -244,16 +244,16 @@ def test_a_full_queue_is_503_with_retry_after(make_settings, frames):
     """With max_pending=1 and one frame held inside the model, the next request is turned away at
     once, the queue gauge says why, and the held frame still completes."""
     with TestClient(create_app(make_settings(max_pending=1))) as client:
-        engine = client.app.state.engine
+        batcher = client.app.state.engine.segmenter.batcher
         inside, release = threading.Event(), threading.Event()
-        step = engine.batcher.step
+        step = batcher.step
 
         def held_step(*args):
             inside.set()
             assert release.wait(30)
             return step(*args)
 
-        engine.batcher.step = held_step
+        batcher.step = held_step
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(post, client, frames[0], "cam-a")
             assert inside.wait(30)
@@ -265,7 +265,7 @@ def test_a_full_queue_is_503_with_retry_after(make_settings, frames):
         assert int(r.headers["Retry-After"]) >= 1
         held = [s["stream"] for s in client.get("/adaptation/streams").json()["streams"]]
         assert held == ["cam-a"]  # cam-b was never started
-        engine.batcher.step = step
+        batcher.step = step
         assert post(client, frames[1], "cam-b").status_code == 200  # the queue has room again
         assert "driftseg_segment_in_flight 0.0" in client.get("/metrics").text
 
