@@ -1,7 +1,7 @@
 """Response models: what the JSON answers hold, as they appear in the OpenAPI schema."""
 from typing import Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from driftseg.service.stages import Stage
 
@@ -106,6 +106,18 @@ class Health(BaseModel):
     status: str
 
 
+class Live(BaseModel):
+    """GET /v2/health/live (the open inference protocol's server-live answer)."""
+
+    live: bool
+
+
+class Ready(BaseModel):
+    """GET /v2/health/ready (the open inference protocol's server-ready answer)."""
+
+    ready: bool
+
+
 class Readiness(BaseModel):
     ready: bool
     checkpoint: str | None = None
@@ -115,3 +127,25 @@ class Readiness(BaseModel):
     compiled: bool | None = None
     precision: Literal["fp32", "bf16", "fp16"] | None = None
     detail: str | None = None
+
+
+class FieldError(BaseModel):
+    """One field a request failed validation on (FastAPI's own validation, e.g. ?format=gif)."""
+
+    model_config = ConfigDict(extra="allow")  # FastAPI adds `input` and, for some errors, `ctx`
+    loc: list[str | int] = Field(description="where: ['query', 'format'], ['header', 'x-stream-id'], ...")
+    msg: str
+    type: str
+
+
+class Error(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    detail: str | list[FieldError] = Field(description="what went wrong and how to fix it; for a request that "
+                                           "fails FastAPI's validation of its parameters, the fields at fault")
+
+
+class Unready(Error):
+    """GET /readyz and /v2/health/ready while the model is not loaded or the server shuts down."""
+
+    ready: Literal[False] = False

@@ -7,6 +7,7 @@ from driftseg.service import formats
 from driftseg.service.body import read_image
 from driftseg.service.deps import ReadAccess, SegmenterDep, SettingsDep, StreamId
 from driftseg.service.imaging import MEDIA_TYPES
+from driftseg.service.openapi import KEY_EVERYWHERE, errors, headers
 from driftseg.service.schemas import SegmentSummary
 
 router = APIRouter(tags=["segment"])
@@ -25,16 +26,23 @@ _REQUEST_BODY = {
 _RESPONSES = {
     200: {"description": "format=png: the label map, one uint8 class index per pixel at the frame's size; "
                          "format=overlay: the frame blended with the class colours; format=json: a summary",
-          "content": {"image/png": {"schema": _BINARY}, "image/jpeg": {"schema": _BINARY}}},
-    401: {"description": "X-API-Key missing or wrong (only where DRIFTSEG_API_KEY_EVERYWHERE is set)"},
-    413: {"description": "body or image too large"},
-    415: {"description": "content type not accepted"},
-    422: {"description": "undecodable image or invalid stream id"},
-    503: {"description": "model not loaded yet, or more requests in flight than DRIFTSEG_MAX_PENDING (see Retry-After)"},
+          "content": {"image/png": {"schema": _BINARY}, "image/jpeg": {"schema": _BINARY}},
+          "headers": headers("X-Stream-Id", "X-Frame-Index", "Server-Timing", "X-Shift-Score")},
+    **errors({
+        401: (KEY_EVERYWHERE, "key missing", "key wrong"),
+        413: ("the body or the decoded image is over DRIFTSEG_MAX_IMAGE_BYTES or DRIFTSEG_MAX_IMAGE_PIXELS",
+              "image too large"),
+        415: ("the content type is not an image this server decodes, nor multipart/form-data", "not an image type"),
+        422: ("an undecodable or empty image, an invalid stream id or parameter", "undecodable image",
+              "invalid stream id", "invalid parameter"),
+        503: ("the model is not loaded yet, or more requests are in flight than DRIFTSEG_MAX_PENDING (see "
+              "Retry-After)", "not ready", "overloaded"),
+    }),
 }
 
 
-@router.post("/segment", response_model=SegmentSummary, responses=_RESPONSES, openapi_extra=_REQUEST_BODY)
+@router.post("/segment", operation_id="segment", response_model=SegmentSummary, responses=_RESPONSES,
+             openapi_extra=_REQUEST_BODY)
 async def segment(
     _access: ReadAccess,
     request: Request,

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from driftseg.service.body import read_body
 from driftseg.service.deps import ReadAccess, StatesDep, StreamId, WriteAccess
 from driftseg.service.errors import Unprocessable
+from driftseg.service.openapi import KEY, KEY_EVERYWHERE, NOT_READY, errors, headers
 from driftseg.service.registry import check_stream_id
 from driftseg.service.schemas import ResetResult, StreamStateSummary
 
@@ -17,11 +18,14 @@ _BINARY = {"type": "string", "format": "binary"}
 
 
 @router.get(
-    "/adaptation/state", response_model=StreamStateSummary,
+    "/adaptation/state", operation_id="get_stream_state", response_model=StreamStateSummary,
     responses={200: {"content": {SNAPSHOT_TYPE: {"schema": _BINARY}},
-                     "description": "format=json: a summary; format=binary: the snapshot file for PUT"},
-               401: {"description": "X-API-Key missing or wrong (only where DRIFTSEG_API_KEY_EVERYWHERE is set)"},
-               404: {"description": "stream not held"}},
+                     "description": "format=json: a summary; format=binary: the snapshot file for PUT",
+                     "headers": headers("Content-Disposition")},
+               **errors({401: (KEY_EVERYWHERE, "key missing", "key wrong"),
+                         404: ("the stream is not held", "stream not held"),
+                         422: ("an invalid stream id or parameter", "invalid stream id", "invalid parameter"),
+                         503: (NOT_READY, "not ready")})},
 )
 async def get_state(
     _access: ReadAccess,
@@ -41,11 +45,13 @@ async def get_state(
 
 
 @router.put(
-    "/adaptation/state", response_model=StreamStateSummary,
-    responses={401: {"description": "X-API-Key missing or wrong (where DRIFTSEG_API_KEY is set)"},
-               409: {"description": "snapshot of another checkpoint or method"},
-               413: {"description": "body too large"},
-               422: {"description": "not a snapshot, or its state does not fit"}},
+    "/adaptation/state", operation_id="put_stream_state", response_model=StreamStateSummary,
+    responses=errors({401: (KEY, "key missing", "key wrong"),
+                      409: ("a snapshot of another checkpoint or method", "snapshot of another method"),
+                      413: ("the body is over 64 MiB", "snapshot too large"),
+                      422: ("not a snapshot, its state does not fit, or an invalid stream id", "not a snapshot",
+                            "invalid stream id"),
+                      503: (NOT_READY, "not ready")}),
     openapi_extra={"requestBody": {"required": True, "description": "a snapshot from GET /adaptation/state?format=binary",
                                    "content": {SNAPSHOT_TYPE: {"schema": _BINARY}}}},
 )
@@ -56,9 +62,12 @@ async def put_state(_access: WriteAccess, request: Request, states: StatesDep, s
     return await states.import_state(stream, data)
 
 
-@router.post("/adapt/reset", response_model=ResetResult,
-             responses={401: {"description": "X-API-Key missing or wrong (where DRIFTSEG_API_KEY is set)"},
-                        404: {"description": "stream not held"}})
+@router.post("/adapt/reset", operation_id="reset_streams", response_model=ResetResult,
+             responses=errors({401: (KEY, "key missing", "key wrong"),
+                               404: ("the stream is not held", "stream not held"),
+                               422: ("no stream named, both a stream and all=true, an invalid stream id or "
+                                     "parameter", "invalid stream id", "invalid parameter"),
+                               503: (NOT_READY, "not ready")}))
 async def reset(
     _access: WriteAccess,
     states: StatesDep,
