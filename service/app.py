@@ -21,7 +21,7 @@ log = logging.getLogger("driftseg.service")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else load_settings()
-    metrics = Metrics(settings.metrics_stream_cap)
+    metrics = Metrics(settings.metrics_stream_cap, settings.max_pending)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -34,6 +34,7 @@ class Engine:
         self.segmenter = Segmenter(settings, served, self.registry, metrics, model_thread)
         self.states = States(served, self.registry, settings.max_streams)
         self.ready = False
+        metrics.model_loaded(served.fingerprint, served.method, settings.engine)
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics, model_thread: Executor | None = None) -> "Engine":

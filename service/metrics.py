@@ -6,6 +6,10 @@
     driftseg_frames_total{adapted}                    frames segmented, folded into their stream or not
     driftseg_segment_in_flight                        /segment requests admitted and not yet answered (the
                                                       queue depth; beyond max_pending a request gets a 503)
+    driftseg_segment_max_pending                      DRIFTSEG_MAX_PENDING: in_flight / max_pending is how full
+                                                      the queue is (deploy/prometheus/alerts.yml)
+    driftseg_model_info{checkpoint,method,engine}     1, labelled with the checkpoint's sha256, the method spec
+                                                      ('auto' expanded) and the engine, once the model is loaded
     driftseg_batch_size                               histogram of frames per batch through the network
     driftseg_queue_wait_seconds                       histogram of a frame's wait for its batch
     driftseg_frames_adapted_total                     frames folded into their stream's state
@@ -17,6 +21,9 @@
     driftseg_state_store_up                           1 while the snapshot store answers, 0 while degraded
     driftseg_gpu_memory_bytes{kind}                   torch's allocated / reserved CUDA memory (CUDA only)
     process_*, python_*                               the client's default process, platform and GC collectors
+
+Counters and histograms carry no `_created` series (disabled for the whole process, below): they
+doubled the series count for a timestamp that nothing here queries.
 """
 import time
 from collections.abc import Callable
@@ -24,19 +31,21 @@ from collections.abc import Callable
 import torch
 from prometheus_client import (
     CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector,
-    generate_latest,
+    disable_created_metrics, generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from driftseg.service.stages import Stage
 
+disable_created_metrics()
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OTHER = "_other"
 
 
 class Metrics:
-    def __init__(self, stream_cap: int):
+    def __init__(self, stream_cap: int, max_pending: int):
         self.stream_cap = stream_cap
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
@@ -52,6 +61,11 @@ class Metrics:
                                       registry=self.registry)
         self.in_flight = Gauge("driftseg_segment_in_flight", "/segment requests admitted and not yet answered",
                                registry=self.registry)
+        self.max_pending = Gauge("driftseg_segment_max_pending", "The most /segment requests in flight at once "
+                                 "(DRIFTSEG_MAX_PENDING); beyond it a request is answered 503", registry=self.registry)
+        self.max_pending.set(max_pending)
+        self.model_info = Gauge("driftseg_model_info", "1 for the model served: checkpoint sha256, method spec, engine",
+                                ["checkpoint", "method", "engine"], registry=self.registry)
         self.batch_size = Histogram("driftseg_batch_size", "Frames per batch through the network",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.queue_wait = Histogram("driftseg_queue_wait_seconds", "A frame's wait for its batch",
@@ -63,6 +77,9 @@ class Metrics:
             self.frames.labels(adapted)
         self._engine: Callable[[], object] = lambda: None
         self.registry.register(_EngineCollector(self))
+
+    def model_loaded(self, checkpoint: str, method: str, engine: str) -> None:
+        self.model_info.labels(checkpoint, method, engine).set(1)
 
     def watch(self, engine_getter: Callable[[], object]) -> None:
         """Where the stream gauges read the engine from (None until the model is loaded)."""

@@ -13,6 +13,7 @@ import yaml
 
 from driftseg.cli import COMMANDS
 from driftseg.service.app import create_app
+from driftseg.service import metrics as metrics_module
 from driftseg.service.metrics import Metrics
 from driftseg.service.settings import ENV_PREFIX, Settings
 
@@ -35,7 +36,8 @@ def setting_names() -> set[str]:
 
 def exported_metric_names() -> set[str]:
     """Every sample name the service's /metrics can show (histograms and counters with their suffixes)."""
-    metrics = Metrics(stream_cap=4)
+    metrics = Metrics(stream_cap=4, max_pending=32)
+    metrics.model_loaded("c" * 64, "source", "torch")
     names = set()
     for family in metrics.registry.collect():
         names.add(family.name)
@@ -93,9 +95,26 @@ def _queried_metrics(exprs: list[str]) -> set[str]:
     return {name for expr in exprs for name in re.findall(r"\bdriftseg_[a-z_]+", expr)}
 
 
+def test_exported_metrics_are_documented_and_have_no_created_series():
+    metrics = Metrics(stream_cap=4, max_pending=32)
+    metrics.observe_request("/segment", 200, 0.01)
+    metrics.observe_batch(2, [0.001, 0.002])
+    text = metrics.render()[0].decode()
+    assert "_created" not in text and "driftseg_requests_total" in text
+    assert "driftseg_segment_max_pending 32.0" in text
+    families = {name for name in exported_metric_names() if name.startswith("driftseg_")
+                and not name.endswith(("_bucket", "_sum", "_count", "_total"))}
+    undocumented = {name for name in families if name not in metrics_module.__doc__}
+    assert not undocumented, undocumented
+
+
 def test_alert_rules_query_metrics_the_service_exports():
     rules = yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())["groups"][0]["rules"]
     assert {"DriftsegQueueSaturated", "DriftsegServerErrors", "DriftsegStreamShifted"} <= {r["alert"] for r in rules}
+    # the queue alert is a share of the limit each pod exports, not a number that holds for one DRIFTSEG_MAX_PENDING
+    [queue] = [r["expr"] for r in rules if r["alert"] == "DriftsegQueueSaturated"]
+    assert re.search(r"driftseg_segment_in_flight\s*/\s*driftseg_segment_max_pending", queue), queue
+    assert all(0 < float(n) < 1 for n in re.findall(r"\d+(?:\.\d+)?", queue)), queue
     for rule in rules:
         assert rule["expr"] and rule["for"] and rule["annotations"]["summary"]
     queried = _queried_metrics([r["expr"] for r in rules])
@@ -108,6 +127,7 @@ def test_dashboard_queries_metrics_the_service_exports():
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     queried = _queried_metrics(exprs)
     assert len(queried) >= 8 and queried <= exported_metric_names(), queried - exported_metric_names()
+    assert {"driftseg_segment_max_pending", "driftseg_model_info"} <= queried
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
 
 

@@ -233,6 +233,15 @@ def test_health_readiness_metrics_openapi(client, frames):
     assert "image/jpeg" in paths["/segment"]["post"]["requestBody"]["content"]
 
 
+def test_model_info_and_the_queue_limit_are_exported_without_created_series(client):
+    ready = client.get("/readyz").json()
+    text = client.get("/metrics").text
+    labels = f'checkpoint="{ready["checkpoint"]}",engine="torch",method="{ready["method"]}"'
+    assert f"driftseg_model_info{{{labels}}} 1.0" in text
+    assert "driftseg_segment_max_pending 32.0" in text  # the default DRIFTSEG_MAX_PENDING
+    assert "_created" not in text
+
+
 def test_readyz_is_503_before_the_model_is_loaded(make_settings):
     client = TestClient(create_app(make_settings()))  # no `with`: the lifespan has not run
     assert client.get("/readyz").status_code == 503
