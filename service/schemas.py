@@ -5,7 +5,6 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from driftseg.service.stages import Stage
 
-
 # the field's name predates the Redis store; it means any state store
 STORED = "a snapshot of the stream is in the state store (a folder or Redis, DRIFTSEG_STATE_STORE)"
 

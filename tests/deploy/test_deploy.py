@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from driftseg.cli import COMMANDS
-from driftseg.service.app import create_app
 from driftseg.service import metrics as metrics_module
+from driftseg.service.app import create_app
 from driftseg.service.metrics import Metrics
 from driftseg.service.settings import ENV_PREFIX, Settings
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from driftseg.service.app import create_app
 from driftseg.service.batcher import Batcher
-from driftseg.service.segmenter import Segmenter
 from driftseg.service.errors import NotReady
+from driftseg.service.segmenter import Segmenter
 
 
 class FakeStep:
