@@ -22,15 +22,16 @@ COPY service/ service/
 RUN pip install '.[serve]' && rm -rf /root/.cache \
     && python -c "import driftseg, pathlib, shutil; [shutil.rmtree(pathlib.Path(driftseg.__file__).parent / d) for d in ('bench', 'training')]"
 
-RUN useradd --create-home --uid 10001 driftseg && mkdir -p /var/lib/driftseg/state \
-    && chown -R driftseg:driftseg /var/lib/driftseg
-COPY --chown=driftseg:driftseg models/checkpoints/camvid-lraspp.pt /opt/driftseg/checkpoints/camvid-lraspp.pt
+# a numeric USER, so that Kubernetes' runAsNonRoot can check it without reading /etc/passwd
+RUN groupadd --gid 10001 driftseg && useradd --create-home --uid 10001 --gid 10001 driftseg \
+    && mkdir -p /var/lib/driftseg/state && chown -R 10001:10001 /var/lib/driftseg
+COPY --chown=10001:10001 models/checkpoints/camvid-lraspp.pt /opt/driftseg/checkpoints/camvid-lraspp.pt
 
 ENV DRIFTSEG_CHECKPOINT=/opt/driftseg/checkpoints/camvid-lraspp.pt \
     DRIFTSEG_STATE_DIR=/var/lib/driftseg/state \
     DRIFTSEG_HOST=0.0.0.0 \
     DRIFTSEG_PORT=8000
-USER driftseg
+USER 10001:10001
 EXPOSE 8000
 VOLUME ["/var/lib/driftseg/state"]
 

@@ -2,13 +2,22 @@
 
     settings.py   one pydantic-settings class, DRIFTSEG_* environment variables
     app.py        create_app(settings): routers, metrics middleware, lifespan (load, warm up, flush)
-    engine.py     the pipeline, the stream registry and the request path (decode -> batch -> encode)
+    engine.py     the lifecycle of one loaded model: load, warm up, start, stop; wires the parts below
+    adaptation.py the seam to adapters/: the pipeline built in one function, every read of a method's state
+    segmenter.py  the request path of /segment: admission -> stream lock -> decode -> batch -> encode -> commit
+    admission.py  at most DRIFTSEG_MAX_PENDING requests in flight, else 503 with Retry-After
+    formats.py    what /segment answers: png | overlay | json, chosen, encoded, sent with its headers
+    stages.py     the request's stage names (wait, decode, model, encode), defined once
+    states.py     the state routes' operations: describe, export, import, reset, list
     batcher.py    cross-stream micro-batching: frames of different streams through the network together
-    registry.py   streams held in memory (LRU, per-stream locks), snapshotted to the state dir
-    snapshots.py  the stream-state snapshot format and the folder of snapshots
+    registry.py   streams held in memory (LRU, per-stream locks), snapshotted to the state store
+    store.py      the SnapshotStore protocol and open_store (a folder, or Redis shared by replicas)
+    snapshots.py  the stream-state snapshot format and the folder store
+    redis_store.py the Redis store
     imaging.py    decode frames, encode label maps and overlays
     body.py       size-limited request bodies, raw or multipart images
     metrics.py    Prometheus metrics and middleware
+    deps.py       what routes get (Annotated dependencies): settings, segmenter, states, API key, stream id
     routes/       one APIRouter per resource: segment, state, streams, health
     cli.py        `driftseg serve`
 """

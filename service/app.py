@@ -7,7 +7,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
+from driftseg import __version__
 from driftseg.service.engine import Engine
 from driftseg.service.errors import ServiceError
 from driftseg.service.metrics import Metrics, MetricsMiddleware
@@ -19,7 +21,7 @@ log = logging.getLogger("driftseg.service")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else load_settings()
-    metrics = Metrics(settings.metrics_stream_cap)
+    metrics = Metrics(settings.metrics_stream_cap, settings.max_pending)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -36,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         engine.ready = True
         log.info("driftseg ready: %s on %s, method %s, %d stream snapshot(s) in %s", settings.checkpoint,
-                 engine.device, engine.method, len(engine.registry.on_disk), settings.state_dir)
+                 engine.device, engine.method, engine.states.counts()[1], engine.store.location)
         if settings.api_key is None:
             log.info("DRIFTSEG_API_KEY is not set: every route is open")
         else:
@@ -48,10 +50,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.ready = False  # /readyz turns 503 while the streams are flushed
             written = await engine.stop()
             model_thread.shutdown()
-            log.info("driftseg stopped: %d stream snapshot(s) written to %s", written, settings.state_dir)
+            log.info("driftseg stopped: %d stream snapshot(s) written to %s", written, engine.store.location)
 
-    app = FastAPI(title="driftseg", version="0.1.0", lifespan=lifespan,
-                  description="Semantic segmentation of camera streams that adapts per stream without backprop.")
+    # /docs and /redoc from files served by this app, not a CDN, so that they work offline: the
+    # fastapi-offline package ships swagger-ui-dist 5 and ReDoc and serves them (swagger-ui-bundle, the
+    # other maintained package of the files, ships Swagger UI 4, which cannot render FastAPI's OpenAPI 3.1)
+    app = FastAPIOffline(title="driftseg", version=__version__, lifespan=lifespan,
+                         description="Semantic segmentation of camera streams that adapts per stream without backprop.")
     app.state.settings, app.state.metrics, app.state.engine = settings, metrics, None
     metrics.watch(lambda: app.state.engine)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -60,6 +65,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # answered in the error model too (service/openapi.py); Starlette then re-raises it to be logged
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}): the server log has the traceback"},
+                            status_code=500)
 
     for router in (segment.router, state.router, streams.router, health.router):
         app.include_router(router)

@@ -1,5 +1,6 @@
-"""Dependencies shared by the routes: the API key (when one is set), the engine (503 until it is
-ready) and the stream id."""
+"""Dependencies shared by the routes: the API key (when one is set), the settings, what a route
+works with once the model is ready (the segmenter, the stream states; 503 until then) and the
+stream id. Routes see the engine only through these, never its registry or store."""
 import secrets
 from typing import Annotated
 
@@ -8,7 +9,11 @@ from fastapi.security import APIKeyHeader
 
 from driftseg.service.engine import Engine
 from driftseg.service.errors import NotReady, Unauthorized, Unprocessable
+from driftseg.service.metrics import Metrics
 from driftseg.service.registry import check_stream_id
+from driftseg.service.segmenter import Segmenter
+from driftseg.service.settings import Settings
+from driftseg.service.states import States
 
 DEFAULT_STREAM = "default"
 API_KEY_HEADER = "X-API-Key"
@@ -20,7 +25,7 @@ _api_key_header = APIKeyHeader(
 
 
 def _check_key(request: Request, given: str | None, everywhere_only: bool) -> None:
-    settings = request.app.state.settings
+    settings = get_settings(request)
     if settings.api_key is None or (everywhere_only and not settings.api_key_everywhere):
         return
     if not given:
@@ -41,11 +46,31 @@ def require_key_everywhere(request: Request, x_api_key: Annotated[str | None, De
     _check_key(request, x_api_key, everywhere_only=True)
 
 
-def get_engine(request: Request) -> Engine:
-    engine = getattr(request.app.state, "engine", None)
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_loaded_engine(request: Request) -> Engine | None:
+    """The engine once the model is loaded (ready or shutting down), else None: for the health routes."""
+    return getattr(request.app.state, "engine", None)
+
+
+def get_engine(engine: Annotated[Engine | None, Depends(get_loaded_engine)]) -> Engine:
     if engine is None or not engine.ready:
         raise NotReady("the model is not loaded yet (or the server is shutting down): retry once GET /readyz answers 200")
     return engine
+
+
+def get_segmenter(engine: Annotated[Engine, Depends(get_engine)]) -> Segmenter:
+    return engine.segmenter
+
+
+def get_states(engine: Annotated[Engine, Depends(get_engine)]) -> States:
+    return engine.states
 
 
 def get_stream_id(
@@ -59,5 +84,9 @@ def get_stream_id(
 
 WriteAccess = Annotated[None, Depends(require_key)]
 ReadAccess = Annotated[None, Depends(require_key_everywhere)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+LoadedEngine = Annotated[Engine | None, Depends(get_loaded_engine)]
+SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
+StatesDep = Annotated[States, Depends(get_states)]
 StreamId = Annotated[str, Depends(get_stream_id)]

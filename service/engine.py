@@ -1,128 +1,61 @@
-"""The engine: the pipeline every stream shares, the stream registry, and the request path
+"""The engine: one loaded model and what serves with it, through its life
 
-    stream lock (arrival order) -> decode (batched decoding: read the JPEG's header) -> batcher
-    (frames of other streams join; batched JPEGs are decoded together) -> encode -> commit the new state
+    load (the pipeline, service/adaptation.py) -> warm up -> start (list the store's snapshots, start
+    the batcher and the store watcher) -> serve -> stop (stop the batcher, snapshot every changed stream)
 
-run off the event loop in worker threads. A stream's new state is stored only once decode, step and
-encode all succeeded, so a failed request leaves the stream as it was.
-"""
+It wires the parts that each do one job: the snapshot store (service/store.py), the stream registry
+(registry.py), admission (admission.py), the request path (segmenter.py) and the state operations
+(states.py). Routes get the segmenter and the states through service/deps.py, never the registry or
+the store."""
 import asyncio
 import logging
-import math
-import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-import torch
 from anyio import to_thread
 
-from driftseg.adapters import onnx_engine
-from driftseg.adapters.backends import create_backend, padded_batch_size
-from driftseg.adapters.component import StreamState
-from driftseg.adapters.pipeline import Pipeline
-from driftseg.models.checkpoint import file_sha256, load_checkpoint
-from driftseg.service import imaging, snapshots
-from driftseg.service.batcher import Batcher
-from driftseg.service.errors import NotFound, Overloaded
+from driftseg.service.adaptation import Served, load_pipeline
 from driftseg.service.metrics import Metrics
-from driftseg.service.redis_store import RedisSnapshotStore
-from driftseg.service.registry import StreamEntry, StreamRegistry, check_stream_id
+from driftseg.service.registry import StreamRegistry
+from driftseg.service.segmenter import Segmenter
 from driftseg.service.settings import Settings
+from driftseg.service.states import States
+from driftseg.service.store import open_store
 
-FORMATS = ("png", "overlay", "json")
 log = logging.getLogger("driftseg.service")
 
 
-def open_store(settings: Settings, checkpoint: str, method: str):
-    """The snapshot store DRIFTSEG_STATE_STORE names: Redis, shared by replicas, or a folder."""
-    url = settings.state_store
-    if url is not None and url.startswith(("redis://", "rediss://")):
-        return RedisSnapshotStore(url, checkpoint, method)
-    directory = Path(url.removeprefix("file://")) if url is not None else settings.state_dir
-    return snapshots.SnapshotStore(directory, checkpoint, method)
-
-
-@dataclass
-class Segmented:
-    """One answered frame: `body` for png/overlay, `counts` (pixels per class) for json."""
-
-    stream: str
-    frame: int  # frames folded into the stream's state so far, this one included when adapted
-    adapted: bool
-    width: int
-    height: int
-    shift_score: float | None
-    alpha_mean: float | None
-    seconds: dict[str, float]  # wait, decode, model, encode
-    media_type: str | None = None
-    body: bytes | None = None
-    counts: np.ndarray | None = None
-
-
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
-
-
 class Engine:
-    def __init__(self, settings: Settings, pipeline: Pipeline, class_names: list[str], palette: list[list[int]],
-                 fingerprint: str, metrics: Metrics, model_thread: Executor | None = None):
-        self.settings, self.pipeline, self.metrics = settings, pipeline, metrics
-        self.device, self.spec, self.method = pipeline.device, pipeline.spec, settings.method_string
-        self.class_names, self.palette = list(class_names), np.asarray(palette, dtype=np.uint8)
-        self.fingerprint = fingerprint
-        self.store = open_store(settings, fingerprint, self.method)
-        self.registry = StreamRegistry(self.store, pipeline.new_state, settings.max_streams, settings.snapshot_every,
-                                       on_write=metrics.snapshots.inc)
+    def __init__(self, settings: Settings, served: Served, metrics: Metrics, model_thread: Executor | None = None):
+        self.settings, self.served, self.metrics = settings, served, metrics
+        self.fingerprint, self.method, self.device = served.fingerprint, served.method, served.pipeline.device
+        self.store = open_store(settings, served.fingerprint, served.method)
+        self.registry = StreamRegistry(self.store, served.pipeline.new_state, settings.max_streams,
+                                       settings.snapshot_every, on_write=metrics.snapshots.inc)
+        self.segmenter = Segmenter(settings, served, self.registry, metrics, model_thread)
+        self.states = States(served, self.registry, settings.max_streams)
         self.ready = False
-        self.pending = 0  # /segment requests admitted and not yet answered
-        self.model_seconds = 0.0  # running mean of a batch's time in the network, for Retry-After
-        self.batched_decode = settings.decode == "batched" or (settings.decode == "auto" and self.device.type == "cuda")
-        self.batcher = Batcher(self._step, settings.max_batch, settings.max_batch_delay_ms / 1000, metrics.observe_batch,
-                               prepare=self._prepare, model_thread=model_thread)
+        metrics.model_loaded(served.fingerprint, served.method, settings.engine)
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics, model_thread: Executor | None = None) -> "Engine":
         """Load the checkpoint, build the pipeline and warm it up (blocking; the lifespan runs it in
         `model_thread`, the thread the batcher then runs the network in, see service/batcher.py)."""
-        ckpt = load_checkpoint(settings.checkpoint)
-        fingerprint = file_sha256(settings.checkpoint)
-        cached = settings.state_dir / "onnx" / f"{snapshots.origin_key(fingerprint, settings.method_string)}.onnx"
-        backend = create_backend("compiled" if settings.compile else settings.engine, settings.onnx_model or cached,
-                                 onnx_engine.onnx_metadata(fingerprint, settings.method_string))
-        pipeline = Pipeline(ckpt, settings.spec, settings.torch_device, backend, settings.precision)
-        engine = cls(settings, pipeline, ckpt.class_names, ckpt.palette, fingerprint, metrics, model_thread)
+        engine = cls(settings, load_pipeline(settings), metrics, model_thread)
         engine.warm_up()
         return engine
 
     def warm_up(self) -> None:
-        """One mid-grey frame at the network's input size through the whole path, state discarded;
-        compiled, a batch of each padded size up to max_batch, so no request waits for a compilation."""
-        h, w = self.pipeline.input_size
-        rgb = np.full((h, w, 3), 128, dtype=np.uint8)
-        frame = imaging.to_frame(rgb)
-        if self.batched_decode:  # the decoder's first call sets it up
-            [frame] = self._prepare([self._decode(imaging.encode_jpeg(rgb), "png")[1]])
-        compiled = self.pipeline.pad_batches
-        for size in sorted({padded_batch_size(b) for b in range(1, self.batcher.max_batch + 1)}) if compiled else [1]:
-            start = time.perf_counter()
-            labels, _ = self._step(frame.expand(size, -1, -1, -1), [self.pipeline.new_state()] * size)
-            if compiled:
-                log.info("compiled the adapted function for batches of %d in %.0f s", size, time.perf_counter() - start)
-        imaging.encode_labels(labels[0])
+        self.segmenter.warm_up()
 
     async def start(self) -> None:
         await self.registry.open()
-        self.batcher.start()
+        self.segmenter.batcher.start()
         self._store_watch = asyncio.get_running_loop().create_task(self._watch_store())
 
     async def stop(self) -> int:
         """Stop serving frames and snapshot every stream whose state changed; the number written."""
         self._store_watch.cancel()
-        await self.batcher.stop()
+        await self.segmenter.batcher.stop()
         return await self.registry.flush()
 
     async def _watch_store(self) -> None:
@@ -136,133 +69,10 @@ class Engine:
             except Exception:  # the watcher must outlive whatever one attempt ran into
                 log.exception("state store catch-up failed; trying again in %s s", self.settings.store_retry_seconds)
 
-    # the request path
-
-    async def segment(self, stream: str, data: bytes, adapt: bool = True, fmt: str = "png") -> Segmented:
-        """Segment one encoded frame of `stream`, folding it into the stream's state if `adapt`."""
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-        if self.pending >= self.settings.max_pending:
-            # the network takes the queue max_batch frames at a time: about that long until it is empty
-            retry = max(1, math.ceil(self.pending / self.batcher.max_batch * self.model_seconds))
-            raise Overloaded(f"{self.pending} frames are in flight, the most this server takes "
-                             f"(DRIFTSEG_MAX_PENDING); retry in {retry} s", retry)
-        self.pending += 1
-        self.metrics.in_flight.inc()
-        try:
-            return await self._segment(stream, data, adapt, fmt)
-        finally:
-            self.pending -= 1
-            self.metrics.in_flight.dec()
-
-    async def _segment(self, stream: str, data: bytes, adapt: bool, fmt: str) -> Segmented:
-        arrived = time.perf_counter()
-        async with self.registry.use(stream) as entry:
-            waited = time.perf_counter() - arrived
-            (rgb, frame), t_decode = await to_thread.run_sync(_timed, self._decode, data, fmt)
-            labels, state, t_model = await self.batcher.submit(frame, entry.state, adapt)
-            self.model_seconds += 0.1 * (t_model - self.model_seconds)
-            out, t_encode = await to_thread.run_sync(_timed, self._encode, fmt, rgb, labels)
-            score, alpha = self._auto(state)
-            await self.registry.commit(entry, state, score)
-        seconds = {"wait": waited, "decode": t_decode, "model": t_model, "encode": t_encode}
-        for stage in ("decode", "model", "encode"):
-            self.metrics.stage_seconds.labels(stage).observe(seconds[stage])
-        self.metrics.frames.labels("true" if adapt else "false").inc()
-        if adapt:
-            self.metrics.frames_adapted.inc()
-        h, w = labels.shape
-        result = Segmented(stream, state.frames, adapt, w, h, score, alpha, seconds)
-        if fmt == "json":
-            result.counts = out
-        else:
-            result.media_type, result.body = ("image/png" if fmt == "png" else "image/jpeg"), out
-        return result
-
-    def _decode(self, data: bytes, fmt: str) -> tuple[np.ndarray | None, object]:
-        """The frame's RGB pixels on the host (None when not decoded yet) and what the batcher takes:
-        a uint8 [1, 3, H, W] view of them, or for batched decoding a JPEG whose header was read;
-        `_prepare` makes frames of them in the model thread (no torch work in a request's thread)."""
-        if self.batched_decode and fmt != "overlay":  # an overlay blends the frame's pixels on the host
-            encoded = imaging.read_jpeg_header(data, self.settings.max_image_pixels)
-            if encoded is not None:
-                return None, encoded
-        rgb = imaging.decode(data, self.settings.max_image_pixels)
-        return rgb, imaging.pixels_view(rgb)
-
-    def _prepare(self, items: list) -> list:
-        return imaging.decode_batch(items, self.settings.max_image_pixels, self.device)
-
-    def _step(self, frames: torch.Tensor, states: list[StreamState]) -> tuple[list[np.ndarray], list[StreamState]]:
-        """One batch of frames of different streams: label maps and new states (the batcher hands the
-        old state back to a request that does not adapt; the labels are the same either way)."""
-        labels, new = self.pipeline.step(frames, states)
-        dtype = torch.uint8 if self.pipeline.num_classes <= 256 else torch.int32
-        return list(labels.to(dtype).cpu().numpy()), new
-
-    def _encode(self, fmt: str, rgb: np.ndarray, labels: np.ndarray):
-        if fmt == "png":
-            return imaging.encode_labels(labels)
-        if fmt == "overlay":
-            return imaging.encode_overlay(rgb, labels, self.palette)
-        return imaging.histogram(labels, len(self.class_names))
-
-    def _auto(self, state: StreamState) -> tuple[float | None, float | None]:
-        return self.pipeline.shift(state)
-
-    # state export, import, reset, listing
-
-    async def describe(self, stream: str) -> dict:
-        """What GET /adaptation/state answers (see service.schemas.StreamStateSummary)."""
-        async with self.registry.use(stream, create=False) as entry:
-            if entry is None:
-                raise self._unknown(stream)
-            return await to_thread.run_sync(self._describe, entry, entry.state, list(entry.scores), stream in self.registry.on_disk)
-
-    def _describe(self, entry: StreamEntry, state: StreamState, scores: list, on_disk: bool) -> dict:
-        score, alpha = self._auto(state)
-        return {
-            "stream": entry.stream, "checkpoint": self.fingerprint,
-            "method": {"spec": self.method, "parameters": self.spec.parameters()},
-            "frames": state.frames, "last_seen": entry.last_seen, "in_memory": True, "on_disk": on_disk,
-            "shift_score": score, "alpha_mean": alpha, "since_reset": None, "switches": [],
-            "shift_history": [{"frame": f, "score": s} for f, s in scores],
-            "layers": [], "label_calibration": None, "fda": None,
-            **self.pipeline.describe(state),
-        }
-
-    async def export(self, stream: str) -> bytes:
-        """The stream's state as snapshot bytes (service/snapshots.py)."""
-        async with self.registry.use(stream, create=False) as entry:
-            if entry is None:
-                raise self._unknown(stream)
-            return await to_thread.run_sync(snapshots.encode, stream, entry.state, self.fingerprint, self.method,
-                                            entry.last_seen)
-
-    async def import_state(self, stream: str, data: bytes) -> dict:
-        """Replace the stream's state with a snapshot's, all checks passed first: Unprocessable (422) for a
-        file that is not a snapshot or does not fit, Conflict (409) for another checkpoint or method."""
-        check_stream_id(stream)
-        payload = await to_thread.run_sync(snapshots.decode, data)
-        snapshots.check_origin(payload, self.fingerprint, self.method)
-        state = await to_thread.run_sync(snapshots.restore, payload, self.pipeline.new_state)
-        async with self.registry.use(stream) as entry:
-            await self.registry.replace(entry, state, self._auto(state)[0] if state.frames else None)
-        return await self.describe(stream)
-
-    async def reset(self, stream: str) -> list[str]:
-        if not await self.registry.reset(stream):
-            raise self._unknown(stream)
-        return [stream]
-
-    async def reset_all(self) -> list[str]:
-        return await self.registry.reset_all()
-
-    def streams(self) -> list[dict]:
-        return [{"stream": s, "frames": f, "last_seen": t, "in_memory": m, "on_disk": d}
-                for s, f, t, m, d in self.registry.streams()]
-
-    @staticmethod
-    def _unknown(stream: str) -> NotFound:
-        return NotFound(f"stream {stream!r} is not held: POST /segment with X-Stream-Id: {stream} starts it "
-                        "(GET /adaptation/streams lists the streams held)")
+    def readiness(self) -> dict:
+        """What GET /readyz answers once the model is loaded (service.schemas.Readiness): degraded,
+        still ready, while the state store is down (frames are served and states kept in memory)."""
+        detail = None if self.store.healthy else f"degraded: state store {self.store.location} unavailable"
+        return {"ready": self.ready, "checkpoint": self.fingerprint, "method": self.method, "device": str(self.device),
+                "engine": self.settings.engine, "compiled": self.settings.compile,
+                "precision": self.settings.precision, "detail": detail}

@@ -2,10 +2,14 @@
 
     driftseg_requests_total{route,status}             requests answered, by route template and status
     driftseg_request_duration_seconds{route}          histogram of request time
-    driftseg_stage_duration_seconds{stage}            histogram of decode | model | encode time
+    driftseg_stage_duration_seconds{stage}            histogram of each stage's time (service/stages.py)
     driftseg_frames_total{adapted}                    frames segmented, folded into their stream or not
     driftseg_segment_in_flight                        /segment requests admitted and not yet answered (the
                                                       queue depth; beyond max_pending a request gets a 503)
+    driftseg_segment_max_pending                      DRIFTSEG_MAX_PENDING: in_flight / max_pending is how full
+                                                      the queue is (deploy/prometheus/alerts.yml)
+    driftseg_model_info{checkpoint,method,engine}     1, labelled with the checkpoint's sha256, the method spec
+                                                      ('auto' expanded) and the engine, once the model is loaded
     driftseg_batch_size                               histogram of frames per batch through the network
     driftseg_queue_wait_seconds                       histogram of a frame's wait for its batch
     driftseg_frames_adapted_total                     frames folded into their stream's state
@@ -17,6 +21,9 @@
     driftseg_state_store_up                           1 while the snapshot store answers, 0 while degraded
     driftseg_gpu_memory_bytes{kind}                   torch's allocated / reserved CUDA memory (CUDA only)
     process_*, python_*                               the client's default process, platform and GC collectors
+
+Counters and histograms carry no `_created` series (disabled for the whole process, below): they
+doubled the series count for a timestamp that nothing here queries.
 """
 import time
 from collections.abc import Callable
@@ -24,17 +31,21 @@ from collections.abc import Callable
 import torch
 from prometheus_client import (
     CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector,
-    generate_latest,
+    disable_created_metrics, generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from driftseg.service.stages import Stage
+
+disable_created_metrics()
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OTHER = "_other"
 
 
 class Metrics:
-    def __init__(self, stream_cap: int):
+    def __init__(self, stream_cap: int, max_pending: int):
         self.stream_cap = stream_cap
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
@@ -50,17 +61,25 @@ class Metrics:
                                       registry=self.registry)
         self.in_flight = Gauge("driftseg_segment_in_flight", "/segment requests admitted and not yet answered",
                                registry=self.registry)
+        self.max_pending = Gauge("driftseg_segment_max_pending", "The most /segment requests in flight at once "
+                                 "(DRIFTSEG_MAX_PENDING); beyond it a request is answered 503", registry=self.registry)
+        self.max_pending.set(max_pending)
+        self.model_info = Gauge("driftseg_model_info", "1 for the model served: checkpoint sha256, method spec, engine",
+                                ["checkpoint", "method", "engine"], registry=self.registry)
         self.batch_size = Histogram("driftseg_batch_size", "Frames per batch through the network",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.queue_wait = Histogram("driftseg_queue_wait_seconds", "A frame's wait for its batch",
                                     buckets=LATENCY_BUCKETS, registry=self.registry)
         self.snapshots = Counter("driftseg_snapshots_written", "Stream snapshots written", registry=self.registry)
-        for stage in ("decode", "model", "encode"):
+        for stage in Stage:
             self.stage_seconds.labels(stage)  # every series exists from the start
         for adapted in ("true", "false"):
             self.frames.labels(adapted)
         self._engine: Callable[[], object] = lambda: None
         self.registry.register(_EngineCollector(self))
+
+    def model_loaded(self, checkpoint: str, method: str, engine: str) -> None:
+        self.model_info.labels(checkpoint, method, engine).set(1)
 
     def watch(self, engine_getter: Callable[[], object]) -> None:
         """Where the stream gauges read the engine from (None until the model is loaded)."""
@@ -94,11 +113,10 @@ class _EngineCollector(Collector):
         score = GaugeMetricFamily("driftseg_shift_score", "Shift score of a stream's state (about 1 at the edge "
                                   "of in-domain)", labels=["stream"])
         if engine is not None:
-            registry = engine.registry
-            held.add_metric(["memory"], len(registry.entries))
-            held.add_metric(["disk"], len(registry.on_disk))
-            recent = sorted(registry.entries.values(), key=lambda e: e.last_seen, reverse=True)
-            scored = [(e.stream, e.scores[-1][1]) for e in recent if e.scores]
+            in_memory, stored = engine.states.counts()
+            held.add_metric(["memory"], in_memory)
+            held.add_metric(["disk"], stored)  # the label value predates the Redis store: any store
+            scored = engine.states.latest_scores()
             cap = self.metrics.stream_cap
             for stream, value in scored[:cap]:
                 score.add_metric([stream], value)

@@ -17,7 +17,8 @@ import redis
 
 from driftseg.adapters.component import StreamState
 from driftseg.service.errors import Conflict, Unprocessable
-from driftseg.service.snapshots import DiskEntry, check_origin, decode, encode, origin_key, stream_key, stream_payload
+from driftseg.service.snapshots import check_origin, decode, encode, origin_key, stream_key, stream_payload
+from driftseg.service.store import StoredSnapshot
 
 log = logging.getLogger("driftseg.service")
 
@@ -34,12 +35,14 @@ class StoreUnavailable(OSError):
     """The state store cannot be reached."""
 
 
-class RedisSnapshotStore:
+class RedisStore:
+    """A SnapshotStore (service/store.py) in one Redis database, shared by every replica."""
+
     shared = True  # other replicas write here too: a stream not held may have a snapshot at any time
 
     def __init__(self, url: str, checkpoint: str, method: str, timeout: float = 2.0):
         parts = urlsplit(url)
-        self.directory = f"redis://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"  # no password in logs
+        self.location = f"redis://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"  # no password in logs
         self.checkpoint, self.method = checkpoint, method
         self.prefix = f"driftseg:{origin_key(checkpoint, method)}:"
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -51,19 +54,19 @@ class RedisSnapshotStore:
             result = fn(*args)
         except redis.RedisError as e:
             if self.healthy:
-                log.error("state store %s unavailable (%s): serving from memory until it is back", self.directory, e)
+                log.error("state store %s unavailable (%s): serving from memory until it is back", self.location, e)
             self.healthy = False
-            raise StoreUnavailable(f"state store {self.directory} unavailable: {e}") from None
+            raise StoreUnavailable(f"state store {self.location} unavailable: {e}") from None
         if not self.healthy:
-            log.info("state store %s reachable", self.directory)
+            log.info("state store %s reachable", self.location)
         self.healthy = True
         return result
 
     def key(self, stream: str) -> str:
         return self.prefix + stream_key(stream)
 
-    def path(self, stream: str) -> str:
-        return f"{self.directory} {self.key(stream)}"
+    def where(self, stream: str) -> str:
+        return f"{self.location} {self.key(stream)}"
 
     def prepare(self) -> None:
         """Reach Redis once; a server that is down at start-up starts degraded instead of not at all."""
@@ -85,7 +88,7 @@ class RedisSnapshotStore:
         written = self._call(self._write_if_newer, [self.key(stream)],
                              [data, state.frames, repr(last_seen), "1" if force else "0"])
         if not written:
-            log.info("stream %r: a newer snapshot than frame %d is in %s; kept it", stream, state.frames, self.directory)
+            log.info("stream %r: a newer snapshot than frame %d is in %s; kept it", stream, state.frames, self.location)
         return bool(written)
 
     def read(self, stream: str) -> dict | None:
@@ -97,10 +100,10 @@ class RedisSnapshotStore:
     def delete(self, stream: str) -> None:
         self._call(self.client.delete, self.key(stream))
 
-    def scan(self) -> dict[str, DiskEntry]:
+    def scan(self) -> dict[str, StoredSnapshot]:
         """Frames and last-seen time of every snapshot this checkpoint and method have in Redis (empty
         while Redis is down). The stream ids come from the snapshots: keys hold only their hashes."""
-        found: dict[str, DiskEntry] = {}
+        found: dict[str, StoredSnapshot] = {}
         try:
             keys = self._call(lambda: list(self.client.scan_iter(match=self.prefix + "*")))
             for key in keys:
@@ -111,10 +114,10 @@ class RedisSnapshotStore:
                     payload = decode(data)
                     check_origin(payload, self.checkpoint, self.method)
                 except (Unprocessable, Conflict) as e:
-                    log.warning("snapshot %s in %s cannot be resumed: %s", key, self.directory, e.detail)
+                    log.warning("snapshot %s in %s cannot be resumed: %s", key, self.location, e.detail)
                     continue
-                found[payload["stream"]] = DiskEntry(int(payload["state"].get("frames", 0)),
-                                                     float(payload.get("last_seen", 0.0)))
+                found[payload["stream"]] = StoredSnapshot(int(payload["state"].get("frames", 0)),
+                                                          float(payload.get("last_seen", 0.0)))
         except StoreUnavailable:
             return {}
         return found

@@ -1,10 +1,11 @@
 """The streams a server holds: at most `max_streams` states in memory, least recently used first out;
-an evicted stream is snapshotted first and resumes from its snapshot when it comes back.
+an evicted stream is snapshotted to the state store (service/store.py) first and resumes from its
+snapshot when it comes back.
 
 Every use of a stream runs under that stream's asyncio.Lock (FIFO), so requests on one stream apply
 in arrival order while other streams go on. A stream in use is never evicted. States are never
 mutated in place: a use replaces `entry.state` with the new state once everything succeeded.
-All methods run on the event loop; file I/O goes to worker threads.
+All methods run on the event loop; the store's I/O goes to worker threads.
 """
 import asyncio
 import logging
@@ -19,7 +20,8 @@ from anyio import to_thread
 
 from driftseg.adapters.component import StreamState
 from driftseg.service.errors import Unprocessable
-from driftseg.service.snapshots import DiskEntry, SnapshotStore, restore
+from driftseg.service.snapshots import restore
+from driftseg.service.store import SnapshotStore, StoredSnapshot
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 SCORE_HISTORY = 32  # shift scores kept per stream for GET /adaptation/state
@@ -54,13 +56,13 @@ class StreamRegistry:
         self.store, self.new_state, self.on_write = store, new_state, on_write
         self.max_streams, self.snapshot_every = max_streams, snapshot_every
         self.entries: OrderedDict[str, StreamEntry] = OrderedDict()  # in memory, least recently used first
-        self.on_disk: dict[str, DiskEntry] = {}  # streams with a usable snapshot
+        self.stored: dict[str, StoredSnapshot] = {}  # streams with a usable snapshot in the store
         self._slots: dict[str, _Slot] = {}  # streams in use or waited for
 
     async def open(self) -> None:
-        """Check the state dir and list its snapshots; their states are read when their streams come back."""
+        """Check the store and list its snapshots; their states are read when their streams come back."""
         await to_thread.run_sync(self.store.prepare)
-        self.on_disk = await to_thread.run_sync(self.store.scan)
+        self.stored = await to_thread.run_sync(self.store.scan)
 
     @asynccontextmanager
     async def _locked(self, stream: str) -> AsyncIterator[None]:
@@ -85,7 +87,7 @@ class StreamRegistry:
             if entry is None:
                 entry = await self._resume(stream, create)
                 if entry is not None:
-                    new = stream not in self.on_disk  # _resume forgets a snapshot it could not read
+                    new = stream not in self.stored  # _resume forgets a snapshot it could not read
                     self.entries[stream] = entry
                     await self._evict()
             else:
@@ -102,18 +104,18 @@ class StreamRegistry:
 
     async def _resume(self, stream: str, create: bool) -> StreamEntry | None:
         # a shared store may hold a snapshot that another replica wrote after this one listed the store
-        if stream in self.on_disk or self.store.shared:
+        if stream in self.stored or self.store.shared:
             try:
                 payload = await to_thread.run_sync(self.store.read, stream)
                 if payload is not None:
                     state = await to_thread.run_sync(restore, payload, self.new_state)
                     last_seen = float(payload.get("last_seen", time.time()))
-                    self.on_disk[stream] = DiskEntry(state.frames, last_seen)
+                    self.stored[stream] = StoredSnapshot(state.frames, last_seen)
                     return StreamEntry(stream, state, last_seen=last_seen)
             except Exception as e:  # a damaged snapshot must not take the stream down: it starts afresh
                 log.warning("cannot resume stream %r from %s (%s); it starts from the source state",
-                            stream, self.store.path(stream), getattr(e, "detail", e))
-            self.on_disk.pop(stream, None)
+                            stream, self.store.where(stream), getattr(e, "detail", e))
+            self.stored.pop(stream, None)
         return StreamEntry(stream, self.new_state()) if create else None
 
     async def _evict(self) -> None:
@@ -132,7 +134,7 @@ class StreamRegistry:
                         await self._write(entry)
                     except OSError as e:
                         log.error("cannot snapshot stream %r to %s (%s); keeping it in memory", stream,
-                                  self.store.directory, e)
+                                  self.store.location, e)
                         self.entries[stream] = entry
                         self.entries.move_to_end(stream, last=False)
 
@@ -140,7 +142,7 @@ class StreamRegistry:
         """Snapshot the stream (a shared store keeps a newer snapshot than this one, unless `force`)."""
         await to_thread.run_sync(self.store.write, entry.stream, entry.state, entry.last_seen, force)
         entry.unsaved, entry.dirty = 0, False
-        self.on_disk[entry.stream] = DiskEntry(entry.state.frames, entry.last_seen)
+        self.stored[entry.stream] = StoredSnapshot(entry.state.frames, entry.last_seen)
         self.on_write()
 
     async def commit(self, entry: StreamEntry, state: StreamState, score: float | None) -> None:
@@ -157,7 +159,7 @@ class StreamRegistry:
                 try:
                     await self._write(entry)
                 except OSError as e:  # the frame was served; the state is still in memory
-                    log.error("cannot snapshot stream %r to %s: %s", entry.stream, self.store.directory, e)
+                    log.error("cannot snapshot stream %r to %s: %s", entry.stream, self.store.location, e)
 
     async def replace(self, entry: StreamEntry, state: StreamState, score: float | None) -> None:
         """Put an imported state in place (call inside `use`) and snapshot it at once."""
@@ -168,17 +170,17 @@ class StreamRegistry:
         await self._write(entry, force=True)  # an import may have fewer frames than what it replaces
 
     async def reset(self, stream: str) -> bool:
-        """Forget the stream, in memory and on disk: its next frame starts from the source state.
+        """Forget the stream, in memory and in the store: its next frame starts from the source state.
         False if it was not held."""
         check_stream_id(stream)
         async with self._locked(stream):
             held = self.entries.pop(stream, None) is not None
-            held = self.on_disk.pop(stream, None) is not None or held
+            held = self.stored.pop(stream, None) is not None or held
             await to_thread.run_sync(self.store.delete, stream)
             return held
 
     async def reset_all(self) -> list[str]:
-        streams = sorted(set(self.entries) | set(self.on_disk))
+        streams = sorted(set(self.entries) | set(self.stored))
         return [s for s in streams if await self.reset(s)]
 
     async def flush(self) -> int:
@@ -192,12 +194,24 @@ class StreamRegistry:
                         await self._write(entry)
                         written += 1
                     except OSError as e:
-                        log.error("cannot snapshot stream %r to %s: %s", stream, self.store.directory, e)
+                        log.error("cannot snapshot stream %r to %s: %s", stream, self.store.location, e)
         return written
 
     def streams(self) -> list[tuple[str, int, float, bool, bool]]:
-        """(stream, frames, last seen, in memory, on disk) for every stream held, most recent first."""
-        rows = {s: (s, d.frames, d.last_seen, False, True) for s, d in self.on_disk.items()}
+        """(stream, frames, last seen, in memory, in the store) for every stream held, most recent first."""
+        rows = {s: (s, d.frames, d.last_seen, False, True) for s, d in self.stored.items()}
         for s, e in self.entries.items():
-            rows[s] = (s, e.state.frames, e.last_seen, True, s in self.on_disk)
+            rows[s] = (s, e.state.frames, e.last_seen, True, s in self.stored)
         return sorted(rows.values(), key=lambda r: r[2], reverse=True)
+
+    def counts(self) -> tuple[int, int]:
+        """Streams in memory, streams with a snapshot in the store."""
+        return len(self.entries), len(self.stored)
+
+    def is_stored(self, stream: str) -> bool:
+        return stream in self.stored
+
+    def latest_scores(self) -> list[tuple[str, float]]:
+        """(stream, last shift score) of the streams in memory that have one, most recently seen first."""
+        recent = sorted(self.entries.values(), key=lambda e: e.last_seen, reverse=True)
+        return [(e.stream, e.scores[-1][1]) for e in recent if e.scores]

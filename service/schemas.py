@@ -1,7 +1,12 @@
 """Response models: what the JSON answers hold, as they appear in the OpenAPI schema."""
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from driftseg.service.stages import Stage
+
+# the field's name predates the Redis store; it means any state store
+STORED = "a snapshot of the stream is in the state store (a folder or Redis, DRIFTSEG_STATE_STORE)"
 
 
 class ClassCount(BaseModel):
@@ -11,11 +16,9 @@ class ClassCount(BaseModel):
     fraction: float
 
 
-class Timings(BaseModel):
-    wait: float = Field(description="ms waiting for the stream (earlier frames of it, a snapshot read)")
-    decode: float
-    model: float
-    encode: float
+# ms per stage of the request, one field per stage of service/stages.py
+Timings = create_model("Timings", **{stage.value: (float, Field(description=f"ms {stage.description}"))
+                                     for stage in Stage})
 
 
 class SegmentSummary(BaseModel):
@@ -68,7 +71,7 @@ class StreamStateSummary(BaseModel):
     frames: int
     last_seen: float = Field(description="unix time")
     in_memory: bool
-    on_disk: bool
+    on_disk: bool = Field(description=STORED)
     shift_score: float | None
     alpha_mean: float | None
     since_reset: int | None
@@ -84,13 +87,13 @@ class StreamInfo(BaseModel):
     frames: int
     last_seen: float = Field(description="unix time")
     in_memory: bool
-    on_disk: bool
+    on_disk: bool = Field(description=STORED)
 
 
 class StreamList(BaseModel):
     streams: list[StreamInfo]
     in_memory: int
-    on_disk: int
+    on_disk: int = Field(description="streams with a snapshot in the state store (a folder or Redis)")
     max_streams: int
 
 
@@ -102,6 +105,18 @@ class Health(BaseModel):
     status: str
 
 
+class Live(BaseModel):
+    """GET /v2/health/live (the open inference protocol's server-live answer)."""
+
+    live: bool
+
+
+class Ready(BaseModel):
+    """GET /v2/health/ready (the open inference protocol's server-ready answer)."""
+
+    ready: bool
+
+
 class Readiness(BaseModel):
     ready: bool
     checkpoint: str | None = None
@@ -111,3 +126,25 @@ class Readiness(BaseModel):
     compiled: bool | None = None
     precision: Literal["fp32", "bf16", "fp16"] | None = None
     detail: str | None = None
+
+
+class FieldError(BaseModel):
+    """One field a request failed validation on (FastAPI's own validation, e.g. ?format=gif)."""
+
+    model_config = ConfigDict(extra="allow")  # FastAPI adds `input` and, for some errors, `ctx`
+    loc: list[str | int] = Field(description="where: ['query', 'format'], ['header', 'x-stream-id'], ...")
+    msg: str
+    type: str
+
+
+class Error(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    detail: str | list[FieldError] = Field(description="what went wrong and how to fix it; for a request that "
+                                           "fails FastAPI's validation of its parameters, the fields at fault")
+
+
+class Unready(Error):
+    """GET /readyz and /v2/health/ready while the model is not loaded or the server shuts down."""
+
+    ready: Literal[False] = False

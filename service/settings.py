@@ -1,27 +1,50 @@
-"""The service's settings: one pydantic-settings class, read from DRIFTSEG_* environment variables
-(or keyword arguments, which win), validated once at start-up."""
-from pathlib import Path
-from typing import Literal
+"""The service's settings: one pydantic-settings class, read from `driftseg serve` flags (kebab-case:
+--max-streams), DRIFTSEG_* environment variables and keyword arguments, in that order of precedence,
+validated once at start-up. `driftseg serve --help` lists every setting with its description,
+default and environment variable.
 
-import torch
+torch is imported only where a value needs it (the device, the bundled checkpoint's path), so that
+`driftseg serve --help` answers at once."""
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
 
 from driftseg.adapters.spec import RECOMMENDED, MethodSpec, parse_method
-from driftseg.models.checkpoint import DEFAULT_CHECKPOINT
+from driftseg.service.adaptation import engine_refusal, method_refusal
+
+if TYPE_CHECKING:
+    import torch
 
 ENV_PREFIX = "DRIFTSEG_"
+PROG = "driftseg serve"
 SECRETS = {"api_key"}  # settings whose values error messages never repeat
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+def bundled_checkpoint() -> Path:
+    """The checkpoint the package ships (models/checkpoints/)."""
+    from driftseg.models.checkpoint import DEFAULT_CHECKPOINT  # imports torch
+
+    return DEFAULT_CHECKPOINT
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting: max_streams -> --max-streams."""
+    return "--" + name.replace("_", "-")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
-    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="the checkpoint file to serve")
+    checkpoint: Path = Field(default_factory=bundled_checkpoint, description="the checkpoint file to serve "
+                             "(bundled_checkpoint: the one the package ships, models/checkpoints/camvid-lraspp.pt)")
     method: str = Field("auto", description="adaptation method spec (adapters/spec.py); 'auto' is the recommended one")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda where torch sees a GPU, else cpu")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="the address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=0, le=65535, description="the TCP port to listen on")
+    log_level: LogLevel = Field("info", description="the least severe log lines shown, the service's and uvicorn's")
     engine: Literal["torch", "onnx"] = Field("torch", description="what runs the adapted function: torch, or "
                                              "onnxruntime on a file exported by `driftseg export onnx`")
     decode: Literal["auto", "pil", "batched"] = Field("auto", description="how JPEG frames are decoded: batched "
@@ -50,7 +73,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest decoded image, width x height")
     metrics_stream_cap: int = Field(32, ge=0, description="streams with their own driftseg_shift_score series; the rest go under stream=\"_other\"")
     api_key: SecretStr | None = Field(None, description="when set, the routes that change a stream's state (PUT "
-                                      "/adaptation/state, POST /adapt/reset) need header X-API-Key equal to it")
+                                      "/adaptation/state, POST /adapt/reset) need header X-API-Key equal to it; "
+                                      "prefer the environment variable: other users of the machine can read a "
+                                      "process's command line")
     api_key_everywhere: bool = Field(False, description="also require X-API-Key on POST /segment and GET "
                                      "/adaptation/*; /healthz, /readyz and /metrics stay open")
 
@@ -65,10 +90,9 @@ class Settings(BaseSettings):
     @field_validator("method")
     @classmethod
     def _method_parses(cls, spec: str) -> str:
-        parsed = parse_method(spec)  # raises ValueError saying what is wrong
-        if parsed.backprop:
-            raise ValueError(f"{parsed.network} adapts by backprop and updates its model in place, so a stream's state cannot be "
-                             "snapshotted or rolled back; serve a backprop-free method (auto, ema, ptbn, source, +lc, +fda)")
+        refusal = method_refusal(parse_method(spec))  # parse_method raises ValueError saying what is wrong
+        if refusal:
+            raise ValueError(refusal)
         return spec.strip()
 
     @field_validator("state_store")
@@ -105,10 +129,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _engine_takes_the_method(self) -> "Settings":
-        refusal = self.spec.export_refusal()
-        if self.engine == "onnx" and refusal:
-            raise ValueError(f"engine onnx cannot run this method ({refusal}): drop that component from "
-                             f"{ENV_PREFIX}METHOD or use {ENV_PREFIX}ENGINE=torch")
+        refusal = engine_refusal(self.spec, self.engine)
+        if refusal:
+            raise ValueError(f"{refusal} ({ENV_PREFIX}METHOD, {ENV_PREFIX}ENGINE)")
         if self.onnx_model is not None and self.engine != "onnx":
             raise ValueError(f"{ENV_PREFIX}ONNX_MODEL is set but {ENV_PREFIX}ENGINE is not onnx")
         if self.precision != "fp32" and self.engine != "torch":
@@ -121,6 +144,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _device_available(self) -> "Settings":
+        import torch
+
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device 'cuda' asked for but torch sees no CUDA device: set {ENV_PREFIX}DEVICE=cpu or auto")
         return self
@@ -136,23 +161,37 @@ class Settings(BaseSettings):
         return RECOMMENDED if self.method == "auto" else self.method
 
     @property
-    def torch_device(self) -> torch.device:
+    def torch_device(self) -> "torch.device":
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
 
-def load_settings(**overrides) -> Settings:
-    """Settings from the environment and `overrides`, or ValueError naming each bad setting by its
-    environment variable and saying what it should be."""
+def command_line(args: list[str]) -> CliSettingsSource:
+    """The settings source of a `driftseg serve` command line: a kebab-case flag per setting
+    (--max-streams 8, --compile / --no-compile), --help listing them all; an unknown flag or a value
+    outside a setting's choices exits with status 2 and the usage, as argparse does."""
+    source = CliSettingsSource(Settings, cli_prog_name=PROG, cli_kebab_case=True, cli_implicit_flags=True,
+                               cli_show_env_vars=True, cli_hide_none_type=True)
+    return source(args=args)
+
+
+def load_settings(args: list[str] | None = None, **overrides) -> Settings:
+    """Settings from a `driftseg serve` command line `args` (flags win), the environment and
+    `overrides`, or ValueError naming each bad setting by its environment variable and flag and
+    saying what it should be."""
     try:
-        return Settings(**overrides)
+        if args is None:
+            return Settings(**overrides)
+        return Settings(_cli_settings_source=command_line(args), **overrides)
     except ValidationError as e:
         lines = []
         for err in e.errors():
             name = ".".join(str(part) for part in err["loc"]) or "settings"
-            where = f"{ENV_PREFIX}{name.upper()}" if err["loc"] else "settings"
+            where = f"{ENV_PREFIX}{name.upper()} or {flag(name)}" if err["loc"] else "settings"
             message = err["msg"].removeprefix("Value error, ")
             shown = err["loc"] and err["loc"][0] not in SECRETS
-            lines.append(f"  {where} ({name}): {message}" + (f" (got {err['input']!r})" if shown else ""))
+            lines.append(f"  {where}: {message}" + (f" (got {err['input']!r})" if shown else ""))
         raise ValueError("invalid driftseg settings:\n" + "\n".join(lines)) from None

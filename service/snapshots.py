@@ -1,5 +1,5 @@
 """Stream-state snapshots: the file format (also what GET/PUT /adaptation/state move) and the folder
-that keeps one file per stream.
+store, one file per stream (a SnapshotStore, service/store.py).
 
 A snapshot is `torch.save` bytes of
 
@@ -17,7 +17,6 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from driftseg.adapters.component import StreamState
 from driftseg.adapters.spec import parse_method
 from driftseg.models.checkpoint import write_atomically
 from driftseg.service.errors import Conflict, Unprocessable
+from driftseg.service.store import StoredSnapshot
 
 FORMAT = "driftseg-stream-state"
 VERSION = 1
@@ -134,13 +134,7 @@ def restore(payload: dict, new_state: Callable[[], StreamState]) -> StreamState:
     return state
 
 
-@dataclass
-class DiskEntry:
-    frames: int
-    last_seen: float
-
-
-class SnapshotStore:
+class FolderStore:
     """One snapshot file per stream in `directory`, for one checkpoint and method, written by this
     server alone (service/redis_store.py is the store that replicas share)."""
 
@@ -149,6 +143,7 @@ class SnapshotStore:
 
     def __init__(self, directory: Path, checkpoint: str, method: str):
         self.directory, self.checkpoint, self.method = Path(directory), checkpoint, method
+        self.location = str(self.directory)
 
     def ping(self) -> bool:
         return True
@@ -164,6 +159,9 @@ class SnapshotStore:
 
     def path(self, stream: str) -> Path:
         return self.directory / f"{stream_key(stream)}{SUFFIX}"
+
+    def where(self, stream: str) -> str:
+        return str(self.path(stream))
 
     def write(self, stream: str, state: StreamState, last_seen: float, force: bool = False) -> bool:
         """Replace the stream's snapshot (one writer, so always: `force` is for the shared store)."""
@@ -184,10 +182,10 @@ class SnapshotStore:
     def delete(self, stream: str) -> None:
         self.path(stream).unlink(missing_ok=True)
 
-    def scan(self) -> dict[str, DiskEntry]:
+    def scan(self) -> dict[str, StoredSnapshot]:
         """Stream id -> frames and last-seen time of every usable snapshot in the folder; leftover
         temporary files are removed, unusable snapshots are logged and left alone."""
-        found: dict[str, DiskEntry] = {}
+        found: dict[str, StoredSnapshot] = {}
         skipped = []
         for path in sorted(self.directory.iterdir()):
             if path.name.startswith(".") and path.name.endswith(".tmp"):
@@ -201,8 +199,8 @@ class SnapshotStore:
                 if stream_key(payload["stream"]) != path.stem:
                     raise Unprocessable(f"holds stream {payload['stream']!r}, whose file name would differ")
                 frames = payload["state"].get("frames")
-                found[payload["stream"]] = DiskEntry(frames if isinstance(frames, int) else 0,
-                                                     float(payload.get("last_seen", path.stat().st_mtime)))
+                found[payload["stream"]] = StoredSnapshot(frames if isinstance(frames, int) else 0,
+                                                          float(payload.get("last_seen", path.stat().st_mtime)))
             except (Unprocessable, Conflict, OSError) as e:
                 skipped.append(f"{path.name}: {getattr(e, 'detail', e)}")
         if skipped:

@@ -4,8 +4,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from driftseg.service.body import read_body
-from driftseg.service.deps import EngineDep, ReadAccess, StreamId, WriteAccess
+from driftseg.service.deps import ReadAccess, StatesDep, StreamId, WriteAccess
 from driftseg.service.errors import Unprocessable
+from driftseg.service.openapi import KEY, KEY_EVERYWHERE, NOT_READY, errors, headers
 from driftseg.service.registry import check_stream_id
 from driftseg.service.schemas import ResetResult, StreamStateSummary
 
@@ -17,15 +18,18 @@ _BINARY = {"type": "string", "format": "binary"}
 
 
 @router.get(
-    "/adaptation/state", response_model=StreamStateSummary,
+    "/adaptation/state", operation_id="get_stream_state", response_model=StreamStateSummary,
     responses={200: {"content": {SNAPSHOT_TYPE: {"schema": _BINARY}},
-                     "description": "format=json: a summary; format=binary: the snapshot file for PUT"},
-               401: {"description": "X-API-Key missing or wrong (only where DRIFTSEG_API_KEY_EVERYWHERE is set)"},
-               404: {"description": "stream not held"}},
+                     "description": "format=json: a summary; format=binary: the snapshot file for PUT",
+                     "headers": headers("Content-Disposition")},
+               **errors({401: (KEY_EVERYWHERE, "key missing", "key wrong"),
+                         404: ("the stream is not held", "stream not held"),
+                         422: ("an invalid stream id or parameter", "invalid stream id", "invalid parameter"),
+                         503: (NOT_READY, "not ready")})},
 )
 async def get_state(
     _access: ReadAccess,
-    engine: EngineDep,
+    states: StatesDep,
     stream: StreamId,
     fmt: Annotated[Literal["json", "binary"] | None, Query(alias="format", description="json | binary (else from Accept)")] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -34,34 +38,39 @@ async def get_state(
     per-BN-layer drift and alpha, label-calibration prototypes; or (format=binary) the whole state as a
     snapshot file that PUT /adaptation/state imports here or on another replica."""
     if fmt == "binary" or (fmt is None and SNAPSHOT_TYPE in (accept or "")):
-        data = await engine.export(stream)
+        data = await states.export(stream)
         return Response(data, media_type=SNAPSHOT_TYPE,
                         headers={"Content-Disposition": f'attachment; filename="{stream}.driftseg-state"'})
-    return await engine.describe(stream)
+    return await states.summary(stream)
 
 
 @router.put(
-    "/adaptation/state", response_model=StreamStateSummary,
-    responses={401: {"description": "X-API-Key missing or wrong (where DRIFTSEG_API_KEY is set)"},
-               409: {"description": "snapshot of another checkpoint or method"},
-               413: {"description": "body too large"},
-               422: {"description": "not a snapshot, or its state does not fit"}},
+    "/adaptation/state", operation_id="put_stream_state", response_model=StreamStateSummary,
+    responses=errors({401: (KEY, "key missing", "key wrong"),
+                      409: ("a snapshot of another checkpoint or method", "snapshot of another method"),
+                      413: ("the body is over 64 MiB", "snapshot too large"),
+                      422: ("not a snapshot, its state does not fit, or an invalid stream id", "not a snapshot",
+                            "invalid stream id"),
+                      503: (NOT_READY, "not ready")}),
     openapi_extra={"requestBody": {"required": True, "description": "a snapshot from GET /adaptation/state?format=binary",
                                    "content": {SNAPSHOT_TYPE: {"schema": _BINARY}}}},
 )
-async def put_state(_access: WriteAccess, request: Request, engine: EngineDep, stream: StreamId) -> dict:
+async def put_state(_access: WriteAccess, request: Request, states: StatesDep, stream: StreamId) -> dict:
     """Replace the stream's state with a snapshot's. Every check runs before the stream is touched:
     on any error its state stays as it was."""
     data = await read_body(request, MAX_STATE_BYTES, "snapshot", None)
-    return await engine.import_state(stream, data)
+    return await states.import_state(stream, data)
 
 
-@router.post("/adapt/reset", response_model=ResetResult,
-             responses={401: {"description": "X-API-Key missing or wrong (where DRIFTSEG_API_KEY is set)"},
-                        404: {"description": "stream not held"}})
+@router.post("/adapt/reset", operation_id="reset_streams", response_model=ResetResult,
+             responses=errors({401: (KEY, "key missing", "key wrong"),
+                               404: ("the stream is not held", "stream not held"),
+                               422: ("no stream named, both a stream and all=true, an invalid stream id or "
+                                     "parameter", "invalid stream id", "invalid parameter"),
+                               503: (NOT_READY, "not ready")}))
 async def reset(
     _access: WriteAccess,
-    engine: EngineDep,
+    states: StatesDep,
     stream: Annotated[str | None, Query(description="the stream to reset (or header X-Stream-Id)")] = None,
     x_stream_id: Annotated[str | None, Header()] = None,
     all_: Annotated[bool, Query(alias="all", description="reset every stream held")] = False,
@@ -71,8 +80,8 @@ async def reset(
     if all_:
         if stream is not None:
             raise Unprocessable("give either stream=ID or all=true, not both")
-        return ResetResult(reset=await engine.reset_all())
+        return ResetResult(reset=await states.reset_all())
     target = stream if stream is not None else x_stream_id
     if target is None:
         raise Unprocessable("say what to reset: stream=ID (or header X-Stream-Id) or all=true")
-    return ResetResult(reset=await engine.reset(check_stream_id(target)))
+    return ResetResult(reset=await states.reset(check_stream_id(target)))

@@ -15,8 +15,8 @@ from PIL import Image
 
 from driftseg.service.app import create_app
 from driftseg.service.batcher import Batcher
-from driftseg.service.engine import Engine
 from driftseg.service.errors import NotReady
+from driftseg.service.segmenter import Segmenter
 
 
 class FakeStep:
@@ -169,13 +169,13 @@ def test_the_network_runs_in_one_thread_that_is_not_the_event_loops():
 def test_the_app_loads_and_runs_the_model_in_its_model_thread(make_settings, frames, tmp_path, monkeypatch):
     """The engine's warm-up and every step share one thread (torch keeps one OpenMP team)."""
     names = []
-    for method in ("warm_up", "_step"):
-        original = getattr(Engine, method)
+    for method in ("warm_up", "step"):
+        original = getattr(Segmenter, method)
 
         def recorded(self, *args, _original=original):
             names.append(threading.current_thread().name)
             return _original(self, *args)
-        monkeypatch.setattr(Engine, method, recorded)
+        monkeypatch.setattr(Segmenter, method, recorded)
     with TestClient(create_app(make_settings(state_dir=tmp_path))) as client:
         for i, data in enumerate(frames[:2]):
             r = client.post("/segment", content=data, headers={"Content-Type": "image/jpeg", "X-Stream-Id": f"cam{i}"})

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from driftseg.adapters.component import StreamState
 from driftseg.service.app import create_app
-from driftseg.service.redis_store import RedisSnapshotStore, StoreUnavailable
+from driftseg.service.redis_store import RedisStore, StoreUnavailable
 from service_util import RedisServer, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt install redis-server)")
@@ -30,7 +30,7 @@ def post(client, data, stream="cam"):
 
 
 def test_a_snapshot_is_never_replaced_by_an_older_one(redis_server):
-    store = RedisSnapshotStore(redis_server.url, "c" * 64, "source")
+    store = RedisStore(redis_server.url, "c" * 64, "source")
     store.prepare()
     assert store.healthy and store.scan() == {}
     assert store.write("cam", StreamState(frames=10), 1.0)
@@ -39,7 +39,7 @@ def test_a_snapshot_is_never_replaced_by_an_older_one(redis_server):
     assert store.write("cam", StreamState(frames=4), 3.0, force=True)  # an imported state
     assert store.read("cam")["state"]["frames"] == 4
     assert store.scan()["cam"].frames == 4
-    assert RedisSnapshotStore(redis_server.url, "d" * 64, "source").scan() == {}  # another checkpoint's keys
+    assert RedisStore(redis_server.url, "d" * 64, "source").scan() == {}  # another checkpoint's keys
     store.client.hset(store.key("gone"), "version", 3)  # a key a replica reset between SCAN and HGET
     assert set(store.scan()) == {"cam"}
     store.delete("cam")
@@ -73,7 +73,7 @@ def test_serves_from_memory_while_redis_is_down_and_catches_up(make_settings, fr
                 time.sleep(0.1)
             assert client.get("/readyz").json()["detail"] is None
             assert "driftseg_state_store_up 1.0" in client.get("/metrics").text
-            store = RedisSnapshotStore(server.url, client.app.state.engine.fingerprint, client.app.state.engine.method)
+            store = RedisStore(server.url, client.app.state.engine.fingerprint, client.app.state.engine.method)
             deadline = time.monotonic() + 10
             while store.read("cam") is None and time.monotonic() < deadline:
                 time.sleep(0.1)

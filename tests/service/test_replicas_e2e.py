@@ -99,7 +99,10 @@ class Camera(threading.Thread):
                         time.sleep(float(r.headers.get("Retry-After", "0.2")))
                         continue
                     assert r.status_code == 200, r.text
-                    self.answers.append((int(r.headers["X-Frame-Index"]), r.headers["X-Upstream"]))
+                    # $upstream_addr lists every replica nginx tried, the one that answered last: once the
+                    # killed replica's fail_timeout is over (a slow machine), nginx tries it first again
+                    answered_by = r.headers["X-Upstream"].rsplit(", ", 1)[-1]
+                    self.answers.append((int(r.headers["X-Frame-Index"]), answered_by))
                     break
                 if i + 1 == FRAMES_BEFORE_KILL:
                     self.reached.set()

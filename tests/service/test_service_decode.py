@@ -20,7 +20,7 @@ def test_batched_decoding_serves_the_pil_labels(make_settings, frames, tmp_path)
     labels = {}
     for decode in ("pil", "batched"):
         with TestClient(create_app(make_settings(state_dir=tmp_path / decode, decode=decode))) as client:
-            assert client.app.state.engine.batched_decode == (decode == "batched")
+            assert client.app.state.engine.segmenter.batched_decode == (decode == "batched")
             labels[decode] = [np.array(Image.open(io.BytesIO(post(client, "cam", data).content))) for data in frames]
             overlay = post(client, "cam", frames[0], format="overlay")
             assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/jpeg"

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from driftseg.service.app import create_app
+from driftseg.service.stages import Stage
 from service_util import assert_same, exported_state
 
 
@@ -57,6 +58,19 @@ def test_headers_and_json_summary(client, frames):
     assert body["classes"][0]["name"] and abs(sum(c["fraction"] for c in body["classes"]) - 1) < 1e-6
     assert 0 <= body["alpha_mean"] <= 1 and body["shift_score"] == pytest.approx(float(r.headers["X-Shift-Score"]), abs=1e-4)
     assert set(body["timings_ms"]) == {"wait", "decode", "model", "encode"}
+
+
+def test_stage_names_are_the_same_in_every_view(client, frames):
+    """Server-Timing, the JSON summary, its schema and the stage histogram name the same stages, in order."""
+    names = [stage.value for stage in Stage]
+    r = post(client, frames[0], "stages", format="json")
+    assert [part.split(";")[0] for part in r.headers["Server-Timing"].split(", ")] == names
+    assert list(r.json()["timings_ms"]) == names
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Timings"]
+    assert list(schema["properties"]) == names and all(p["description"] for p in schema["properties"].values())
+    observed = [line.split('stage="')[1].split('"')[0] for line in client.get("/metrics").text.splitlines()
+                if line.startswith("driftseg_stage_duration_seconds_count{")]
+    assert observed == names
 
 
 def test_overlay_by_query_and_by_accept(client, frames):
@@ -219,6 +233,15 @@ def test_health_readiness_metrics_openapi(client, frames):
     assert "image/jpeg" in paths["/segment"]["post"]["requestBody"]["content"]
 
 
+def test_model_info_and_the_queue_limit_are_exported_without_created_series(client):
+    ready = client.get("/readyz").json()
+    text = client.get("/metrics").text
+    labels = f'checkpoint="{ready["checkpoint"]}",engine="torch",method="{ready["method"]}"'
+    assert f"driftseg_model_info{{{labels}}} 1.0" in text
+    assert "driftseg_segment_max_pending 32.0" in text  # the default DRIFTSEG_MAX_PENDING
+    assert "_created" not in text
+
+
 def test_readyz_is_503_before_the_model_is_loaded(make_settings):
     client = TestClient(create_app(make_settings()))  # no `with`: the lifespan has not run
     assert client.get("/readyz").status_code == 503
@@ -230,16 +253,16 @@ def test_a_full_queue_is_503_with_retry_after(make_settings, frames):
     """With max_pending=1 and one frame held inside the model, the next request is turned away at
     once, the queue gauge says why, and the held frame still completes."""
     with TestClient(create_app(make_settings(max_pending=1))) as client:
-        engine = client.app.state.engine
+        batcher = client.app.state.engine.segmenter.batcher
         inside, release = threading.Event(), threading.Event()
-        step = engine.batcher.step
+        step = batcher.step
 
         def held_step(*args):
             inside.set()
             assert release.wait(30)
             return step(*args)
 
-        engine.batcher.step = held_step
+        batcher.step = held_step
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(post, client, frames[0], "cam-a")
             assert inside.wait(30)
@@ -251,7 +274,7 @@ def test_a_full_queue_is_503_with_retry_after(make_settings, frames):
         assert int(r.headers["Retry-After"]) >= 1
         held = [s["stream"] for s in client.get("/adaptation/streams").json()["streams"]]
         assert held == ["cam-a"]  # cam-b was never started
-        engine.batcher.step = step
+        batcher.step = step
         assert post(client, frames[1], "cam-b").status_code == 200  # the queue has room again
         assert "driftseg_segment_in_flight 0.0" in client.get("/metrics").text
 

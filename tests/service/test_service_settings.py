@@ -4,7 +4,35 @@ import torch
 
 from driftseg import cli as driftseg_cli
 from driftseg.service import cli
-from driftseg.service.settings import load_settings
+from driftseg.service.settings import ENV_PREFIX, Settings, flag, load_settings
+
+# a value other than the default for every setting, as a flag takes it, and the settings it needs
+FLAG_VALUES = {
+    "checkpoint": (None, {}),  # the test's own checkpoint
+    "method": ("ptbn", {}),
+    "device": ("cpu", {}),
+    "host": ("0.0.0.0", {}),
+    "port": ("8123", {}),
+    "log_level": ("debug", {}),
+    "engine": ("onnx", {}),
+    "decode": ("batched", {}),
+    "precision": ("bf16", {}),
+    "compile": (True, {}),
+    "onnx_model": ("/tmp/model.onnx", {"engine": "onnx"}),
+    "max_streams": ("5", {}),
+    "state_dir": ("/tmp/driftseg-flag-state", {}),
+    "state_store": ("redis://127.0.0.1:6390/1", {}),
+    "store_retry_seconds": ("1.5", {}),
+    "snapshot_every": ("7", {}),
+    "max_pending": ("9", {}),
+    "max_batch": ("3", {}),
+    "max_batch_delay_ms": ("4.5", {}),
+    "max_image_bytes": ("1000", {}),
+    "max_image_pixels": ("2000", {}),
+    "metrics_stream_cap": ("3", {}),
+    "api_key": ("k3y-from-a-flag", {}),
+    "api_key_everywhere": (True, {"api_key": "k3y"}),
+}
 
 
 def test_defaults_and_environment(ckpt_file, tmp_path, monkeypatch):
@@ -22,7 +50,7 @@ def test_defaults_and_environment(ckpt_file, tmp_path, monkeypatch):
     ({"method": "bogus"}, ["DRIFTSEG_METHOD", "unknown method component"]),
     ({"method": "ema(m=2)"}, ["DRIFTSEG_METHOD", "[0, 1]"]),
     ({"method": "tent"}, ["DRIFTSEG_METHOD", "backprop"]),
-    ({"max_streams": 0}, ["DRIFTSEG_MAX_STREAMS"]),
+    ({"max_streams": 0}, ["DRIFTSEG_MAX_STREAMS", "--max-streams"]),
     ({"device": "tpu"}, ["DRIFTSEG_DEVICE"]),
     ({"checkpoint": "/nonexistent/model.pt"}, ["DRIFTSEG_CHECKPOINT", "does not exist"]),
     ({"max_image_bytes": -1}, ["DRIFTSEG_MAX_IMAGE_BYTES"]),
@@ -59,3 +87,49 @@ def test_serve_command(capsys, monkeypatch, ckpt_file, tmp_path):
     assert ran["host"] == "127.0.0.1" and ran["port"] == 8123
     assert ran["app"].state.settings.state_dir == tmp_path
     assert ran["log_config"]["loggers"]["driftseg"]["handlers"] == ["default"]
+
+
+def test_every_setting_is_in_the_help_with_its_description_and_variable(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    squeezed = "".join(out.split())  # argparse wraps lines, at hyphens too
+    assert set(FLAG_VALUES) == set(Settings.model_fields)
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"setting {name} has no description"
+        assert f"{flag(name)} " in out, name
+        assert "".join(field.description.split()) in squeezed, name
+        assert f"[env:{ENV_PREFIX}{name.upper()}]" in squeezed, name
+
+
+@pytest.mark.parametrize("name", sorted(FLAG_VALUES))
+def test_every_setting_is_a_flag_as_well_as_a_variable(name, ckpt_file, monkeypatch):
+    value, needs = FLAG_VALUES[name]
+    value = str(ckpt_file) if name == "checkpoint" else value
+    given = {"checkpoint": str(ckpt_file), **needs, name: value}
+    args = [arg for key, v in given.items() for arg in ((flag(key),) if v is True else (flag(key), v))]
+    by_flag = load_settings(args=args)
+    for key, v in given.items():
+        monkeypatch.setenv(f"{ENV_PREFIX}{key.upper()}", "true" if v is True else v)
+    by_variable = load_settings(args=[])
+    default = Settings.model_fields[name].get_default(call_default_factory=True)
+    assert getattr(by_flag, name) == getattr(by_variable, name) != default
+
+
+def test_flags_win_over_the_environment_and_are_validated(ckpt_file, monkeypatch, capsys):
+    monkeypatch.setenv("DRIFTSEG_CHECKPOINT", str(ckpt_file))
+    monkeypatch.setenv("DRIFTSEG_MAX_STREAMS", "5")
+    monkeypatch.setenv("DRIFTSEG_COMPILE", "true")
+    s = load_settings(args=["--max-streams", "7", "--no-compile"])
+    assert s.max_streams == 7 and s.compile is False
+    assert load_settings(args=[]).max_streams == 5
+    with pytest.raises(ValueError, match="DRIFTSEG_MAX_BATCH or --max-batch"):
+        load_settings(args=["--max-batch", "0"])
+    with pytest.raises(ValueError, match="FDA"):
+        load_settings(args=["--engine", "onnx", "--method", "auto+fda"])
+    with pytest.raises(ValueError, match="DRIFTSEG_DEVICE or --device"):
+        load_settings(args=["--device", "tpu"])
+    with pytest.raises(SystemExit) as e:
+        load_settings(args=["--max-stream", "3"])  # no such flag: argparse's usage error
+    assert e.value.code == 2 and "--max-stream" in capsys.readouterr().err

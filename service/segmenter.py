@@ -1,0 +1,139 @@
+"""The request path of POST /segment:
+
+    admission -> stream lock (arrival order) -> decode (batched decoding: read the JPEG's header) ->
+    batcher (frames of other streams join; batched JPEGs are decoded together) -> encode -> commit
+    the new state
+
+run off the event loop: decoding and encoding in worker threads, the network in the model thread
+(service/batcher.py). A stream's new state is stored only once decode, step and encode all
+succeeded, so a failed request leaves the stream as it was."""
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from anyio import to_thread
+
+from driftseg.adapters.backends import padded_batch_size
+from driftseg.adapters.component import StreamState
+from driftseg.service import formats, imaging
+from driftseg.service.adaptation import Served, shift_and_alpha
+from driftseg.service.admission import Admission
+from driftseg.service.batcher import Batcher
+from driftseg.service.metrics import Metrics
+from driftseg.service.registry import StreamRegistry
+from driftseg.service.settings import Settings
+from driftseg.service.stages import Stage
+
+log = logging.getLogger("driftseg.service")
+
+@dataclass
+class Segmented:
+    """One answered frame: `body` for png and overlay, `counts` (pixels per class) for json."""
+
+    stream: str
+    fmt: str
+    frame: int  # frames folded into the stream's state so far, this one included when adapted
+    adapted: bool
+    width: int
+    height: int
+    shift_score: float | None
+    alpha_mean: float | None
+    seconds: dict[Stage, float]  # every stage of service/stages.py
+    body: bytes | None = None
+    counts: np.ndarray | None = None
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+class Segmenter:
+    def __init__(self, settings: Settings, served: Served, registry: StreamRegistry, metrics: Metrics,
+                 model_thread: Executor | None = None):
+        self.served, self.pipeline, self.registry = served, served.pipeline, registry
+        self.class_names = served.class_names
+        self.metrics, self.max_image_pixels = metrics, settings.max_image_pixels
+        self.device = self.pipeline.device
+        self.batched_decode = settings.decode == "batched" or (settings.decode == "auto" and self.device.type == "cuda")
+        self.batcher = Batcher(self.step, settings.max_batch, settings.max_batch_delay_ms / 1000,
+                               metrics.observe_batch, prepare=self.prepare, model_thread=model_thread)
+        self.admission = Admission(settings.max_pending, self.batcher.max_batch, metrics.in_flight.set)
+
+    async def segment(self, stream: str, data: bytes, adapt: bool = True, fmt: str = "png") -> Segmented:
+        """Segment one encoded frame of `stream`, folding it into the stream's state if `adapt`."""
+        formats.check_format(fmt)
+        with self.admission.admit():
+            return await self._segment(stream, data, adapt, fmt)
+
+    async def _segment(self, stream: str, data: bytes, adapt: bool, fmt: str) -> Segmented:
+        arrived = time.perf_counter()
+        async with self.registry.use(stream) as entry:
+            waited = time.perf_counter() - arrived
+            (rgb, frame), t_decode = await to_thread.run_sync(_timed, self.decode, data, fmt)
+            labels, state, t_model = await self.batcher.submit(frame, entry.state, adapt)
+            self.admission.observe_batch(t_model)
+            out, t_encode = await to_thread.run_sync(_timed, self.encode, fmt, rgb, labels)
+            score, alpha = shift_and_alpha(self.served, state)
+            await self.registry.commit(entry, state, score)
+        seconds = {Stage.WAIT: waited, Stage.DECODE: t_decode, Stage.MODEL: t_model, Stage.ENCODE: t_encode}
+        for stage, value in seconds.items():
+            self.metrics.stage_seconds.labels(stage).observe(value)
+        self.metrics.frames.labels("true" if adapt else "false").inc()
+        if adapt:
+            self.metrics.frames_adapted.inc()
+        h, w = labels.shape
+        result = Segmented(stream, fmt, state.frames, adapt, w, h, score, alpha, seconds)
+        if fmt == "json":
+            result.counts = out
+        else:
+            result.body = out
+        return result
+
+    # the work of the threads: decode and encode in a request's worker thread, prepare and step in the model thread
+
+    def decode(self, data: bytes, fmt: str) -> tuple[np.ndarray | None, object]:
+        """The frame's RGB pixels on the host (None when not decoded yet) and what the batcher takes:
+        a uint8 [1, 3, H, W] view of them, or for batched decoding a JPEG whose header was read;
+        `prepare` makes frames of them in the model thread (no torch work in a request's thread)."""
+        if self.batched_decode and not formats.needs_pixels(fmt):
+            encoded = imaging.read_jpeg_header(data, self.max_image_pixels)
+            if encoded is not None:
+                return None, encoded
+        rgb = imaging.decode(data, self.max_image_pixels)
+        return rgb, imaging.pixels_view(rgb)
+
+    def prepare(self, items: list) -> list:
+        return imaging.decode_batch(items, self.max_image_pixels, self.device)
+
+    def step(self, frames: torch.Tensor, states: list[StreamState]) -> tuple[list[np.ndarray], list[StreamState]]:
+        """One batch of frames of different streams: label maps and new states (the batcher hands the
+        old state back to a request that does not adapt; the labels are the same either way)."""
+        labels, new = self.pipeline.step(frames, states)
+        dtype = torch.uint8 if self.pipeline.num_classes <= 256 else torch.int32
+        return list(labels.to(dtype).cpu().numpy()), new
+
+    def encode(self, fmt: str, rgb: np.ndarray | None, labels: np.ndarray):
+        return formats.encode(fmt, rgb, labels, self.served.palette, len(self.class_names))
+
+    def warm_up(self) -> None:
+        """One mid-grey frame at the network's input size through decode, step and encode, state
+        discarded; compiled, a batch of each padded size up to the batch limit, so that no request waits
+        for a compilation."""
+        h, w = self.pipeline.input_size
+        rgb = np.full((h, w, 3), 128, dtype=np.uint8)
+        frame = imaging.to_frame(rgb)
+        if self.batched_decode:  # the decoder's first call sets it up
+            [frame] = self.prepare([self.decode(imaging.encode_jpeg(rgb), "png")[1]])
+        compiled = self.pipeline.pad_batches
+        sizes = sorted({padded_batch_size(b) for b in range(1, self.batcher.max_batch + 1)}) if compiled else [1]
+        for size in sizes:
+            start = time.perf_counter()
+            labels, _ = self.step(frame.expand(size, -1, -1, -1), [self.pipeline.new_state()] * size)
+            if compiled:
+                log.info("compiled the adapted function for batches of %d in %.0f s", size, time.perf_counter() - start)
+        imaging.encode_labels(labels[0])

@@ -1,0 +1,76 @@
+"""What the state routes do to the streams a server holds: describe a stream's state (GET
+/adaptation/state), export it as a snapshot and import one (PUT), reset streams, list them."""
+from anyio import to_thread
+
+from driftseg.service import snapshots
+from driftseg.service.adaptation import Served, describe_method_state, shift_and_alpha
+from driftseg.service.errors import NotFound
+from driftseg.service.registry import StreamEntry, StreamRegistry, check_stream_id
+
+
+class States:
+    def __init__(self, served: Served, registry: StreamRegistry, max_streams: int):
+        self.served, self.registry, self.max_streams = served, registry, max_streams
+
+    async def summary(self, stream: str) -> dict:
+        """What GET /adaptation/state answers (service.schemas.StreamStateSummary)."""
+        async with self.registry.use(stream, create=False) as entry:
+            if entry is None:
+                raise _unknown(stream)
+            stored = self.registry.is_stored(stream)
+            return await to_thread.run_sync(self._summary, entry, list(entry.scores), stored)
+
+    def _summary(self, entry: StreamEntry, scores: list, stored: bool) -> dict:
+        return {
+            "stream": entry.stream, "checkpoint": self.served.fingerprint, "frames": entry.state.frames,
+            "last_seen": entry.last_seen, "in_memory": True, "on_disk": stored,
+            "shift_history": [{"frame": f, "score": s} for f, s in scores],
+            **describe_method_state(self.served, entry.state),
+        }
+
+    async def export(self, stream: str) -> bytes:
+        """The stream's state as snapshot bytes (service/snapshots.py)."""
+        async with self.registry.use(stream, create=False) as entry:
+            if entry is None:
+                raise _unknown(stream)
+            return await to_thread.run_sync(snapshots.encode, stream, entry.state, self.served.fingerprint,
+                                            self.served.method, entry.last_seen)
+
+    async def import_state(self, stream: str, data: bytes) -> dict:
+        """Replace the stream's state with a snapshot's, all checks passed first: Unprocessable (422) for a
+        file that is not a snapshot or does not fit, Conflict (409) for another checkpoint or method."""
+        check_stream_id(stream)
+        payload = await to_thread.run_sync(snapshots.decode, data)
+        snapshots.check_origin(payload, self.served.fingerprint, self.served.method)
+        state = await to_thread.run_sync(snapshots.restore, payload, self.served.pipeline.new_state)
+        async with self.registry.use(stream) as entry:
+            await self.registry.replace(entry, state, shift_and_alpha(self.served, state)[0] if state.frames else None)
+        return await self.summary(stream)
+
+    async def reset(self, stream: str) -> list[str]:
+        if not await self.registry.reset(stream):
+            raise _unknown(stream)
+        return [stream]
+
+    async def reset_all(self) -> list[str]:
+        return await self.registry.reset_all()
+
+    def listing(self) -> dict:
+        """What GET /adaptation/streams answers (service.schemas.StreamList)."""
+        rows = [{"stream": s, "frames": f, "last_seen": t, "in_memory": m, "on_disk": d}
+                for s, f, t, m, d in self.registry.streams()]
+        in_memory, stored = self.registry.counts()
+        return {"streams": rows, "in_memory": in_memory, "on_disk": stored, "max_streams": self.max_streams}
+
+    def counts(self) -> tuple[int, int]:
+        """Streams in memory, streams with a snapshot in the store."""
+        return self.registry.counts()
+
+    def latest_scores(self) -> list[tuple[str, float]]:
+        """(stream, last shift score) of the streams in memory that have one, most recently seen first."""
+        return self.registry.latest_scores()
+
+
+def _unknown(stream: str) -> NotFound:
+    return NotFound(f"stream {stream!r} is not held: POST /segment with X-Stream-Id: {stream} starts it "
+                    "(GET /adaptation/streams lists the streams held)")
