@@ -1,10 +1,12 @@
 import io
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from driftseg.data.folder import resolve_data_dir
 from driftseg.models.checkpoint import save_checkpoint
+from driftseg.service.app import create_app
 from driftseg.service.settings import Settings
 
 SMALL = (160, 120)  # width, height of the frames most tests send: fast, and under the pixel limit below
@@ -35,6 +37,15 @@ def frames(camvid_jpegs) -> list[bytes]:
         Image.open(io.BytesIO(data)).convert("RGB").resize(SMALL).save(buf, format="JPEG", quality=90)
         out.append(buf.getvalue())
     return out
+
+
+@pytest.fixture(scope="module")
+def client(ckpt_file, tmp_path_factory):
+    """A test app on the tiny checkpoint, method auto, shared by a test module's tests."""
+    settings = Settings(checkpoint=ckpt_file, method="auto", device="cpu", state_dir=tmp_path_factory.mktemp("state"),
+                        max_image_bytes=300_000, max_image_pixels=100_000, snapshot_every=0)
+    with TestClient(create_app(settings)) as c:
+        yield c
 
 
 @pytest.fixture

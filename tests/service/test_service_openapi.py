@@ -25,16 +25,6 @@ OWN_HEADERS = {"x-stream-id", "x-frame-index", "x-shift-score", "server-timing",
 
 
 @pytest.fixture(scope="module")
-def client(ckpt_file, tmp_path_factory):
-    from driftseg.service.settings import Settings
-
-    settings = Settings(checkpoint=ckpt_file, method="auto", device="cpu", state_dir=tmp_path_factory.mktemp("state"),
-                        max_image_bytes=300_000, max_image_pixels=100_000, snapshot_every=0)
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def spec(client) -> dict:
     return client.get("/openapi.json").json()
 

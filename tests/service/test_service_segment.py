@@ -13,16 +13,6 @@ from driftseg.service.stages import Stage
 from service_util import assert_same, exported_state
 
 
-@pytest.fixture(scope="module")
-def client(ckpt_file, tmp_path_factory):
-    from driftseg.service.settings import Settings
-
-    settings = Settings(checkpoint=ckpt_file, method="auto", device="cpu", state_dir=tmp_path_factory.mktemp("state"),
-                        max_image_bytes=300_000, max_image_pixels=100_000, snapshot_every=0)
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
 def post(client, data, stream, content_type="image/jpeg", **params):
     return client.post("/segment", content=data, headers={"Content-Type": content_type, "X-Stream-Id": stream},
                        params=params)
