@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Every CPU result in the README that rests on the default checkpoint, rerun in order with the
-# README's own commands (run it after the default checkpoint changes). Each part writes its JSON and
+# README's own commands (run it after the default checkpoint changes), and the training speed
+# (`training`, which trains from scratch: rerun it after the training code changes). Each part writes its JSON and
 # Markdown table (and plots) under bench/results/; a part whose JSON exists already is skipped unless
 # FORCE=1, so a run that was cut off goes on where it stopped. The load tests start their own server
 # on a free port with a fresh state folder and stop it afterwards.
 #
 #   bench/rerun-cpu.sh [PART ...]      parts: methods drift speed model model-compiled precision load
-#                                      load-compiled (all, in that order, without arguments)
+#                                      load-compiled training (all, in that order, without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=${D:-.venv/bin/driftseg}
 R=bench/results
-ALL="methods drift speed model model-compiled precision load load-compiled"
+ALL="methods drift speed model model-compiled precision load load-compiled training"
 parts=${*:-$ALL}
 
 done_already() { [ -z "${FORCE:-}" ] && [ -f "$1" ] && echo "== $1 exists: skipped (FORCE=1 reruns it)"; }
@@ -51,6 +52,7 @@ for part in $parts; do
     precision) done_already $R/precision-cpu.json || $D bench precision --out $R/precision-cpu.json ;;
     load) done_already $R/load-cpu.json || serve_and_load load-cpu "" ;;
     load-compiled) done_already $R/load-cpu-compiled.json || serve_and_load load-cpu-compiled DRIFTSEG_COMPILE=true ;;
+    training) done_already $R/training-cpu.json || $D bench training --threads 2 1 --out $R/training-cpu.json ;;
     *) echo "unknown part $part (parts: $ALL)" >&2; exit 2 ;;
     esac
 done

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The offline jobs on CamVid day -> dusk, from the default checkpoint, at the scale a 2-core CPU
 # allows (600 iterations each); the bench tables in bench/results/uda*.md and the card in
-# models/checkpoints/README.md come from this script. Run from the repository root.
+# models/checkpoints/README.md come from this script. Run from the repository root. They were made
+# from the earlier 180x240 default (P at commit 4696549); run now, it starts from the current default.
 set -ex
 D=.venv/bin/driftseg
 P=models/checkpoints/camvid-lraspp.pt
