@@ -9,8 +9,10 @@ from driftseg.adapters.ema_bn import AdaptedNet, StreamBatchNorm2d
 from driftseg.models.batchnorm import adaptable_norms, fold_batchnorm, foldable_pairs, other_norms
 from driftseg.models.registry import create_model, trust_module
 
+from byom_nets import randomise_batchnorm
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-trust_module("byom_nets")  # tests/models/byom_nets.py, on sys.path beside this file
+trust_module("byom_nets")  # tests/byom_nets.py (tests/ is on sys.path, as for synthetic_frames)
 
 smp = pytest.importorskip  # noqa: E731  (called per case, so a missing extra skips only the smp cases)
 
@@ -33,17 +35,7 @@ CASES = [
 def randomised(arch: str, kwargs: dict, classes: int = 5) -> nn.Module:
     """The network in eval mode with BN statistics and affine parameters away from 0 / 1."""
     torch.manual_seed(0)
-    model = create_model(arch, classes, (0.5,) * 3, (0.25,) * 3, **kwargs).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-                if m.affine:
-                    m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    return model
+    return randomise_batchnorm(create_model(arch, classes, (0.5,) * 3, (0.25,) * 3, **kwargs).eval())
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:

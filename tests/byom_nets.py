@@ -1,8 +1,10 @@
 """Networks for the bring-your-own-model tests, built as `MODULE:FACTORY` architectures
-(`byom_nets:build`): every BN arrangement the folding and the adaptation must get right."""
+(`byom_nets:build`): every BN arrangement the folding and the adaptation must get right; and
+`randomise_batchnorm`, which makes a fresh network's BN layers look trained."""
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class ScaledBatchNorm2d(nn.BatchNorm2d):
@@ -93,3 +95,17 @@ def build_without_bn(num_classes: int) -> nn.Module:
 
 def not_a_module(num_classes: int):
     return "a string"
+
+
+@torch.no_grad()
+def randomise_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Every BN layer's (any _BatchNorm subclass) statistics and affine parameters away from 0 / 1."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, _BatchNorm) and m.running_mean is not None:
+            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+            if m.affine:
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    return model
