@@ -34,6 +34,7 @@ import torch
 from driftseg.adapters.ema_bn import EMA, AdaptedNet, layer_divergence
 
 HISTORY = 32  # switch events kept in a stream's state
+UNMOVED = 1e-12  # the calibration of a layer that no in-domain frame moved
 
 
 def momentum_schedule(since_reset: torch.Tensor, floor: float) -> torch.Tensor:
@@ -98,8 +99,10 @@ def calibrate(adapted: AdaptedNet, frames: Iterable[torch.Tensor], momentum: flo
         state = new
     if len(jumps) < 2:
         raise ValueError(f"calibration needs at least 3 frames of {split}, got {len(shifts)}")
-    tau = torch.quantile(torch.stack(shifts), percentile / 100, dim=0)
-    kappa = torch.stack(jumps).amax(0)
+    # a layer the forward never reaches (an unused part of the network: smp keeps the encoder stages past
+    # its depth) never moves from the source: a floor keeps its scores 0 instead of 0 / 0
+    tau = torch.quantile(torch.stack(shifts), percentile / 100, dim=0).clamp_min(UNMOVED)
+    kappa = torch.stack(jumps).amax(0).clamp_min(UNMOVED)
     return ShiftCalibration(tau.cpu(), kappa.cpu(), momentum, split, len(shifts))
 
 

@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from driftseg.adapters.component import NETWORK, Component
-from driftseg.models.registry import fold_batchnorm, names_of, replace_module
+from driftseg.models.batchnorm import adaptable_norms, after_norm, fold_batchnorm, other_norms
+from driftseg.models.registry import replace_module
 
 
 def layer_divergence(stats: torch.Tensor, reference: torch.Tensor, source: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -47,13 +48,17 @@ def layer_divergence(stats: torch.Tensor, reference: torch.Tensor, source: torch
 
 
 class StreamBatchNorm2d(nn.Module):
-    """A BatchNorm2d whose statistics come from each sample's stream state."""
+    """A BatchNorm2d whose statistics come from each sample's stream state; what a known subclass does
+    after normalising (timm's BatchNormAct2d: dropout, activation) runs after it as `after`."""
 
     def __init__(self, bn: nn.BatchNorm2d):
         super().__init__()
         self.num_features, self.eps = bn.num_features, bn.eps
-        self.weight = nn.Parameter(bn.weight.detach().clone(), requires_grad=False)
-        self.bias = nn.Parameter(bn.bias.detach().clone(), requires_grad=False)
+        ones = torch.ones(bn.num_features, device=bn.running_mean.device)
+        weight, bias = (bn.weight, bn.bias) if bn.affine else (ones, torch.zeros_like(ones))  # affine=False: identity
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.after = after_norm(bn)
         self.register_buffer("source_mean", bn.running_mean.detach().clone().float())
         self.register_buffer("source_var", bn.running_var.detach().clone().float())
         # set by AdaptedNet for the duration of one forward call, never kept across calls
@@ -77,23 +82,31 @@ class StreamBatchNorm2d(nn.Module):
         b, c, h, w = x.shape
         weight, bias = (self.weight, self.bias) if b == 1 else (self.weight.repeat(b), self.bias.repeat(b))
         out = F.batch_norm(x.reshape(1, b * c, h, w), mean.reshape(-1), var.reshape(-1),
-                           weight, bias, False, 0.0, self.eps)
-        return out.view(b, c, h, w)
+                           weight, bias, False, 0.0, self.eps).view(b, c, h, w)
+        return self.after(out) if self.after is not None else out
+
+
+NO_BN = ("the network has no BatchNorm layer that BN adaptation can take over (exactly nn.BatchNorm2d, or "
+         "timm's BatchNormAct2d, with running statistics): ema, ptbn, auto and tent cannot run on it; label "
+         "calibration and FDA still can (method `source+lc`, `fda+lc`)")
 
 
 class AdaptedNet(nn.Module):
-    """A copy of `model` whose BatchNorm2d layers normalise with per-stream blended statistics."""
+    """A copy of `model` whose BN layers (models/batchnorm.py: exactly nn.BatchNorm2d, or a subclass
+    handled on purpose) normalise with per-stream blended statistics. Other BN subclasses, whose
+    forward may do more than normalise, stay as the model has them (`self.left`)."""
 
     def __init__(self, model: nn.Module, layers: int | None = None):
-        """Adapt the first `layers` BN layers in module order (all when None); the rest are folded
-        into their convolutions, as in the frozen model: cheaper, for shifts that the early layers'
-        statistics carry (light, colour, noise, blur)."""
+        """Adapt the first `layers` BN layers in module order (all when None, or when the model has
+        fewer); the rest are folded into their convolutions, as in the frozen model: cheaper, for
+        shifts that the early layers' statistics carry (light, colour, noise, blur)."""
         super().__init__()
-        names = names_of(model, nn.BatchNorm2d)
+        names = adaptable_norms(model)
         if not names:
-            raise ValueError("the model has no BatchNorm2d layer to adapt")
-        if layers is not None and not 1 <= layers <= len(names):
-            raise ValueError(f"layers must be in [1, {len(names)}] (the model's BN layers), got {layers}")
+            raise ValueError(NO_BN)
+        if layers is not None and layers < 1:
+            raise ValueError(f"layers must be >= 1 (the model has {len(names)} BN layers), got {layers}")
+        self.left = other_norms(model)
         self.layer_names = adapted = names[:layers]  # of the adapted layers, as in `model`
         self.model = fold_batchnorm(model, keep=set(adapted)) if layers is not None else copy.deepcopy(model)
         self.norms: list[StreamBatchNorm2d] = []

@@ -3,7 +3,7 @@ reference every method is measured against, and what a stream with no network ad
 from dataclasses import dataclass
 
 from driftseg.adapters.component import NETWORK, Component
-from driftseg.models.registry import fold_batchnorm
+from driftseg.models.batchnorm import fold_batchnorm
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from driftseg.adapters.component import NETWORK, Component
+from driftseg.models.batchnorm import adaptable_norms
 
 
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -25,15 +26,16 @@ def configure(model: nn.Module) -> list[nn.Parameter]:
     model.eval()
     model.requires_grad_(False)
     params = []
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.train()
-            m.track_running_stats = False
-            m.running_mean = m.running_var = None
+    for name in adaptable_norms(model):  # exactly BatchNorm2d, or a subclass handled on purpose
+        m = model.get_submodule(name)
+        m.train()
+        m.track_running_stats = False
+        m.running_mean = m.running_var = None
+        if m.affine:
             m.requires_grad_(True)
             params += [m.weight, m.bias]
     if not params:
-        raise ValueError("TENT needs a model with BatchNorm2d layers")
+        raise ValueError("TENT needs a model with affine BatchNorm2d layers")
     return params
 
 

@@ -12,6 +12,8 @@ COMMANDS = {
     ("train", "seat"): ("driftseg.training.seat:main", "adversarial adaptation with separate source and target BN branches"),
     ("train", "self-training"): ("driftseg.training.self_training:main", "train on source labels and target pseudo-labels"),
     ("calibrate",): ("driftseg.training.calibrate:main", "store the automatic mode's shift calibration in a checkpoint"),
+    ("import",): ("driftseg.training.import_model:main", "bring your own trained network: its weights as a driftseg checkpoint"),
+    ("segment",): ("driftseg.service.offline:main", "segment a video or image folder as one adapting stream, no server"),
     ("bench", "accuracy"): ("driftseg.bench.cli:accuracy_main", "the online benchmark: methods x streams"),
     ("bench", "checkpoints"): ("driftseg.bench.checkpoints:main", "checkpoints side by side on streams, against a baseline and an oracle"),
     ("bench", "speed"): ("driftseg.bench.speed:main", "per-frame cost of methods at batch 1, round robin, vs the frozen model"),
@@ -25,7 +27,8 @@ COMMANDS = {
 
 
 # the extra that installs what each command group imports beyond the core (pyproject.toml)
-EXTRAS = {"train": "train", "calibrate": "train", "bench": "bench", "export": "serve", "serve": "serve"}
+EXTRAS = {"train": "train", "calibrate": "train", "import": "models", "segment": "video", "bench": "bench",
+          "export": "serve", "serve": "serve"}
 
 
 def usage(group: str | None = None) -> str:

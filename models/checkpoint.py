@@ -1,6 +1,8 @@
 """The checkpoint format: one file that `torch.load(weights_only=True)` reads without running code.
 
-It carries everything serving and adaptation need: the architecture, class names and palette,
+It carries everything serving and adaptation need: the architecture (`arch`, a registry name or an
+architecture string such as smp:Unet:resnet18, with `arch_kwargs`: what models/registry.py's
+create_model rebuilds the network from), class names and palette,
 the input size, the weights with the source BN statistics, the source domain's mean
 low-frequency amplitude band (for FDA), and provenance (config, data, metrics, git commit).
 """
@@ -53,15 +55,16 @@ class Checkpoint:
         return model.to(device).eval()
 
 
-def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], arch: str) -> None:
-    """ValueError naming the missing, unexpected or wrongly shaped weights, if any."""
+def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], arch: str,
+                      what: str = "checkpoint weights") -> None:
+    """ValueError naming the first missing, unexpected or wrongly shaped weights, if any."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(expected.keys() - weights.keys())
     unexpected = sorted(weights.keys() - expected.keys())
     shapes = [f"{k} {list(weights[k].shape)} (expected {list(expected[k])})"
               for k in sorted(expected.keys() & weights.keys()) if tuple(weights[k].shape) != expected[k]]
     if missing or unexpected or shapes:
-        raise ValueError(f"checkpoint weights do not fit architecture {arch!r}: missing {missing[:5]}, "
+        raise ValueError(f"{what} do not fit architecture {arch!r}: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, wrong shape {shapes[:5]}")
 
 

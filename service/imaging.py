@@ -130,12 +130,17 @@ def encode_labels(labels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def overlay(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    """The frame blended with its classes' palette colours, RGB uint8 [H, W, 3]."""
+    colours = palette[labels].astype(np.float32)
+    blend = (1 - opacity) * rgb.astype(np.float32) + opacity * colours
+    return blend.round().clip(0, 255).astype(np.uint8)
+
+
 def encode_overlay(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray, opacity: float = 0.5,
                    quality: int = 85) -> bytes:
     """The frame blended with its classes' palette colours, as a JPEG."""
-    colours = palette[labels].astype(np.float32)
-    blend = (1 - opacity) * rgb.astype(np.float32) + opacity * colours
-    return encode_jpeg(blend.round().clip(0, 255).astype(np.uint8), quality)
+    return encode_jpeg(overlay(rgb, labels, palette, opacity), quality)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:

@@ -429,5 +429,7 @@ def test_adapting_the_first_layers_only_folds_the_rest() -> None:
     expected, expected_state = full(x, full.source_state()[None].repeat(2, 1, 1), m, torch.tensor([[0.0, 1.0]] * 2))
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(state, expected_state[:, :, :4])
-    with pytest.raises(ValueError, match=r"layers must be in \[1, 2\]"):
-        AdaptedNet(model, layers=3)
+    # more layers than the model has adapts them all (the recommended `auto` names 12; a small network has fewer)
+    assert AdaptedNet(model, layers=3).layer_names == full.layer_names
+    with pytest.raises(ValueError, match=r"layers must be >= 1 \(the model has 2 BN layers\)"):
+        AdaptedNet(model, layers=0)

@@ -77,7 +77,7 @@ def test_unknown_architecture_names_the_choices() -> None:
 
 
 def test_fold_batchnorm_keeps_the_output_and_removes_every_bn() -> None:
-    from driftseg.models.registry import fold_batchnorm
+    from driftseg.models.batchnorm import fold_batchnorm
 
     torch.manual_seed(0)
     model = create_model("lraspp_mobilenet_v3_large", 4, (0.5,) * 3, (0.25,) * 3).train()
