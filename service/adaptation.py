@@ -67,17 +67,24 @@ def engine_refusal(spec: MethodSpec, engine: str) -> str | None:
     return None
 
 
-def shift_and_alpha(served: Served, state: "StreamState") -> tuple[float | None, float | None]:
+def shift_and_alpha(pipeline: "Pipeline", state: "StreamState") -> tuple[float | None, float | None]:
     """The stream's shift score and the mean over BN layers of the alpha for its next frame, where the
     method measures them (auto)."""
-    return served.pipeline.shift(state)
+    return pipeline.shift(state)
+
+
+def restarts(state: "StreamState") -> tuple[int | None, list[int]]:
+    """Frames since the automatic mode last restarted the stream from the source, and the frames where it
+    did (None and [] for methods without it)."""
+    auto = state.parts.get("auto")
+    return (auto.since_reset, list(auto.switches)) if auto is not None else (None, [])
 
 
 def describe_method_state(served: Served, state: "StreamState") -> dict:
     """The method's part of GET /adaptation/state (service.schemas.StreamStateSummary): the spec and its
     parameters, shift score and alpha, and what each component shows of the stream (restarts, per-BN-layer
     drift, label calibration, FDA)."""
-    score, alpha = shift_and_alpha(served, state)
+    score, alpha = shift_and_alpha(served.pipeline, state)
     return {
         "method": {"spec": served.method, "parameters": served.spec.parameters()},
         "shift_score": score, "alpha_mean": alpha, "since_reset": None, "switches": [],

@@ -27,7 +27,7 @@ from driftseg.adapters.spec import RECOMMENDED, parse_method
 from driftseg.data.sources import FrameSource, import_av
 from driftseg.device import DEVICES, resolve_device
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint, write_atomically
-from driftseg.service import imaging, snapshots
+from driftseg.service import adaptation, imaging, snapshots
 
 class VideoWriter:
     """Overlays into an H.264 (else MPEG-4) video at the input's frame rate; sizes rounded down to even."""
@@ -77,11 +77,10 @@ def segment(source: FrameSource, pipeline: Pipeline, out: Path, palette: np.ndar
             labels, (state,) = pipeline.step(imaging.to_frame(rgb).to(pipeline.device), [state])
             labels = labels[0].to(dtype).cpu().numpy()
             seconds = time.perf_counter() - start
-            score, alpha = pipeline.shift(state)
-            auto = state.parts.get("auto")
+            score, alpha = adaptation.shift_and_alpha(pipeline, state)
+            since_reset, _ = adaptation.restarts(state)
             record = {"frame": n, "name": name, "shift_score": score, "alpha_mean": alpha,
-                      "switch": bool(auto is not None and n > 0 and auto.since_reset == 0),
-                      "since_reset": auto.since_reset if auto is not None else None, "ms": round(1000 * seconds, 2)}
+                      "switch": n > 0 and since_reset == 0, "since_reset": since_reset, "ms": round(1000 * seconds, 2)}
             log.write(json.dumps(record) + "\n")
             if "labels" in save:
                 (out / "labels" / f"{name}.png").write_bytes(imaging.encode_labels(labels))
@@ -127,7 +126,7 @@ def main(argv=None) -> None:
     stream = args.stream or args.input.stem or args.input.name
     data = snapshots.encode(stream, state, file_sha256(args.checkpoint), method, time.time())
     write_atomically(args.out / "state.pt", lambda f: f.write(data))
-    auto = state.parts.get("auto")
-    switches = f", switched domains at frames {auto.switches}" if auto is not None and auto.switches else ""
+    switched = adaptation.restarts(state)[1]
+    switches = f", switched domains at frames {switched}" if switched else ""
     print(f"segmented {state.frames} frames of {args.input} with {method}{switches}; wrote {args.out} "
           f"(state of stream {stream!r}: PUT /adaptation/state?stream={stream} imports it)")

@@ -78,7 +78,7 @@ class Segmenter:
             labels, state, t_model = await self.batcher.submit(frame, entry.state, adapt)
             self.admission.observe_batch(t_model)
             out, t_encode = await to_thread.run_sync(_timed, self.encode, fmt, rgb, labels)
-            score, alpha = shift_and_alpha(self.served, state)
+            score, alpha = shift_and_alpha(self.served.pipeline, state)
             await self.registry.commit(entry, state, score)
         seconds = {Stage.WAIT: waited, Stage.DECODE: t_decode, Stage.MODEL: t_model, Stage.ENCODE: t_encode}
         for stage, value in seconds.items():

@@ -44,7 +44,7 @@ class States:
         snapshots.check_origin(payload, self.served.fingerprint, self.served.method)
         state = await to_thread.run_sync(snapshots.restore, payload, self.served.pipeline.new_state)
         async with self.registry.use(stream) as entry:
-            await self.registry.replace(entry, state, shift_and_alpha(self.served, state)[0] if state.frames else None)
+            await self.registry.replace(entry, state, shift_and_alpha(self.served.pipeline, state)[0] if state.frames else None)
         return await self.summary(stream)
 
     async def reset(self, stream: str) -> list[str]:
