@@ -13,13 +13,10 @@ import torch
 import driftseg.models.checkpoint
 from driftseg.data.folder import FrameFolder
 from driftseg.models.checkpoint import load_checkpoint
-from driftseg.training import adversarial, common, loop, seat, self_training, source
+from driftseg.training import adversarial, loop, seat, self_training, source
+from cut_util import run_until_cut
 
 ITERS, SAVE_EVERY, CUT_AT = 6, 2, 5  # the cut comes one iteration after the last save
-
-
-class Cut(Exception):
-    """The process dies here."""
 
 
 def adversarial_args(toy, out: Path, *extra: str) -> list[str]:
@@ -63,17 +60,7 @@ def runs(toy_source, tmp_path_factory):
         adversarial.main(adversarial_args(toy_source, whole))
 
     cut = root / "cut.pt"
-    update = common.Progress.update
-
-    def dying_update(self, it, **values):
-        if it + 1 == CUT_AT:
-            raise Cut
-        update(self, it, **values)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(common.Progress, "update", dying_update)
-        with pytest.raises(Cut):
-            adversarial.main(adversarial_args(toy_source, cut))
+    run_until_cut(lambda: adversarial.main(adversarial_args(toy_source, cut)), CUT_AT)
     state = cut.with_suffix(".state.pt")
     saved = torch.load(state, weights_only=True)
     kept = shutil.copy(state, root / "kept.state.pt")
@@ -164,17 +151,7 @@ def test_seat_and_self_training_resume_too(toy_source, tmp_path, job, main, part
     del args[args.index("--fda-beta"):]  # adversarial's own flags
     del args[args.index("--crop"):args.index("--crop") + 3]  # the parent's crop, resolved
     args[args.index("--iters") + 1], args[args.index("--save-every") + 1] = "3", "1"
-    update = common.Progress.update
-
-    def dying_update(self, it, **values):
-        if it + 1 == 2:
-            raise Cut
-        update(self, it, **values)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(common.Progress, "update", dying_update)
-        with pytest.raises(Cut):
-            main(args)
+    run_until_cut(lambda: main(args), 2)
     saved = torch.load(out.with_suffix(".state.pt"), weights_only=True)
     assert saved["job"] == job and saved["done"] == 1 and set(saved["parts"]) == parts
     main(args + ["--resume", str(out.with_suffix(".state.pt"))])

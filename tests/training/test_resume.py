@@ -13,14 +13,11 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from driftseg.models.checkpoint import load_checkpoint
-from driftseg.training import common, source
+from driftseg.training import source
 from driftseg.training.resume import TrainingState
+from cut_util import run_until_cut
 
 ITERS, SAVE_EVERY, CUT_AT = 8, 3, 5  # the cut comes two iterations after the last save
-
-
-class Cut(Exception):
-    """The process dies here."""
 
 
 def train(toy_data, out, *extra):
@@ -38,17 +35,7 @@ def runs(toy_data, tmp_path_factory):
     whole = train(toy_data, root / "whole.pt")
 
     cut = root / "cut.pt"
-    update = common.Progress.update
-
-    def dying_update(self, it, **values):
-        if it + 1 == CUT_AT:
-            raise Cut
-        update(self, it, **values)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(common.Progress, "update", dying_update)
-        with pytest.raises(Cut):
-            train(toy_data, cut)
+    run_until_cut(lambda: train(toy_data, cut), CUT_AT)
     state = cut.with_suffix(".state.pt")
     before = [json.loads(line) for line in cut.with_suffix(".jsonl").read_text().splitlines()]
     saved_at = torch.load(state, weights_only=True)["done"]
