@@ -191,12 +191,12 @@ class Auto(EMA):
                 "since": torch.tensor([a.since_reset for a in autos], device=self.device),
                 "level": torch.tensor([a.switch_level for a in autos], device=self.device)}
 
-    def forward(self, images, batch, out):
+    def forward(self, images, batch, out, scratch):
         """The shift score, the next frame's alpha and the switch test, all as tensors: a stream that
         switches restarts from the source."""
         b, old, since, cfg = images.shape[0], batch["stats"], batch["since"], self.config
         momentum = momentum_schedule(since, cfg.m)
-        logits, stats = self.module(images, old, momentum, batch["alpha"])
+        logits, stats = self.module(images, old, momentum, batch["alpha"], scratch)
         # the shift (new state against the source) and the jump (this frame against the old state) in one call
         divergence = layer_divergence(torch.cat([stats, frame_moments(old, stats, momentum)]),
                                       torch.cat([self.source.expand_as(old), old]), self.source, self.module.sizes)

@@ -11,12 +11,20 @@ state_dict(), load_state_dict()) under each key the component names. For a batch
 different streams a component
 
     stack(states)              -> its parts of the streams' states as batch tensors
-    forward(x, batch, out)     -> x transformed, a pure tensor function: reads its batch tensors,
+    forward(x, batch, out, scratch)  -> x transformed, a pure tensor function: reads its batch tensors,
                                   writes its new state tensors to `out`, reads nothing back to the host
     scatter(old, new, out, restarted)  -> the new states' parts from `out` (the old ones untouched)
 
 and shows what it holds of a stream in `describe` (GET /adaptation/state). A network component may
 write `out["restart"]` [B] (bool): a stream that switched domains, whose other parts start afresh.
+
+`scratch` is a dict made for one call of the adapted function and dropped after it, never part of a
+state: what an output component reads from the network besides its scores. The output components name
+the keys they read in `needs`; the pipeline puts those keys in the scratch, and the network component,
+which names what it can write in `provides`, fills every key there (`run_network`):
+
+    "features"        [B, F, h, w]  the classifier's input (models.registry.classifier_features)
+    "feature_logits"  [B, C, h, w]  the classifier's output on the same grid, before upsampling
 """
 import copy
 from dataclasses import dataclass, field
@@ -26,9 +34,20 @@ import torch
 from torch import nn
 
 from driftseg.models.checkpoint import Checkpoint
+from driftseg.models.registry import classifier_features
 
 INPUT, NETWORK, OUTPUT = "input", "network", "output"
 STAGES = (INPUT, NETWORK, OUTPUT)
+FEATURES = ("features", "feature_logits")  # what `run_network` writes to a scratch that asks
+
+
+def run_network(model: nn.Module, images: torch.Tensor, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`model(images)`, the logits at the images' size; where the scratch holds keys (an output component
+    needs the features), also the classifier's input features and logits on their grid, into it."""
+    if not scratch:
+        return model(images)
+    logits, scratch["feature_logits"], scratch["features"] = classifier_features(model, images)
+    return logits
 
 
 @dataclass
@@ -73,6 +92,9 @@ class Component:
     backprop: ClassVar[bool] = False
     # why it cannot run inside the ONNX export of the adapted function; empty where it can
     no_export_reason: ClassVar[str] = ""
+    # an output component: the scratch keys it reads (FEATURES); a network component: those it fills
+    needs: ClassVar[tuple[str, ...]] = ()
+    provides: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config, ckpt: Checkpoint, model: nn.Module, device: torch.device):
         self.config, self.device = config, device
@@ -86,7 +108,8 @@ class Component:
     def stack(self, states: list[StreamState]) -> dict[str, Any]:
         return {}
 
-    def forward(self, x: torch.Tensor, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: dict[str, Any], out: dict[str, torch.Tensor],
+                scratch: dict[str, torch.Tensor]) -> torch.Tensor:
         return x
 
     def scatter(self, old: list[StreamState], new: list[StreamState], out: dict[str, torch.Tensor],
@@ -100,3 +123,20 @@ class Component:
     def shift(self, state: StreamState) -> tuple[float, float] | None:
         """The stream's shift score and mean alpha, for a network component that measures them."""
         return None
+
+
+class BackpropComponent(Component):
+    """A network component whose stream part (under its own name) is a whole model and optimiser that a
+    backprop step updates in place (tent): passed to the forward as it is, one stream per batch;
+    the part's `forward_and_adapt(images)` returns the frame's scores."""
+
+    stage = NETWORK
+    backprop, no_export_reason = True, "it adapts by backprop"
+
+    def stack(self, states):
+        if len(states) != 1:
+            raise ValueError(f"{self.name} adapts one stream at a time: pass a batch of 1")
+        return {self.name: states[0].parts[self.name]}
+
+    def forward(self, images, batch, out, scratch):
+        return batch[self.name].forward_and_adapt(images)

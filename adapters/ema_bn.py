@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from driftseg.adapters.component import NETWORK, Component
+from driftseg.adapters.component import FEATURES, NETWORK, Component, run_network
 from driftseg.models.batchnorm import adaptable_norms, after_norm, fold_batchnorm, other_norms
-from driftseg.models.registry import replace_module
+from driftseg.models.registry import wrap_modules
 
 
 def layer_divergence(stats: torch.Tensor, reference: torch.Tensor, source: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -109,11 +109,7 @@ class AdaptedNet(nn.Module):
         self.left = other_norms(model)
         self.layer_names = adapted = names[:layers]  # of the adapted layers, as in `model`
         self.model = fold_batchnorm(model, keep=set(adapted)) if layers is not None else copy.deepcopy(model)
-        self.norms: list[StreamBatchNorm2d] = []
-        for name in adapted:
-            norm = StreamBatchNorm2d(self.model.get_submodule(name))
-            replace_module(self.model, name, norm)
-            self.norms.append(norm)
+        self.norms: list[StreamBatchNorm2d] = wrap_modules(self.model, adapted, StreamBatchNorm2d)
         self.sizes = [n.num_features for n in self.norms]
         mean = torch.cat([n.source_mean for n in self.norms])
         self.register_buffer("source", torch.stack([mean, torch.cat([n.source_var for n in self.norms]) + mean.square()]))
@@ -129,8 +125,11 @@ class AdaptedNet(nn.Module):
         return self.source.clone()
 
     def forward(
-        self, images: torch.Tensor, state: torch.Tensor, momentum: torch.Tensor, alpha: torch.Tensor
+        self, images: torch.Tensor, state: torch.Tensor, momentum: torch.Tensor, alpha: torch.Tensor,
+        scratch: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, new state); the classifier's features too, into `scratch`, where it asks
+        (component.run_network)."""
         b = images.shape[0]
         if state.shape != (b, 2, self.state_size):
             raise ValueError(f"state should be [{b}, 2, {self.state_size}], got {list(state.shape)}")
@@ -148,7 +147,7 @@ class AdaptedNet(nn.Module):
         for norm, inputs in zip(self.norms, parts):
             norm._inputs, norm._outputs = inputs, None
         try:
-            logits = self.model(images)
+            logits = run_network(self.model, images, scratch or {})
             # a layer the forward never reached (an unused auxiliary head) keeps its state
             olds = zip(state[:, 0].split(self.sizes, 1), state[:, 1].split(self.sizes, 1))
             frame = [n._outputs or old for n, old in zip(self.norms, olds)]
@@ -206,6 +205,7 @@ class EMA(Component):
     its NormState under "norm"; in the batch, "stats" [B, 2, N]."""
 
     name, stage, Config = "ema", NETWORK, EMAConfig
+    provides = FEATURES
 
     def __init__(self, config, ckpt, model, device):
         super().__init__(config, ckpt, model, device)
@@ -218,11 +218,11 @@ class EMA(Component):
     def stack(self, states):
         return {"stats": torch.stack([s.parts["norm"].stats for s in states])}
 
-    def forward(self, images, batch, out):
+    def forward(self, images, batch, out, scratch):
         b = images.shape[0]
         momentum = torch.full((b,), self.config.m, device=images.device)
         alpha = torch.full((b,), self.config.alpha, device=images.device)
-        logits, out["stats"] = self.module(images, batch["stats"], momentum, alpha)
+        logits, out["stats"] = self.module(images, batch["stats"], momentum, alpha, scratch)
         return logits
 
     def scatter(self, old, new, out, restarted):

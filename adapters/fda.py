@@ -237,7 +237,7 @@ class FDA(Component):
     def stack(self, states):
         return {"fda_recent": torch.stack([s.parts["fda"].recent_band for s in states])} if self.b else {}
 
-    def forward(self, images, batch, out):
+    def forward(self, images, batch, out, scratch):
         if not self.b:
             return images
         out["fda_recent"] = update_recent(batch["fda_recent"], low_freq_amplitude(images, self.b), self.config.m)

@@ -2,7 +2,7 @@
 reference every method is measured against, and what a stream with no network adaptation runs."""
 from dataclasses import dataclass
 
-from driftseg.adapters.component import NETWORK, Component
+from driftseg.adapters.component import FEATURES, NETWORK, Component, run_network
 from driftseg.models.batchnorm import fold_batchnorm
 
 
@@ -13,10 +13,11 @@ class SourceConfig:
 
 class Source(Component):
     name, stage, Config = "source", NETWORK, SourceConfig
+    provides = FEATURES
 
     def __init__(self, config, ckpt, model, device):
         super().__init__(config, ckpt, model, device)
         self.module = fold_batchnorm(model)
 
-    def forward(self, images, batch, out):
-        return self.module(images)
+    def forward(self, images, batch, out, scratch):
+        return run_network(self.module, images, scratch)

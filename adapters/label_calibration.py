@@ -165,7 +165,7 @@ class LabelCalibration(Component):
         return {"lc_sum": torch.stack([s.parts["lc"].proto_sum for s in states]),
                 "lc_weight": torch.stack([s.parts["lc"].weight for s in states])}
 
-    def forward(self, scores, batch, out):
+    def forward(self, scores, batch, out, scratch):
         # on the network's output averaged over stride x stride pixels: the network upsampled it from a
         # coarser grid still (8x for LRASPP), so this is the same calibration at 1 / stride^2 of the
         # cost; the pipeline resizes the scores to the frame's size as it does any others

@@ -49,6 +49,9 @@ class Pipeline:
         self.components = [create_component(name, config, ckpt, self.model, self.device) for name, config in spec.parts]
         self.inputs, [self.network], self.outputs = ([c for c in self.components if c.stage == stage]
                                                       for stage in (INPUT, NETWORK, OUTPUT))
+        # what the output components read from the network besides its scores (parse_method checked that
+        # the network provides it)
+        self.needs = sorted({key for c in self.outputs for key in c.needs})
         backend = backend or Eager()
         self.backend, self.pad_batches = backend.name, backend.pads_batches
         self.core = backend.bind(self)
@@ -115,15 +118,17 @@ class Pipeline:
         output components -> class scores at the network's resolution and the new state tensors. What
         a backend runs (adapters/backends.py)."""
         out = {}
+        scratch = dict.fromkeys(self.needs)  # this call's only: filled by the network, read by the outputs
         for component in self.inputs:
-            images = component.forward(images, batch, out)
+            images = component.forward(images, batch, out, scratch)
         # autocast changes only the network's convolutions and matrix products; the BN statistics, the
         # states and everything after the logits stay in float32
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            scores = self.network.forward(images, batch, out)
+            scores = self.network.forward(images, batch, out, scratch)
         scores = scores.float()
+        scratch = {key: value.float() for key, value in scratch.items()}
         for component in self.outputs:
-            scores = component.forward(scores, batch, out)
+            scores = component.forward(scores, batch, out, scratch)
         return scores, out
 
     def _scatter(self, states: list[StreamState], out: dict[str, torch.Tensor]) -> list[StreamState]:

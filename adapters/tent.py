@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from driftseg.adapters.component import NETWORK, Component
+from driftseg.adapters.component import BackpropComponent
 from driftseg.models.batchnorm import adaptable_norms
 
 
@@ -81,12 +81,11 @@ class TentConfig:
             raise ValueError(f"tent needs lr > 0 and steps >= 1, got lr={self.lr}, steps={self.steps}")
 
 
-class Tent(Component):
+class Tent(BackpropComponent):
     """`tent`: a stream's part is its TentStream ("tent"), a whole model updated in place, passed to
     the forward as it is: one stream per batch."""
 
-    name, stage, Config = "tent", NETWORK, TentConfig
-    backprop, no_export_reason = True, "it adapts by backprop"
+    name, Config = "tent", TentConfig
 
     def __init__(self, config, ckpt, model, device):
         super().__init__(config, ckpt, model, device)
@@ -94,11 +93,3 @@ class Tent(Component):
 
     def new_state(self):
         return {"tent": TentStream(self.model, self.config.lr, self.config.steps)}
-
-    def stack(self, states):
-        if len(states) != 1:
-            raise ValueError("tent adapts one stream at a time: pass a batch of 1")
-        return {"tent": states[0].parts["tent"]}
-
-    def forward(self, images, batch, out):
-        return batch["tent"].forward_and_adapt(images)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models import segmentation as tvseg
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -149,6 +150,40 @@ def create_model(
     return SegmentationNet(net, mean, std)
 
 
+def check_classifier_features(arch: str, who: str) -> None:
+    """ValueError unless `arch` is one whose classifier features `classifier_features` can read."""
+    if not arch.removeprefix("torchvision:").startswith("lraspp"):
+        raise ValueError(f"{who} reads the classifier's input features, which driftseg takes from the LRASPP head "
+                         f"only: use a checkpoint of lraspp_mobilenet_v3_large, not {arch}")
+
+
+def feature_channels(model: SegmentationNet) -> int:
+    """Channels of `classifier_features`' features: the LRASPP head's low-level and high-level branches."""
+    head = model.net.classifier
+    return head.low_classifier.in_channels + head.high_classifier.in_channels
+
+
+def classifier_features(model: SegmentationNet, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`model(images)` written out for the LRASPP head, keeping what its classifier sees: (logits at the
+    images' size, logits on the classifier's grid, the classifier's input features on that grid).
+
+    The head ends in two 1x1 convolutions summed, low_classifier(low) + high_classifier(branch), `branch`
+    being the high-level features through cbr and the attention scale, upsampled to the low-level grid
+    (stride 8): together one linear classifier on the concatenation [low, branch], whose channels are the
+    features here. The arithmetic is torchvision's LRASPP.forward and LRASPPHead.forward, so the logits
+    are those of `model(images)`."""
+    net = model.net
+    x = (images - model.mean) / model.std
+    parts = net.backbone(x)
+    low, high = parts["low"], parts["high"]
+    head = net.classifier
+    branch = head.cbr(high) * head.scale(high)
+    branch = F.interpolate(branch, size=low.shape[-2:], mode="bilinear", align_corners=False)
+    coarse = head.low_classifier(low) + head.high_classifier(branch)
+    logits = F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return logits, coarse, torch.cat([low, branch], 1)
+
+
 def names_of(model: nn.Module, kind) -> list[str]:
     """The names of `model`'s modules of type `kind` (a type or tuple of types), in module order."""
     return [name for name, m in model.named_modules() if isinstance(m, kind)]
@@ -158,3 +193,12 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     """Put `module` where `model.get_submodule(name)` is (in place)."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
+
+
+def wrap_modules(model: nn.Module, names: Sequence[str], wrap: Callable[[nn.Module], nn.Module]) -> list[nn.Module]:
+    """Put `wrap(module)` in place of each named module of `model` (in place); the new modules, in order."""
+    wrapped = []
+    for name in names:
+        wrapped.append(wrap(model.get_submodule(name)))
+        replace_module(model, name, wrapped[-1])
+    return wrapped

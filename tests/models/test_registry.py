@@ -90,3 +90,24 @@ def test_fold_batchnorm_keeps_the_output_and_removes_every_bn() -> None:
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_features_are_what_the_lraspp_classifier_sees() -> None:
+    from torch.nn import functional as F
+
+    from driftseg.models.registry import classifier_features, feature_channels
+
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", 5, MEAN, STD).eval()
+    images = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        logits, coarse, features = classifier_features(model, images)
+        expected = model(images)
+    torch.testing.assert_close(logits, expected)
+    assert features.shape == (2, feature_channels(model), 8, 12) and coarse.shape == (2, 5, 8, 12)  # stride 8
+    # the head's two 1x1 classifiers are one linear classifier on the concatenated features
+    head = model.net.classifier
+    weight = torch.cat([head.low_classifier.weight, head.high_classifier.weight], 1)
+    torch.testing.assert_close(coarse, F.conv2d(features, weight, head.low_classifier.bias + head.high_classifier.bias),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(F.interpolate(coarse, size=(64, 96), mode="bilinear", align_corners=False), logits)
