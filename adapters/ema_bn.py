@@ -14,6 +14,10 @@ Each BN layer, inside the one forward pass (update, then normalise):
     mean   = a mu_s + (1 - a) mu_t                  (the moments of the alpha-mixture of the
     var    = a var_s + (1 - a) var_t + a (1 - a) (mu_s - mu_t)^2      source and target domains)
 m = 1, a = 0 is prediction-time BN (each frame's own statistics); a = 1 is the frozen model.
+That variance is already the exact variance of the mixture that TTN (Lim et al. 2023) uses, the
+a (1 - a) (mu_s - mu_t)^2 term included (tests/adapters/test_ema_bn.py checks it against the closed form);
+`rbn` is this with m = 0.05, a = 0, and DIGA's and norm_alpha's linear mix of variances is mixbn's
+(adapters/diga.py), not this.
 """
 import copy
 from dataclasses import dataclass, replace

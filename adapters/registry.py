@@ -2,15 +2,28 @@
 with a Component subclass (adapters/component.py) and one line here."""
 from driftseg.adapters.auto import Auto
 from driftseg.adapters.component import Component
+from driftseg.adapters.diga import MixBN, Proto
+from driftseg.adapters.dua import DUA
 from driftseg.adapters.ema_bn import EMA
 from driftseg.adapters.fda import FDA
 from driftseg.adapters.frozen import Source
 from driftseg.adapters.label_calibration import LabelCalibration
+from driftseg.adapters.lame import LAME
 from driftseg.adapters.tent import Tent
 
-METHODS: dict[str, type[Component]] = {c.name: c for c in (Source, EMA, Auto, Tent, LabelCalibration, FDA)}
-# names that stand for a component with fixed parameters
-ALIASES = {"ptbn": "ema(m=1,alpha=0)"}  # prediction-time BN: each frame's own statistics (Nado et al. 2020)
+# in the order components of one stage run: proto and lame replace the network's prediction, label
+# calibration then calibrates whatever came before it
+METHODS: dict[str, type[Component]] = {
+    c.name: c for c in (Source, EMA, Auto, MixBN, DUA, Tent, Proto, LAME, LabelCalibration, FDA)}
+# names that stand for components with fixed parameters
+ALIASES = {
+    "ptbn": "ema(m=1,alpha=0)",  # prediction-time BN: each frame's own statistics (Nado et al. 2020)
+    # Schneider et al. 2020: BN statistics N/(N+n) source + n/(N+n) frame, means and variances alike
+    # (their linear mix of variances is mixbn's; ema(m=1,alpha=0.9) would add the mixture's mean term)
+    "norm_alpha": "mixbn(lam=0.9)",
+    "rbn": "ema(m=0.05)",  # robust-BN-style (RoTTA, Yuan et al. 2023): slow EMA of the statistics from the source's
+    "diga": "mixbn(lam=0.8)+proto",  # DIGA (Wang et al. 2023), adapters/diga.py
+}
 
 
 def create_component(name: str, config, ckpt, model, device) -> Component:

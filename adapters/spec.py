@@ -6,13 +6,22 @@
                                 the first `layers` BN layers adapted, the rest folded (0: all)
     auto(m=0.1,floor=0,switch=2,layers=0)  EMA AdaBN with per-layer alpha from the shift score and
                                 restarts at domain switches (adapters/auto.py)
+    norm_alpha                  Schneider et al. 2020: 0.9 source + 0.1 frame statistics (mixbn(lam=0.9))
+    rbn                         robust-BN-style slow EMA of the statistics (ema(m=0.05))
+    mixbn(lam=0.8)              lam * source + (1 - lam) * the frame's BN means and variances (adapters/diga.py)
+    dua(copies=16)              DUA: BN statistics updated from augmented copies of each frame (adapters/dua.py)
     tent(lr=0.001,steps=1)      TENT, the backprop peer
+    proto(conf=0.9,rho=0.1,tau=1,hist=0.8,fuse=0.8)    DIGA's prototype module, on the network's features
+    diga                        DIGA (mixbn(lam=0.8)+proto)
+    lame(k=5,lam=1,steps=100)   LAME: the output smoothed over a kNN graph of the network's features
     lc(forget=1,stride=2)       label calibration with running prototypes, on the network's output
                                 averaged over stride x stride pixels
     fda(beta=0.01,mode=ratio,m=0.1)   FDA against the stream's recent spectrum
-e.g. "ema(m=0.1,alpha=0.5)+lc". At most one network component (source, ema, auto, tent; `source`
-when none is named). The bare name `auto` is the recommended pipeline, RECOMMENDED. Each
-component's parameters are its Config dataclass (adapters/registry.py names the components).
+e.g. "ema(m=0.1,alpha=0.5)+lc". At most one network component (source, ema, auto, mixbn, dua, tent;
+`source` when none is named), and at most one of the components that read the network's
+features (proto, lame), on a network that provides them (source, ema, auto, mixbn, dua). The bare name
+`auto` is the recommended pipeline, RECOMMENDED. Each component's parameters are its Config dataclass
+(adapters/registry.py names the components and the aliases).
 """
 import dataclasses
 import re
@@ -34,7 +43,7 @@ class MethodSpec:
 
     @property
     def network(self) -> str:
-        """The network component's name: source, ema, auto or tent."""
+        """The network component's name: source, ema, auto, mixbn, dua or tent."""
         return next(name for name, _ in self.parts if METHODS[name].stage == NETWORK)
 
     def config(self, name: str):
@@ -47,7 +56,7 @@ class MethodSpec:
 
     @property
     def backprop(self) -> bool:
-        """Adapts by backprop (tent): float32, one stream per batch, neither compiled nor exported."""
+        """Adapts by backprop (tent): float32, one stream per batch, neither compiled, exported nor served."""
         return any(c.backprop for c in self.classes)
 
     def export_refusal(self) -> str | None:
@@ -67,14 +76,21 @@ def _value(text: str, like):
     return int(text) if isinstance(like, int) else float(text)
 
 
+def _expand(part: str) -> list[str]:
+    """The parts an alias stands for; any other part as it is."""
+    match = _PART.match(part)
+    name = match.group(1) if match else None
+    if name not in ALIASES:
+        return [part]
+    if match.group(2) and match.group(2).strip():
+        raise ValueError(f"{name} takes parameters [] as key=value, got {match.group(2).strip()!r} "
+                         f"(it is {ALIASES[name]})")
+    return ALIASES[name].split("+")
+
+
 def _parse_part(part: str, spec: str) -> tuple[str, object]:
     match = _PART.match(part)
     name = match.group(1) if match else None
-    if name in ALIASES:
-        if match.group(2) and match.group(2).strip():
-            raise ValueError(f"{name} takes parameters [] as key=value, got {match.group(2).strip()!r} "
-                             f"(it is {ALIASES[name]})")
-        return _parse_part(ALIASES[name], spec)
     if name not in METHODS:
         raise ValueError(f"unknown method component {part.strip()!r} in {spec!r}; expected one of "
                          f"{sorted([*METHODS, *ALIASES])}")
@@ -97,17 +113,36 @@ def parse_method(spec: str) -> MethodSpec:
     """Parse a method spec such as "ema(m=0.1,alpha=0.5)+lc"; ValueError saying what is wrong."""
     if spec.strip() == "auto":
         spec = RECOMMENDED
-    parts = [_parse_part(part, spec) for part in spec.split("+")]
+    parts = [_parse_part(p, spec) for part in spec.split("+") for p in _expand(part)]
     written = [_PART.match(part).group(1) for part in spec.split("+")]  # aliases as written
+    names = [name for name, _ in parts]
     repeated = sorted({name for name in written if written.count(name) > 1})
     if repeated:
         raise ValueError(f"{spec!r} names {repeated} twice")
-    networks = [name for name, _ in parts if METHODS[name].stage == NETWORK]
+    networks = [name for name in names if METHODS[name].stage == NETWORK]
     if len(networks) > 1:
         raise ValueError(f"{spec!r} combines two of the network components {networks}: name one "
-                         f"(source, ptbn, ema, auto, tent)")
+                         f"(source, ptbn, ema, auto, mixbn, dua, tent)")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{spec!r} names {repeated} twice (counting what its aliases stand for)")
     if not networks:
         parts.append(("source", METHODS["source"].Config()))
+    _check_features(spec, [METHODS[name] for name, _ in parts])
     order = list(METHODS)
     parts.sort(key=lambda p: (STAGES.index(METHODS[p[0]].stage), order.index(p[0])))
     return MethodSpec(tuple(parts))
+
+
+def _check_features(spec: str, classes: list[type[Component]]) -> None:
+    """ValueError unless at most one component reads the network's features, from a network that
+    provides them."""
+    readers = [c for c in classes if c.needs]
+    if len(readers) > 1:
+        raise ValueError(f"{spec!r} combines {[c.name for c in readers]}, each of which replaces the network's "
+                         "prediction from its features: name one")
+    network = next(c for c in classes if c.stage == NETWORK)
+    if readers and not set(readers[0].needs) <= set(network.provides):
+        providers = sorted(c.name for c in METHODS.values() if set(readers[0].needs) <= set(c.provides))
+        raise ValueError(f"{readers[0].name} reads the network's {list(readers[0].needs)}, which {network.name} "
+                         f"does not provide: combine it with one of {providers}")

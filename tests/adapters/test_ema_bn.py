@@ -193,7 +193,8 @@ def _hand_bn(x, state, m, a, mu_s, var_s, weight, bias, eps):
     return y * weight[:, None, None] + bias[:, None, None]
 
 
-@pytest.mark.parametrize("momentum, alpha", [(0.2, 0.3), (0.7, 0.5), (1.0, 0.9), (0.0, 0.25)])
+# (0.05, 0.0) is `rbn`; every alpha > 0 checks the TTN-style exact mixture variance (_hand_bn's closed form)
+@pytest.mark.parametrize("momentum, alpha", [(0.2, 0.3), (0.7, 0.5), (1.0, 0.9), (0.0, 0.25), (0.05, 0.0)])
 def test_mixture_of_source_and_target_moments(momentum: float, alpha: float) -> None:
     bn = nn.BatchNorm2d(4)
     model = nn.Sequential(bn)

@@ -56,3 +56,18 @@ def test_what_has_no_export_says_so(tiny_ckpt, tmp_path, spec, match) -> None:
     with pytest.raises(ValueError, match=match):
         export(Pipeline(tiny_ckpt, parse_method(spec)), tmp_path / "x.onnx", META)
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("spec", ["norm_alpha", "rbn", "dua(copies=3)", "diga", "lame(steps=5)"])
+def test_backprop_free_peers_export_and_equal_torch(tiny_ckpt, tmp_path, spec) -> None:
+    """The peers that need no backprop run in onnxruntime too: DUA's crops come in as a state-like input
+    drawn on the host, DIGA's and LAME's feature reads are inside the exported function."""
+    meta = onnx_metadata("c0ffee", spec)
+    path = export(Pipeline(tiny_ckpt, parse_method(spec)), tmp_path / "peer.onnx", meta)
+    torch_pipe = Pipeline(tiny_ckpt, parse_method(spec))
+    onnx_pipe = Pipeline(tiny_ckpt, parse_method(spec), backend=Onnx(path, meta))
+    frames = domain_frames(3, seed=3, shift=0.5)
+    t_labels, t_state = run(torch_pipe, frames)
+    o_labels, o_state = run(onnx_pipe, frames)
+    assert (o_labels != t_labels).float().mean() < 1e-3
+    assert_same_state(o_state, t_state)

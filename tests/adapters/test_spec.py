@@ -163,3 +163,37 @@ def test_layers_parameter_of_ema_and_auto() -> None:
     assert parse_method("auto") == parse_method(RECOMMENDED) and parse_method("auto").config("auto").layers == 12
     with pytest.raises(ValueError, match="layers"):
         parse_method("ema(layers=-1)")
+
+
+def test_peer_aliases() -> None:
+    from driftseg.adapters.diga import MixBNConfig, ProtoConfig
+
+    assert parse_method("norm_alpha") == MethodSpec((("mixbn", MixBNConfig(lam=0.9)),))
+    assert parse_method("rbn") == parse_method("ema(m=0.05,alpha=0)")
+    assert parse_method("diga") == MethodSpec((("mixbn", MixBNConfig(lam=0.8)), ("proto", ProtoConfig())))
+    assert [name for name, _ in parse_method("lc+diga").parts] == ["mixbn", "proto", "lc"]  # lc calibrates DIGA's output
+    assert parse_method("lame").network == "source" and parse_method("auto+lame").network == "auto"
+    with pytest.raises(ValueError, match="takes parameters"):
+        parse_method("diga(lam=0.5)")
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("diga+lame", "combines \\['proto', 'lame'\\]"),  # both replace the prediction from the features
+    ("diga+proto", "names \\['proto'\\] twice"),
+    ("diga+ema", "combines two of the network components"),
+    ("tent+lame", "tent does not provide"),
+    ("tent+proto", "combine it with one of \\['auto', 'dua', 'ema', 'mixbn', 'source'\\]"),
+])
+def test_feature_readers_need_one_network_that_provides_them(spec, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_method(spec)
+
+
+@pytest.mark.parametrize("spec, what", [
+    ("mixbn(lam=1.1)", "mixbn lam"), ("proto(conf=2)", "proto conf"), ("proto(tau=0)", "proto tau"),
+    ("dua(copies=1)", "dua copies"), ("dua(copies=65)", "dua copies"), ("lame(k=0)", "lame needs"),
+    ("lame(lam=-1)", "lame needs"),
+])
+def test_peer_parameters_out_of_range(spec, what) -> None:
+    with pytest.raises(ValueError, match=what):
+        parse_method(spec)
