@@ -127,7 +127,7 @@ class Component:
 
 class BackpropComponent(Component):
     """A network component whose stream part (under its own name) is a whole model and optimiser that a
-    backprop step updates in place (tent): passed to the forward as it is, one stream per batch;
+    backprop step updates in place (tent, cotta): passed to the forward as it is, one stream per batch;
     the part's `forward_and_adapt(images)` returns the frame's scores."""
 
     stage = NETWORK

@@ -2,6 +2,7 @@
 with a Component subclass (adapters/component.py) and one line here."""
 from driftseg.adapters.auto import Auto
 from driftseg.adapters.component import Component
+from driftseg.adapters.cotta import CoTTA
 from driftseg.adapters.diga import MixBN, Proto
 from driftseg.adapters.dua import DUA
 from driftseg.adapters.ema_bn import EMA
@@ -14,7 +15,7 @@ from driftseg.adapters.tent import Tent
 # in the order components of one stage run: proto and lame replace the network's prediction, label
 # calibration then calibrates whatever came before it
 METHODS: dict[str, type[Component]] = {
-    c.name: c for c in (Source, EMA, Auto, MixBN, DUA, Tent, Proto, LAME, LabelCalibration, FDA)}
+    c.name: c for c in (Source, EMA, Auto, MixBN, DUA, Tent, CoTTA, Proto, LAME, LabelCalibration, FDA)}
 # names that stand for components with fixed parameters
 ALIASES = {
     "ptbn": "ema(m=1,alpha=0)",  # prediction-time BN: each frame's own statistics (Nado et al. 2020)

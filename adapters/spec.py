@@ -11,14 +11,15 @@
     mixbn(lam=0.8)              lam * source + (1 - lam) * the frame's BN means and variances (adapters/diga.py)
     dua(copies=16)              DUA: BN statistics updated from augmented copies of each frame (adapters/dua.py)
     tent(lr=0.001,steps=1)      TENT, the backprop peer
+    cotta(lr=0.0003,ema=0.999,restore=0.01,conf=0.69)  CoTTA, the backprop ceiling (adapters/cotta.py)
     proto(conf=0.9,rho=0.1,tau=1,hist=0.8,fuse=0.8)    DIGA's prototype module, on the network's features
     diga                        DIGA (mixbn(lam=0.8)+proto)
     lame(k=5,lam=1,steps=100)   LAME: the output smoothed over a kNN graph of the network's features
     lc(forget=1,stride=2)       label calibration with running prototypes, on the network's output
                                 averaged over stride x stride pixels
     fda(beta=0.01,mode=ratio,m=0.1)   FDA against the stream's recent spectrum
-e.g. "ema(m=0.1,alpha=0.5)+lc". At most one network component (source, ema, auto, mixbn, dua, tent;
-`source` when none is named), and at most one of the components that read the network's
+e.g. "ema(m=0.1,alpha=0.5)+lc". At most one network component (source, ema, auto, mixbn, dua, tent,
+cotta; `source` when none is named), and at most one of the components that read the network's
 features (proto, lame), on a network that provides them (source, ema, auto, mixbn, dua). The bare name
 `auto` is the recommended pipeline, RECOMMENDED. Each component's parameters are its Config dataclass
 (adapters/registry.py names the components and the aliases).
@@ -43,7 +44,7 @@ class MethodSpec:
 
     @property
     def network(self) -> str:
-        """The network component's name: source, ema, auto, mixbn, dua or tent."""
+        """The network component's name: source, ema, auto, mixbn, dua, tent or cotta."""
         return next(name for name, _ in self.parts if METHODS[name].stage == NETWORK)
 
     def config(self, name: str):
@@ -56,7 +57,7 @@ class MethodSpec:
 
     @property
     def backprop(self) -> bool:
-        """Adapts by backprop (tent): float32, one stream per batch, neither compiled, exported nor served."""
+        """Adapts by backprop (tent, cotta): float32, one stream per batch, neither compiled, exported nor served."""
         return any(c.backprop for c in self.classes)
 
     def export_refusal(self) -> str | None:
@@ -122,7 +123,7 @@ def parse_method(spec: str) -> MethodSpec:
     networks = [name for name in names if METHODS[name].stage == NETWORK]
     if len(networks) > 1:
         raise ValueError(f"{spec!r} combines two of the network components {networks}: name one "
-                         f"(source, ptbn, ema, auto, mixbn, dua, tent)")
+                         f"(source, ptbn, ema, auto, mixbn, dua, tent, cotta)")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"{spec!r} names {repeated} twice (counting what its aliases stand for)")

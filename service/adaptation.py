@@ -55,7 +55,8 @@ def method_refusal(spec: MethodSpec) -> str | None:
     """Why a server cannot serve this method at all, or None."""
     if spec.backprop:
         return (f"{spec.network} adapts by backprop and updates its model in place, so a stream's state cannot be "
-                "snapshotted or rolled back; serve a backprop-free method (auto, ema, ptbn, source, +lc, +fda)")
+                "snapshotted or rolled back; serve a backprop-free method (auto, ema, ptbn, rbn, norm_alpha, diga, "
+                "dua, lame, source, +lc, +fda)")
     return None
 
 

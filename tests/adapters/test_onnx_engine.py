@@ -51,7 +51,7 @@ def test_a_file_for_another_checkpoint_or_method_is_refused(tiny_ckpt, exported)
         OnnxCore(exported, Pipeline(tiny_ckpt, parse_method("ema(m=0.2)")), {})
 
 
-@pytest.mark.parametrize("spec, match", [("tent", "backprop"), ("auto+fda(beta=0.1)", "FFT")])
+@pytest.mark.parametrize("spec, match", [("tent", "backprop"), ("cotta", "backprop"), ("auto+fda(beta=0.1)", "FFT")])
 def test_what_has_no_export_says_so(tiny_ckpt, tmp_path, spec, match) -> None:
     with pytest.raises(ValueError, match=match):
         export(Pipeline(tiny_ckpt, parse_method(spec)), tmp_path / "x.onnx", META)

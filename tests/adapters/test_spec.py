@@ -173,6 +173,7 @@ def test_peer_aliases() -> None:
     assert parse_method("diga") == MethodSpec((("mixbn", MixBNConfig(lam=0.8)), ("proto", ProtoConfig())))
     assert [name for name, _ in parse_method("lc+diga").parts] == ["mixbn", "proto", "lc"]  # lc calibrates DIGA's output
     assert parse_method("lame").network == "source" and parse_method("auto+lame").network == "auto"
+    assert parse_method("cotta").backprop and "backprop" in parse_method("cotta").export_refusal()
     with pytest.raises(ValueError, match="takes parameters"):
         parse_method("diga(lam=0.5)")
 
@@ -182,7 +183,7 @@ def test_peer_aliases() -> None:
     ("diga+proto", "names \\['proto'\\] twice"),
     ("diga+ema", "combines two of the network components"),
     ("tent+lame", "tent does not provide"),
-    ("tent+proto", "combine it with one of \\['auto', 'dua', 'ema', 'mixbn', 'source'\\]"),
+    ("cotta+proto", "combine it with one of \\['auto', 'dua', 'ema', 'mixbn', 'source'\\]"),
 ])
 def test_feature_readers_need_one_network_that_provides_them(spec, match) -> None:
     with pytest.raises(ValueError, match=match):
@@ -192,7 +193,7 @@ def test_feature_readers_need_one_network_that_provides_them(spec, match) -> Non
 @pytest.mark.parametrize("spec, what", [
     ("mixbn(lam=1.1)", "mixbn lam"), ("proto(conf=2)", "proto conf"), ("proto(tau=0)", "proto tau"),
     ("dua(copies=1)", "dua copies"), ("dua(copies=65)", "dua copies"), ("lame(k=0)", "lame needs"),
-    ("lame(lam=-1)", "lame needs"),
+    ("lame(lam=-1)", "lame needs"), ("cotta(lr=0)", "cotta lr"), ("cotta(restore=2)", "cotta restore"),
 ])
 def test_peer_parameters_out_of_range(spec, what) -> None:
     with pytest.raises(ValueError, match=what):

@@ -50,6 +50,7 @@ def test_defaults_and_environment(ckpt_file, tmp_path, monkeypatch):
     ({"method": "bogus"}, ["DRIFTSEG_METHOD", "unknown method component"]),
     ({"method": "ema(m=2)"}, ["DRIFTSEG_METHOD", "[0, 1]"]),
     ({"method": "tent"}, ["DRIFTSEG_METHOD", "backprop"]),
+    ({"method": "cotta"}, ["DRIFTSEG_METHOD", "backprop", "dua"]),  # CoTTA is refused, DUA named instead
     ({"max_streams": 0}, ["DRIFTSEG_MAX_STREAMS", "--max-streams"]),
     ({"device": "tpu"}, ["DRIFTSEG_DEVICE"]),
     ({"checkpoint": "/nonexistent/model.pt"}, ["DRIFTSEG_CHECKPOINT", "does not exist"]),
