@@ -2,7 +2,9 @@
 
 Frames arrive one at a time in stream order; every method starts each stream from the
 checkpoint's source state; the score is mIoU (and mean Dice) from one confusion matrix per
-stream. `continual` also gets one row per segment, named `continual/<i>-<segment>`.
+stream. `continual` also gets one row per segment, named `continual/<i>-<segment>`; a stream of
+several rounds (`continual10`) one per round, `continual10/round<r>`, and one per segment of each,
+`continual10/round<r>/<i>-<segment>`.
 """
 import platform
 import time
@@ -28,14 +30,14 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
-def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int, max_frames: int | None) -> tuple[dict, dict]:
+def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int) -> tuple[dict, dict]:
     """Scores of one method on one stream (the whole stream and, for multi-segment streams, each
     segment), and its trace over frames: per-frame confusion matrices and the auto mode's state."""
     state = pipeline.new_state()
     frame_cms, shift, alpha = [], [], []
     seconds = 0.0
     sync = torch.cuda.synchronize if pipeline.device.type == "cuda" else (lambda: None)
-    for image, label in stream.frames(max_frames):
+    for image, label in stream.frames():
         frame = to_tensor(image).to(pipeline.device)
         sync()
         t0 = time.perf_counter()
@@ -54,10 +56,14 @@ def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int, max_frames
     scores = {stream.name: _score(cms.sum(0), n, seconds)}
     if len(stream.segments) > 1:
         bounds = [s.start for s in stream.segments] + [n]
+        per_round = len(stream.segments) // stream.rounds
+        for r in range(stream.rounds if stream.rounds > 1 else 0):
+            lo, hi = bounds[r * per_round], bounds[(r + 1) * per_round]
+            scores[f"{stream.name}/round{r + 1}"] = _score(cms[lo:hi].sum(0), hi - lo, None)
         for k, segment in enumerate(stream.segments):
-            lo, hi = bounds[k], min(bounds[k + 1], n)
-            if hi > lo:
-                scores[f"{stream.name}/{k + 1}-{segment.name}"] = _score(cms[lo:hi].sum(0), hi - lo, None)
+            lo, hi = bounds[k], bounds[k + 1]
+            prefix = stream.name if stream.rounds == 1 else f"{stream.name}/round{k // per_round + 1}"
+            scores[f"{prefix}/{k % per_round + 1}-{segment.name}"] = _score(cms[lo:hi].sum(0), hi - lo, None)
     switches = state.parts["auto"].switches if "auto" in state.parts else []
     return scores, {"confusion": cms, "shift": shift, "alpha": alpha, "switches": switches}
 
@@ -95,7 +101,9 @@ def summarise(streams: dict[str, dict[str, dict]], methods: Sequence[str]) -> di
 
 
 def markdown_table(result: dict) -> str:
-    streams = list(result["streams"])
+    """One column per stream, per segment of `continual`, per round of `continual10` (its segments of
+    each round are in the JSON and the plots only)."""
+    streams = [s for s in result["streams"] if s.count("/") < 2]
     rows = []
     for m, summary in result["summary"].items():
         extra = [summary.get(k) for k in ("mean_miou", "ms_per_frame", "cost_vs_source")]
@@ -113,21 +121,22 @@ def run(
     severity: int = 3, max_frames: int | None = None, device: str = "auto",
 ) -> tuple[dict, dict]:
     """The benchmark's result object (see `driftseg bench accuracy --help` for its shape), and the
-    traces of the multi-segment streams: {stream: {"segments": [(name, start)], "methods": {method: trace}}}."""
+    traces of the multi-segment streams: {stream: {"segments": [(name, start)], "rounds": r,
+    "methods": {method: trace}}}. `max_frames`: only the first that many frames of every segment."""
     dev = resolve_device(device)
     specs = {m: parse_method(m) for m in methods}  # every spec is checked before any work starts
-    opened = [open_stream(s, folder, severity) for s in streams]
+    opened = [open_stream(s, folder, severity, per_segment=max_frames) for s in streams]
     for stream in opened:
-        stream.prepare(max_frames)
+        stream.prepare()
     result = {"checkpoint": checkpoint_name, "data": str(folder.root), "streams": {}}
-    traces = {s.name: {"segments": [(g.name, g.start) for g in s.segments], "methods": {}}
+    traces = {s.name: {"segments": [(g.name, g.start) for g in s.segments], "rounds": s.rounds, "methods": {}}
               for s in opened if len(s.segments) > 1}
     bar = tqdm(total=len(opened) * len(methods), desc="bench", unit="run")
     for stream in opened:
         for method, spec in specs.items():
             bar.set_postfix_str(f"{stream.name} / {method}")
             pipeline = Pipeline(ckpt, spec, dev)
-            scores, trace = run_stream(pipeline, stream, folder.ignore_index, max_frames)
+            scores, trace = run_stream(pipeline, stream, folder.ignore_index)
             for name, score in scores.items():
                 result["streams"].setdefault(name, {})[method] = score
             if stream.name in traces:

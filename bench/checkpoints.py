@@ -40,7 +40,8 @@ def main(argv=None) -> None:
     p.add_argument("--streams", nargs="+", default=["day", "dusk"])
     p.add_argument("--gap-stream", default="dusk", help="the stream whose gap to the oracle is measured")
     p.add_argument("--method", default="source", help="the online method every checkpoint runs with")
-    p.add_argument("--max-frames", type=int, help="only the first N frames of every stream")
+    p.add_argument("--max-frames", type=int,
+                   help="only the first N frames of every stream; of every segment of a multi-segment stream")
     add_common_arguments(p, checkpoint=False)
     args = p.parse_args(argv)
     if args.gap_stream not in args.streams:

@@ -1,6 +1,8 @@
 """Pictures: a multi-segment stream (rolling mIoU per method over frames, the automatic mode's
-shift score and mean alpha, its detected switches, and the true domain boundaries), and the
-latency of an open-loop load test over its run."""
+shift score and mean alpha, its detected switches, and the true domain boundaries), a stream of
+several rounds (mIoU per round, and per segment over the rounds: where a method drifts or collapses),
+and the latency of an open-loop load test over its run."""
+import math
 from pathlib import Path
 
 import matplotlib
@@ -48,6 +50,49 @@ def plot_stream(name: str, trace: dict, out: Path, window: int = 20) -> None:
         bottom.set_ylabel("auto (symlog scale)")
         bottom.set_yscale("symlog", linthresh=1)
         bottom.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def segment_confusions(confusion: torch.Tensor, starts: list[int]) -> torch.Tensor:
+    """[S, C, C]: the per-frame confusion matrices [n, C, C] summed over each segment, segment s being
+    frames starts[s] .. starts[s + 1] - 1 (the last one to the end)."""
+    bounds = [*starts, len(confusion)]
+    return torch.stack([confusion[lo:hi].sum(0) for lo, hi in zip(bounds, bounds[1:])])
+
+
+def plot_rounds(name: str, trace: dict, out: Path) -> None:
+    """A stream of `trace["rounds"]` rounds of the same segments (`trace` as `bench.accuracy.run` returns
+    it): on top each method's mIoU per round, below one panel per segment of the round with its mIoU
+    over the rounds."""
+    rounds, segments = trace["rounds"], trace["segments"]
+    per_round = len(segments) // rounds
+    rows = math.ceil(per_round / 3)
+    fig = plt.figure(figsize=(12, 3.4 + 2.4 * rows))
+    grid = fig.add_gridspec(1 + rows, 3, height_ratios=(1.5, *[1] * rows))
+    top = fig.add_subplot(grid[0, :])
+    panels = [fig.add_subplot(grid[1 + k // 3, k % 3], sharey=top) for k in range(per_round)]
+    colours = plt.get_cmap("tab10" if len(trace["methods"]) <= 10 else "tab20")
+    x = range(1, rounds + 1)
+    for i, (method, t) in enumerate(trace["methods"].items()):
+        by_round = segment_confusions(t["confusion"], [start for _, start in segments])
+        by_round = by_round.view(rounds, per_round, *by_round.shape[1:])
+        top.plot(x, [mean_iou(m) for m in by_round.sum(1)], marker="o", lw=1.3, label=method, color=colours(i))
+        for k, ax in enumerate(panels):
+            ax.plot(x, [mean_iou(m) for m in by_round[:, k]], marker=".", lw=1.1, color=colours(i))
+    top.set_title(f"stream `{name}`: {rounds} rounds of the same segments, no reset between them")
+    top.set_ylabel("mIoU of the round (%)")
+    top.legend(fontsize=8, ncol=4, loc="lower left")
+    for k, ax in enumerate(panels):
+        ax.set_title(f"segment {k + 1}: {segments[k][0]}", fontsize=9)
+        ax.set_xticks(list(x))
+        if k % 3 == 0:
+            ax.set_ylabel("mIoU (%)")
+        if k >= per_round - 3:
+            ax.set_xlabel("round")
+    top.set_xticks(list(x))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -1,7 +1,8 @@
 """Ordered frame streams of the benchmark protocol, and of any split or split:corruption.
 
-A stream spec is a protocol name (`day`, `dusk`, `fog`, ..., `night`, `continual`), a split of the
-data folder (`source_val`), or `SPLIT:CORRUPTION` (`source_val:frost`). Corrupted frames are
+A stream spec is a protocol name (`day`, `dusk`, `fog`, ..., `night`, `continual`), `continual10` (the
+`continual` segments ten times over, no reset between them: CoTTA's long continual protocol), a split
+of the data folder (`source_val`), or `SPLIT:CORRUPTION` (`source_val:frost`). Corrupted frames are
 generated once, deterministically, and cached as PNG files.
 """
 import hashlib
@@ -21,6 +22,7 @@ from driftseg.models.checkpoint import write_atomically
 DAY_SPLIT, DUSK_SPLIT = "source_val", "target_dusk"
 SYNTHETIC = ("fog", "contrast", "gaussian_noise", "motion_blur", "snow", "brightness", "defocus_blur", "night")
 CONTINUAL = ("day", "fog", "dusk", "contrast", "night", "day")
+ROUNDS = {"continual": 1, "continual10": 10}  # the streams made of CONTINUAL, repeated that many times
 PROTOCOL_STREAMS = ("day", "dusk", *SYNTHETIC, "continual")
 
 
@@ -52,6 +54,7 @@ class Stream:
     names: list[tuple[Segment, str]]
     severity: int
     cache_dir: Path
+    rounds: int = 1  # times the stream's cycle of segments repeats (continual10: 10)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -73,19 +76,21 @@ class Stream:
     def _cache_path(self, segment: Segment, name: str) -> Path:
         return _cache_folder(self.cache_dir, self.folder, segment, self.severity) / f"{name}.png"
 
-    def prepare(self, limit: int | None = None, workers: int | None = None) -> None:
-        """Generate every missing corrupted frame up front, in parallel (corrupting is slow)."""
-        todo: dict[Segment, list[str]] = {}
-        for segment, name in self.names[:limit]:
-            if segment.corruption is not None and not self._cache_path(segment, name).is_file():
-                todo.setdefault(segment, []).append(name)
+    def prepare(self, workers: int | None = None) -> None:
+        """Generate every missing corrupted frame up front, in parallel (corrupting is slow); once each,
+        however often the stream repeats it."""
+        todo: dict[Path, tuple[Segment, dict[str, None]]] = {}  # by cache folder: a segment, its names
+        for segment, name in self.names:
+            path = self._cache_path(segment, name)
+            if segment.corruption is not None and not path.is_file():
+                todo.setdefault(path.parent, (segment, {}))[1][name] = None
         if not todo:
             return
         workers = workers or min(8, os.cpu_count() or 1)
         with ProcessPoolExecutor(workers) as pool:
             jobs = []
-            for segment, names in todo.items():
-                folder = _cache_folder(self.cache_dir, self.folder, segment, self.severity)
+            for folder, (segment, names) in todo.items():
+                names = list(names)
                 for chunk in np.array_split(np.array(names), min(workers, len(names))):
                     jobs.append(pool.submit(_generate, self.folder, segment, self.severity, list(chunk), folder))
             for job in jobs:
@@ -123,12 +128,17 @@ def _segment(spec: str, folder: FrameFolder, start: int) -> Segment:
     return Segment(spec, split, corruption or None, start)
 
 
-def open_stream(spec: str, folder: FrameFolder, severity: int = 3, cache_dir: Path | None = None) -> Stream:
-    """The stream named by `spec` (see the module docstring)."""
-    parts = CONTINUAL if spec == "continual" else (spec,)
+def open_stream(spec: str, folder: FrameFolder, severity: int = 3, cache_dir: Path | None = None,
+                per_segment: int | None = None) -> Stream:
+    """The stream named by `spec` (see the module docstring); only the first `per_segment` frames of each
+    of its segments if given (of the whole stream, for a stream of one segment)."""
+    if per_segment is not None and per_segment < 1:
+        raise ValueError(f"frames per segment must be >= 1, got {per_segment}")
+    rounds = ROUNDS.get(spec, 1)
+    parts = CONTINUAL * rounds if spec in ROUNDS else (spec,)
     segments, names = [], []
     for part in parts:
         segment = _segment(part, folder, start=len(names))
         segments.append(segment)
-        names.extend((segment, n) for n in folder.check_split(segment.split))
-    return Stream(spec, folder, segments, names, severity, cache_dir or default_cache_dir())
+        names.extend((segment, n) for n in folder.check_split(segment.split)[:per_segment])
+    return Stream(spec, folder, segments, names, severity, cache_dir or default_cache_dir(), rounds)

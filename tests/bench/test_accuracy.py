@@ -1,5 +1,6 @@
 """`driftseg bench accuracy` end to end on a few real frames: the JSON's exact shape, the table,
-the continual plot, and the scores against the confusion matrix computed here."""
+the continual plot, and the scores against the confusion matrix computed here; `continual10` on a
+tiny synthetic folder: its rounds, --max-frames per segment, the rounds plot."""
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 from driftseg.data.folder import FrameFolder
+from driftseg.data.streams import CONTINUAL
 from driftseg.data.transforms import to_tensor
 from driftseg.cli import main
 from driftseg.models.checkpoint import save_checkpoint
@@ -29,12 +31,14 @@ def test_json_has_exactly_the_documented_shape(result) -> None:
     r = json.loads(result.read_text())
     assert set(r) == {"checkpoint", "data", "streams", "summary"}
     assert isinstance(r["checkpoint"], str) and isinstance(r["data"], str)
-    assert set(r["streams"]) == {"day", "continual", "continual/1-day"}
+    segments = [f"continual/{k + 1}-{name}" for k, name in enumerate(CONTINUAL)]
+    assert set(r["streams"]) == {"day", "continual", *segments}
     for stream, methods in r["streams"].items():
         assert set(methods) == set(METHODS)
         for score in methods.values():
             assert set(score) == {"miou", "dice", "frames", "ms_per_frame"}
-            assert 0 <= score["miou"] <= 100 and 0 <= score["dice"] <= 100 and score["frames"] == 3
+            assert 0 <= score["miou"] <= 100 and 0 <= score["dice"] <= 100
+            assert score["frames"] == (18 if stream == "continual" else 3)  # --max-frames: per segment
             assert (score["ms_per_frame"] is None) == ("/" in stream)
     assert set(r["summary"]) == set(METHODS)
     for m, summary in r["summary"].items():
@@ -45,7 +49,7 @@ def test_json_has_exactly_the_documented_shape(result) -> None:
 
 def test_table_and_plot_are_written(result) -> None:
     table = result.with_suffix(".md").read_text().splitlines()
-    assert table[0].startswith("| method | day | continual |") and len(table) == 2 + len(METHODS)
+    assert table[0].startswith("| method | day | continual | continual/1-day |") and len(table) == 2 + len(METHODS)
     png = result.with_name("r-continual.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -72,3 +76,27 @@ def test_unknown_method_fails_before_any_work(tiny_ckpt, tmp_path, capsys) -> No
               "--streams", "day", "--max-frames", "1"])
     assert exit_info.value.code == 2
     assert "unknown method component" in capsys.readouterr().err
+
+
+def test_continual10_rounds_and_segments(tiny_ckpt, tmp_path, monkeypatch) -> None:
+    from test_streams import make_folder
+
+    monkeypatch.setenv("DRIFTSEG_CACHE", str(tmp_path / "cache"))
+    folder = make_folder(tmp_path / "frames", {"source_val": ["v0", "v1"], "target_dusk": ["d0", "d1"]})
+    save_checkpoint(tiny_ckpt, tmp_path / "tiny.pt")
+    out = tmp_path / "r.json"
+    main(["bench", "accuracy", "--checkpoint", str(tmp_path / "tiny.pt"), "--data", str(folder.root), "--streams",
+          "continual10", "--methods", "source", "lame", "--max-frames", "1", "--device", "cpu", "--out", str(out)])
+    streams = json.loads(out.read_text())["streams"]
+    rounds = [f"continual10/round{r}" for r in range(1, 11)]
+    segments = [f"{r}/{k + 1}-{name}" for r in rounds for k, name in enumerate(CONTINUAL)]
+    assert list(streams) == ["continual10", *rounds, *segments]
+    assert streams["continual10"]["lame"]["frames"] == 60
+    assert all(streams[r]["source"]["frames"] == 6 for r in rounds)
+    assert all(streams[s]["source"]["frames"] == 1 for s in segments)
+    # the source model is the same in every round
+    assert len({streams[r]["source"]["miou"] for r in rounds}) == 1
+    table = out.with_suffix(".md").read_text().splitlines()
+    assert table[0].startswith("| method | continual10 | continual10/round1 |") and "round1/" not in table[0]
+    for png in ("r-continual10.png", "r-continual10-rounds.png"):
+        assert out.with_name(png).read_bytes()[:4] == b"\x89PNG"

@@ -244,6 +244,29 @@ def test_continual_on_synthetic_folder(protocol_folder, tmp_path) -> None:
             np.testing.assert_array_equal(la, lb)
 
 
+def test_continual10_repeats_the_continual_segments_ten_times(protocol_folder, tmp_path) -> None:
+    once = open_stream("continual", protocol_folder, cache_dir=tmp_path / "c")
+    stream = open_stream("continual10", protocol_folder, cache_dir=tmp_path / "c")
+    assert stream.rounds == 10 and once.rounds == 1
+    assert [s.name for s in stream.segments] == list(CONTINUAL) * 10
+    assert [s.start for s in stream.segments] == list(range(0, 120, 2))
+    assert [(s.split, s.corruption, n) for s, n in stream.names] == [(s.split, s.corruption, n) for s, n in once.names] * 10
+    assert all(stream.names[s.start][0] is s for s in stream.segments)
+
+
+def test_frames_per_segment(protocol_folder, tmp_path) -> None:
+    stream = open_stream("continual10", protocol_folder, cache_dir=tmp_path / "c", per_segment=1)
+    assert len(stream) == 60 and [s.start for s in stream.segments] == list(range(60))
+    assert [n for _, n in stream.names] == ["v0", "v0", "d0", "v0", "v0", "v0"] * 10
+    stream.prepare(workers=2)
+    # fog, contrast and night of v0, each generated once however often the stream repeats it
+    assert len(list((tmp_path / "c").rglob("*.png"))) == 3
+    day = open_stream("day", protocol_folder, cache_dir=tmp_path / "c", per_segment=1)
+    assert [n for _, n in day.names] == ["v0"]
+    with pytest.raises(ValueError, match="frames per segment must be >= 1"):
+        open_stream("day", protocol_folder, per_segment=0)
+
+
 # ---------------------------------------------------------------- errors
 
 
