@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
 # The published peers (issue 15) beside the project's methods, on the CPU, at budgets that keep the whole
-# script near half an hour on a 2-core machine (a 360x480 forward is ~70 ms there; DUA runs 17 forwards a
-# frame and CoTTA ~30, so those two set the budget):
+# script under 40 minutes on a 2-core machine even at a 360x480 checkpoint (~70 ms a forward there): DUA
+# runs 17 forwards a frame and CoTTA ~30 (16x and 51x the frozen model in speed-peers.md), so those two set
+# the budget. FRAMES, ROUND_FRAMES and SPEED_FRAMES override the budgets.
 #   peers         every protocol stream x every method, the first $FRAMES frames of each stream (of each
 #                 segment of `continual`)                                    -> bench/results/peers.{json,md}
 #   continual10   the continual segments 10 rounds without reset, $ROUND_FRAMES frames a segment, the
 #                 methods that keep state across frames (and source)         -> bench/results/continual10.{json,md,png}
 #   speed         per-frame cost of every method on `day`, round robin       -> bench/results/speed-peers.{json,md}
+#   variance      why norm_alpha beats auto on snow and noise: linear vs mixture variance, per frame vs EMA
+#                                                                            -> bench/results/peers-variance.{json,md}
+#   instance      auto on each frame's own statistics (m=1, DIGA's instance-level lesson) against auto,
+#                 on the whole streams                                       -> bench/results/auto-instance.{json,md}
 # A part whose JSON exists already is skipped unless FORCE=1.
 #
-#   bench/peers.sh [PART ...]       parts: peers continual10 speed (all, in that order, without arguments)
+#   bench/peers.sh [PART ...]       parts: peers continual10 speed variance instance (all, in that order,
+#                                   without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=${D:-.venv/bin/driftseg}
 R=bench/results
 FRAMES=${FRAMES:-12}
 ROUND_FRAMES=${ROUND_FRAMES:-4}
-SPEED_FRAMES=${SPEED_FRAMES:-10}
+SPEED_FRAMES=${SPEED_FRAMES:-20}
 METHODS="source ptbn tent diga dua lame norm_alpha rbn cotta auto"
 STATEFUL="source ptbn tent diga dua rbn cotta auto"  # lame and norm_alpha keep nothing: every round alike
-parts=${*:-peers continual10 speed}
+parts=${*:-peers continual10 speed variance instance}
 
 done_already() { [ -z "${FORCE:-}" ] && [ -f "$1" ] && echo "== $1 exists: skipped (FORCE=1 reruns it)"; }
 
@@ -33,7 +39,12 @@ for part in $parts; do
         mv $R/continual10-continual10-rounds.png $R/continual10.png; } ;;
     speed) done_already $R/speed-peers.json || $D bench speed --frames "$SPEED_FRAMES" --warmup 2 \
         --methods $METHODS --out $R/speed-peers.json ;;
-    *) echo "unknown part $part (peers continual10 speed)"; exit 2 ;;
+    variance) done_already $R/peers-variance.json || $D bench accuracy --streams day snow gaussian_noise dusk \
+        --max-frames "$FRAMES" --methods norm_alpha "ema(m=1,alpha=0.9)" "ema(m=0.1,alpha=0.9)" \
+        "auto(m=0.1,floor=0.2,switch=2,layers=12)" auto --out $R/peers-variance.json ;;
+    instance) done_already $R/auto-instance.json || $D bench accuracy \
+        --methods auto "auto(m=1,floor=0.2,switch=2,layers=12)+lc" --out $R/auto-instance.json ;;
+    *) echo "unknown part $part (peers continual10 speed variance instance)"; exit 2 ;;
     esac
 done
 echo "== done ($(date +%H:%M:%S))"
