@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from driftseg.adapters.component import BackpropComponent
+from driftseg.models.batchnorm import adaptable_norms
 
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)  # the teacher's views, each also flipped
 
@@ -39,7 +40,7 @@ def configure(model: nn.Module) -> nn.Module:
     """A copy of `model` whose BatchNorm2d layers normalise with each forward's own statistics (no running
     statistics), every parameter requiring grad; the rest in eval mode (no dropout)."""
     model = copy.deepcopy(model).eval().requires_grad_(True)
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    norms = [model.get_submodule(name) for name in adaptable_norms(model)]  # as tent's configure
     if not norms:
         raise ValueError("CoTTA here needs a model with BatchNorm2d layers (normalised with each frame's statistics)")
     for m in norms:

@@ -40,7 +40,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from driftseg.adapters.component import FEATURES, NETWORK, OUTPUT, Component, run_network
-from driftseg.models.registry import check_classifier_features, feature_channels, names_of, wrap_modules
+from driftseg.models.batchnorm import adaptable_norms, after_norm
+from driftseg.models.registry import check_classifier_features, feature_channels, wrap_modules
 
 
 class MixedBatchNorm2d(nn.Module):
@@ -53,6 +54,7 @@ class MixedBatchNorm2d(nn.Module):
         self.register_buffer("bias", bn.bias.detach().clone())
         self.register_buffer("source_mean", bn.running_mean.detach().clone().float())
         self.register_buffer("source_var", bn.running_var.detach().clone().float())
+        self.after = after_norm(bn)  # a known subclass's activation (models/batchnorm.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -64,12 +66,13 @@ class MixedBatchNorm2d(nn.Module):
         # sample b's channels as channels b*C.. of one sample: one fused batch_norm for every sample's statistics
         weight, bias = (self.weight, self.bias) if b == 1 else (self.weight.repeat(b), self.bias.repeat(b))
         out = F.batch_norm(x.reshape(1, b * c, h, w), mean.reshape(-1), var.reshape(-1), weight, bias, False, 0.0, self.eps)
-        return out.view(b, c, h, w)
+        out = out.view(b, c, h, w)
+        return self.after(out) if self.after is not None else out
 
 
 def mixed_bn_copy(model: nn.Module, lam: float) -> nn.Module:
     """A copy of `model` (eval mode) whose BatchNorm2d layers are MixedBatchNorm2d."""
-    names = names_of(model, nn.BatchNorm2d)
+    names = adaptable_norms(model)  # exactly BatchNorm2d, or a subclass handled on purpose
     if not names:
         raise ValueError("mixbn needs a model with BatchNorm2d layers")
     mixed = copy.deepcopy(model).eval()

@@ -33,7 +33,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from driftseg.adapters.component import FEATURES, NETWORK, Component, run_network
-from driftseg.models.registry import names_of, wrap_modules
+from driftseg.models.batchnorm import adaptable_norms, after_norm
+from driftseg.models.registry import wrap_modules
 
 M0, DECAY, FLOOR = 0.1, 0.94, 0.005  # the official momentum schedule
 
@@ -77,6 +78,7 @@ class DUABatchNorm2d(nn.Module):
         self.register_buffer("bias", bn.bias.detach().clone())
         self.register_buffer("source_mean", bn.running_mean.detach().clone().float())
         self.register_buffer("source_var", bn.running_var.detach().clone().float())
+        self.after = after_norm(bn)  # a known subclass's activation (models/batchnorm.py)
         # set by DUANet for the duration of one forward pass, never kept across calls
         self.copies: int | None = None
         self.given: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -98,7 +100,8 @@ class DUABatchNorm2d(nn.Module):
             raise RuntimeError("DUABatchNorm2d runs only inside DUANet.forward")
         weight, bias = (self.weight, self.bias) if b == 1 else (self.weight.repeat(b), self.bias.repeat(b))
         out = F.batch_norm(x.reshape(1, b * c, h, w), mean.reshape(-1), var.reshape(-1), weight, bias, False, 0.0, self.eps)
-        return out.view(b, c, h, w)
+        out = out.view(b, c, h, w)
+        return self.after(out) if self.after is not None else out
 
 
 class DUANet(nn.Module):
@@ -110,7 +113,7 @@ class DUANet(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        names = names_of(model, nn.BatchNorm2d)
+        names = adaptable_norms(model)  # exactly BatchNorm2d, or a subclass handled on purpose
         if not names:
             raise ValueError("DUA needs a model with BatchNorm2d layers")
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
