@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The published peers (issue 15) beside the project's methods, on the CPU, at budgets that keep the whole
+# The published peers beside the project's methods, on the CPU, at budgets that keep the whole
 # script under 40 minutes on a 2-core machine even at a 360x480 checkpoint (~70 ms a forward there): DUA
 # runs 17 forwards a frame and CoTTA ~30 (16x and 51x the frozen model in speed-peers.md), so those two set
 # the budget. FRAMES, ROUND_FRAMES and SPEED_FRAMES override the budgets.
