@@ -144,11 +144,14 @@ def test_source_resume_checks_the_arguments_it_always_checked() -> None:
     ("seat", seat.main, {"model", "discriminators", "optimizer", "schedule", "d_optimizer", "d_schedule", "source",
                          "target"}),
     ("self-training", self_training.main, {"model", "optimizer", "schedule", "source", "target"}),
+    ("self-training", self_training.main, {"model", "optimizer", "schedule", "source", "target", "teacher", "labeller"}),
 ])
 def test_seat_and_self_training_resume_too(toy_source, tmp_path, job, main, parts) -> None:
     out = tmp_path / f"{job}.pt"
     args = adversarial_args(toy_source, out)
     del args[args.index("--fda-beta"):]  # adversarial's own flags
+    if "teacher" in parts:
+        args += ["--ema-teacher", "0.9", "--prototypes"]
     del args[args.index("--crop"):args.index("--crop") + 3]  # the parent's crop, resolved
     args[args.index("--iters") + 1], args[args.index("--save-every") + 1] = "3", "1"
     run_until_cut(lambda: main(args), 2)

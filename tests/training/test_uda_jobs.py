@@ -86,8 +86,18 @@ def test_self_training_from_two_teachers(toy_source, adversarial_run, tmp_path, 
     ckpt, parent = check_servable(out, toy_source["out"], "self-training", {"seg", "pseudo", "lr"})
     assert [p["path"] for p in ckpt.config["parents"]] == [str(toy_source["out"]), str(adversarial_run)]
     pseudo = ckpt.config["pseudo_labels"]
-    assert 0 < pseudo["kept_fraction"] <= pseudo["confident_fraction"] <= 1 and len(pseudo["thresholds"]) == 11
+    assert 0 < pseudo["kept_fraction"] <= 1 and len(pseudo["thresholds"]) == 11
     assert f"{100 * pseudo['kept_fraction']:.1f}% of target pixels kept" in capsys.readouterr().out
+    assert statistics_moved(ckpt, parent)
+
+
+def test_self_training_with_an_ema_teacher_labels_every_batch(toy_source, tmp_path) -> None:
+    out = tmp_path / "st-ema.pt"
+    self_training.main(job_args(toy_source, out, toy_source["out"]) + ["--ema-teacher", "0.9", "--prototypes"])
+    ckpt, parent = check_servable(out, toy_source["out"], "self-training", {"seg", "pseudo", "kept", "lr"})
+    assert ckpt.config["ema_teacher"] == 0.9 and ckpt.config["prototype_tau"] == 0.1
+    log = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert all(0 <= r["kept"] <= 1 for r in log)
     assert statistics_moved(ckpt, parent)
 
 

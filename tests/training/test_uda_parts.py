@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from driftseg.adapters.fda import band_size, low_freq_amplitude, transfer
 from driftseg.models.registry import create_model
-from driftseg.training import adversarial, norms, self_training
+from driftseg.training import adversarial, norms, pseudo_labels
 from driftseg.training.finetune import fda_style
 from driftseg.training.networks import FeatureTap, MultiLevelNet, OutputDiscriminator
 
@@ -171,37 +172,88 @@ def test_dual_then_plain_without_training_is_the_same_network() -> None:
 def test_class_thresholds_keep_each_class_top_fraction_capped() -> None:
     confidence = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.95, 0.97, 0.99, 0.6])
     labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2])
-    thresholds = self_training.class_thresholds(confidence, labels, 4, top_fraction=0.4, cap=0.9)
+    thresholds, present = pseudo_labels.class_thresholds(confidence, labels, 4, top_fraction=0.4, cap=0.9)
     # class 0: the top 40 % of 5 values lie at or above the 60th percentile, 0.4 (numpy's "lower" method)
     assert thresholds[0].item() == pytest.approx(np.percentile([0.1, 0.2, 0.3, 0.4, 0.5], 60, method="lower"))
     assert thresholds[1].item() == pytest.approx(0.9)  # 0.97 capped at 0.9
     assert thresholds[2].item() == pytest.approx(0.6) and thresholds[3].item() == pytest.approx(0.9)
+    assert present.tolist() == [True, True, True, False]
 
 
 def test_pseudo_labels_ignore_pixels_under_their_class_threshold() -> None:
     torch.manual_seed(0)
     probs = torch.rand(2, 3, 6, 7).softmax(1)
-    labels, thresholds = self_training.pseudo_labels(probs, 0.5, 0.9, ignore_index=255)
+    labeller = pseudo_labels.PseudoLabeller(3, 255, top_fraction=0.5, cap=0.9)
+    labeller.fit(probs, torch.randn(2, 4, 3, 4))
+    labels = labeller(probs, torch.randn(2, 4, 3, 4))  # no prototypes: the features are not read
     conf, arg = probs.max(1)
     for c in range(3):
         kept = (labels == c)
-        assert torch.equal(kept, (arg == c) & (conf >= thresholds[c]))
+        assert torch.equal(kept, (arg == c) & (conf >= labeller.thresholds[c]))
         assert 0.45 <= kept.sum() / (arg == c).sum() <= 0.55 + 1 / (arg == c).sum()  # about half
     assert set(labels.unique().tolist()) <= {0, 1, 2, 255}
 
 
-def test_prototype_filter_against_a_direct_implementation() -> None:
-    torch.manual_seed(0)
-    features = torch.randn(2, 4, 3, 3)
-    labels = torch.randint(0, 3, (2, 6, 6))
-    labels[0, :2, :2] = 9  # ignored pixels
-    out = self_training.prototype_filter(features, labels, 3, ignore_index=9)
+def unit(x: np.ndarray, axis: int) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=axis, keepdims=True)
 
-    f = features.double().numpy().transpose(0, 2, 3, 1)
-    f /= np.linalg.norm(f, axis=-1, keepdims=True)
-    small = labels.numpy()[:, ::2, ::2]  # nearest downsampling of 6 -> 3
-    protos = np.stack([f[small == c].mean(0) for c in range(3)])
-    protos /= np.linalg.norm(protos, axis=-1, keepdims=True)
-    nearest = (f @ protos.T).argmax(-1).repeat(2, axis=1).repeat(2, axis=2)
-    expected = np.where(nearest == labels.numpy(), labels.numpy(), 9)
-    np.testing.assert_array_equal(out.numpy(), expected)
+
+def test_prototypes_and_rectification_against_a_direct_implementation() -> None:
+    """fit: prototypes are the mean unit feature of the pixels the plain thresholds keep; then the
+    softmax is rectified by softmax(cos / tau) over the prototypes and the thresholds set again.
+    Features at the labels' size, so that no resampling enters."""
+    torch.manual_seed(0)
+    probs, features = torch.rand(2, 3, 5, 6).mul(3).softmax(1), torch.randn(2, 4, 5, 6)
+    labeller = pseudo_labels.PseudoLabeller(3, 9, top_fraction=0.6, cap=0.8, tau=0.5)
+    labeller.fit(probs, features)
+
+    # in float64 from the float32 inputs: a threshold is one of the confidences, exactly
+    p, f = probs.double().numpy(), unit(features.double().numpy().transpose(0, 2, 3, 1), -1)  # f: [N, H, W, D]
+
+    def thresholds_of(q):
+        conf, arg = q.max(1), q.argmax(1)
+        return np.array([min(0.8, np.sort(conf[arg == c])[int(0.4 * ((arg == c).sum() - 1))]) for c in range(3)])
+
+    def labels_of(q, t):
+        conf, arg = q.max(1), q.argmax(1)
+        return np.where(conf >= t[arg], arg, 9)
+
+    def rectified(protos):
+        w = np.exp((f @ protos.T) / 0.5).transpose(0, 3, 1, 2)
+        q = p * w / w.sum(1, keepdims=True)
+        return q / q.sum(1, keepdims=True)
+
+    labels = labels_of(p, thresholds_of(p))
+    protos = unit(np.stack([f[labels == c].mean(0) for c in range(3)]), -1)
+    labels = labels_of(rectified(protos), thresholds_of(rectified(protos)))  # fit's second round
+    protos = unit(np.stack([f[labels == c].mean(0) for c in range(3)]), -1)
+    q = rectified(protos)
+    np.testing.assert_allclose(labeller.prototypes.numpy(), protos, atol=1e-6)
+    np.testing.assert_allclose(labeller.rectify(probs, features).numpy(), q, atol=1e-6)
+    np.testing.assert_array_equal(labeller(probs, features).numpy(), labels_of(q, labeller.thresholds.numpy()))
+
+
+def test_running_thresholds_and_prototypes_move_only_for_the_classes_of_a_batch() -> None:
+    torch.manual_seed(0)
+    labeller = pseudo_labels.PseudoLabeller(3, 9, top_fraction=0.5, cap=0.95, tau=0.1, momentum=0.75)
+    labeller.fit(torch.rand(2, 3, 4, 4).softmax(1), torch.randn(2, 5, 4, 4))
+    before = copy.deepcopy(labeller.state_dict())
+    probs = torch.zeros(1, 3, 4, 4)
+    probs[:, 1] = 1.0  # a batch of class 1 alone, certain whatever the prototypes say
+    features = torch.randn(1, 5, 4, 4)
+    labels = labeller(probs, features, update=True)
+
+    assert torch.equal(labels, torch.ones(1, 4, 4, dtype=torch.long))
+    old_t, old_p = before["thresholds"], before["prototypes"]
+    expected_t = old_t.clone()
+    expected_t[1] = 0.75 * old_t[1] + 0.25 * 0.95  # the batch's class-1 threshold: 1.0, capped
+    torch.testing.assert_close(labeller.thresholds, expected_t)
+    mean = F.normalize(features, dim=1).mean((0, 2, 3))  # every pixel of the batch is kept
+    expected_p = old_p.clone()
+    expected_p[1] = F.normalize(0.75 * old_p[1] + 0.25 * mean, dim=0)
+    torch.testing.assert_close(labeller.prototypes, expected_p)
+
+    restored = pseudo_labels.PseudoLabeller(3, 9, top_fraction=0.5, cap=0.95, tau=0.1)
+    restored.load_state_dict(labeller.state_dict())
+    mixed = torch.rand(1, 3, 4, 4).softmax(1)
+    assert torch.equal(restored(mixed, features), labeller(mixed, features))
