@@ -63,6 +63,7 @@ def train(job: finetune.Job, net: MultiLevelNet) -> float:
     args, ctx = job.args, job.ctx
     lambdas = {"separate": [args.lambda_adv, args.lambda_adv_aux], "fused": [args.lambda_adv],
                "single": [args.lambda_adv]}[args.levels]  # one discriminator per weight
+    net.to(memory_format=torch.channels_last)  # as train source: faster on the CPU
     discriminators = nn.ModuleList(OutputDiscriminator(job.parent.num_classes).to(ctx.device) for _ in lambdas)
     wrap = (lambda m: DistributedDataParallel(m)) if ctx.world > 1 else (lambda m: m)
     g, ds = wrap(net), [wrap(d) for d in discriminators]
@@ -87,7 +88,7 @@ def train(job: finetune.Job, net: MultiLevelNet) -> float:
         for d in discriminators:
             d.requires_grad_(False)
         with common.mixed_precision(ctx.device), norms.source_first(net, plain):
-            main, aux = g(torch.cat([xs, xt]))
+            main, aux = g(torch.cat([xs, xt]).contiguous(memory_format=torch.channels_last))
         seg = F.cross_entropy(main[:n].float(), ys, ignore_index=job.ignore_index)
         seg_aux = F.cross_entropy(aux[:n].float(), ys, ignore_index=job.ignore_index)
         # the network wants its target outputs taken for source ones

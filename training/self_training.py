@@ -83,6 +83,7 @@ def main(argv=None) -> None:
         print(f"pseudo-labels from {len(teachers)} teacher(s): {100 * kept:.1f}% of target pixels kept", flush=True)
 
     student = norms.wrap(job.parent.build_model(job.ctx.device), norms.SourceStatsBatchNorm2d).train()
+    student = student.to(memory_format=torch.channels_last)  # as train source: faster on the CPU
     g = DistributedDataParallel(student) if job.ctx.world > 1 else student
     optimizer, schedule = finetune.poly_adamw(student.parameters(), args)
     source = job.batches(job.source_images, job.source_labels)
@@ -112,7 +113,7 @@ def main(argv=None) -> None:
         xs, ys = finetune.with_styled(xs, ys, xt, args.fda_beta)
         with common.mixed_precision(job.ctx.device), \
                 norms.source_first(student, plain):
-            logits = g(torch.cat([xs, xt])).float()
+            logits = g(torch.cat([xs, xt]).contiguous(memory_format=torch.channels_last)).float()
         seg = F.cross_entropy(logits[:len(xs)], ys, ignore_index=job.ignore_index)
         # a sum over the kept pixels: a crop may have none, where a mean would be NaN
         labelled = (yt != job.ignore_index).sum()
