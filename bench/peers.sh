@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The published peers beside the project's methods, on the CPU, at budgets that keep the whole
-# script under 40 minutes on a 2-core machine even at a 360x480 checkpoint (~70 ms a forward there): DUA
-# runs 17 forwards a frame and CoTTA ~30 (16x and 51x the frozen model in speed-peers.md), so those two set
-# the budget. FRAMES, ROUND_FRAMES and SPEED_FRAMES override the budgets.
+# The published peers beside the project's methods, on the CPU, at budgets a 2-core machine affords
+# at the 360x480 checkpoint: DUA runs 17 forwards a frame and CoTTA ~30 (52x and 60x the frozen model in
+# speed-peers.md), so those two set the budget. With one thread, beside a training job, the whole script
+# took 87 minutes (peers 34, continual10 41, instance 8; proto 3 more). FRAMES, ROUND_FRAMES and SPEED_FRAMES override
+# the budgets.
 #   peers         every protocol stream x every method, the first $FRAMES frames of each stream (of each
 #                 segment of `continual`)                                    -> bench/results/peers.{json,md}
 #   continual10   the continual segments 10 rounds without reset, $ROUND_FRAMES frames a segment, the
@@ -12,9 +13,11 @@
 #                                                                            -> bench/results/peers-variance.{json,md}
 #   instance      auto on each frame's own statistics (m=1, DIGA's instance-level lesson) against auto,
 #                 on the whole streams                                       -> bench/results/auto-instance.{json,md}
+#   proto         auto with DIGA's prototype output in place of label calibration, on 12 and on all BN
+#                 layers, the first $FRAMES frames as `peers`               -> bench/results/auto-proto.{json,md}
 # A part whose JSON exists already is skipped unless FORCE=1.
 #
-#   bench/peers.sh [PART ...]       parts: peers continual10 speed variance instance (all, in that order,
+#   bench/peers.sh [PART ...]       parts: peers continual10 speed variance instance proto (all, in that order,
 #                                   without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +28,7 @@ ROUND_FRAMES=${ROUND_FRAMES:-4}
 SPEED_FRAMES=${SPEED_FRAMES:-20}
 METHODS="source ptbn tent diga dua lame norm_alpha rbn cotta auto"
 STATEFUL="source ptbn tent diga dua rbn cotta auto"  # lame and norm_alpha keep nothing: every round alike
-parts=${*:-peers continual10 speed variance instance}
+parts=${*:-peers continual10 speed variance instance proto}
 
 done_already() { [ -z "${FORCE:-}" ] && [ -f "$1" ] && echo "== $1 exists: skipped (FORCE=1 reruns it)"; }
 
@@ -44,7 +47,10 @@ for part in $parts; do
         "auto(m=0.1,floor=0.2,switch=2,layers=12)" auto --out $R/peers-variance.json ;;
     instance) done_already $R/auto-instance.json || $D bench accuracy \
         --methods auto "auto(m=1,floor=0.2,switch=2,layers=12)+lc" --out $R/auto-instance.json ;;
-    *) echo "unknown part $part (peers continual10 speed variance instance)"; exit 2 ;;
+    proto) done_already $R/auto-proto.json || $D bench accuracy --max-frames "$FRAMES" --methods auto \
+        "auto(m=0.1,floor=0.2,switch=2,layers=12)+proto" "auto(m=0.1,floor=0.2)+lc" "auto(m=0.1,floor=0.2)+proto" \
+        --out $R/auto-proto.json ;;
+    *) echo "unknown part $part (peers continual10 speed variance instance proto)"; exit 2 ;;
     esac
 done
 echo "== done ($(date +%H:%M:%S))"
