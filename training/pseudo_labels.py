@@ -11,7 +11,8 @@ A teacher's softmax p [N, C, H, W] and its deepest backbone feature f [N, D, h, 
    class's pixels lie, capped: rare classes keep pseudo-labels at their own confidence level.
 Thresholds and prototypes (the mean normalised feature of each class's labelled pixels) start from
 one pass of the teachers over every target frame (`fit`), and with `update=True` follow each batch as
-running means; a class absent from a batch keeps its values. No library carries these few lines
+running means; a class absent from a batch keeps its values (under torchrun each process follows its
+own batches; a resumed job gives every process the first one's). No library carries these few lines
 (mmseg and the papers' code hold them inside their training loops), so they are written here.
 """
 import torch

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Does adversarial adaptation add anything on top of a better-trained parent at CPU scale? From the
-# control of dusk-uda.sh (source-more.pt: 600 more iterations of source training), the adversarial
-# job against the same budget of source training alone. Run after dusk-uda.sh, from the repository
-# root; the table is bench/results/uda-from-control.md.
+# control of the 180x240 chain (dusk-uda.sh as of commit be4c389; source-more.pt: 600 more iterations
+# of source training), the adversarial job against the same budget of source training alone. Run after
+# that chain, from the repository root; the table is bench/results/uda-from-control.md.
 set -ex
 D=.venv/bin/driftseg
 P=runs/uda/final/source-more.pt
