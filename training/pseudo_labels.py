@@ -18,6 +18,8 @@ own batches; a resumed job gives every process the first one's). No library carr
 import torch
 from torch.nn import functional as F
 
+from driftseg.adapters.diga import class_prototypes
+
 
 def class_thresholds(confidence: torch.Tensor, labels: torch.Tensor, num_classes: int, top_fraction: float,
                      cap: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,17 +34,16 @@ def class_thresholds(confidence: torch.Tensor, labels: torch.Tensor, num_classes
     return thresholds, present
 
 
-def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[C, D]: the mean normalised feature [N, D, h, w] of each class's pixels in `labels` [N, H, W]
-    (taken at the features' size, nearest), and [C] bool: the classes that have pixels."""
+    (taken at the features' size, nearest; an ignored pixel is in no class), and [C] bool: the classes
+    that have pixels. DIGA's class prototypes over all the frames' pixels as one sample."""
     n, d, h, w = features.shape
-    f = F.normalize(features, dim=1).permute(0, 2, 3, 1).reshape(-1, d)
+    f = F.normalize(features, dim=1).transpose(0, 1).reshape(1, d, -1)
     small = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest").long().reshape(-1)
-    kept = small != ignore_index
-    onehot = F.one_hot(small[kept], num_classes).to(f.dtype)
-    counts = onehot.sum(0)
-    return (onehot.T @ f[kept]) / counts.clamp_min(1)[:, None], counts > 0
+    mask = (small == torch.arange(num_classes, device=small.device)[:, None]).to(f.dtype)
+    means, present = class_prototypes(f, mask[None])
+    return means[0], present[0]
 
 
 class PseudoLabeller:
@@ -92,8 +93,7 @@ class PseudoLabeller:
         self.thresholds = torch.where(present, momentum * self.thresholds + (1 - momentum) * batch, self.thresholds)
         if self.tau is None:
             return
-        means, present = class_means(features.float(), self._label(confidence, labels), self.num_classes,
-                                     self.ignore_index)
+        means, present = class_means(features.float(), self._label(confidence, labels), self.num_classes)
         means = means.cpu()
         old = self.prototypes if self.prototypes is not None else torch.zeros_like(means)
         moved = F.normalize(momentum * old + (1 - momentum) * means, dim=1)
