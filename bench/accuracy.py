@@ -100,6 +100,31 @@ def summarise(streams: dict[str, dict[str, dict]], methods: Sequence[str]) -> di
     return summary
 
 
+def merge(kept: dict, rerun: dict) -> dict:
+    """`kept` (an earlier result) with the methods of `rerun` put in: a rerun method replaces its rows where
+    it had them, a new one comes last. Both must come from the same checkpoint, data, severity and frames:
+    a ValueError says which differs. The rerun methods' cost against `source` is dropped unless `source`
+    was rerun with them: a ratio holds only within one run."""
+    for key in ("checkpoint_sha256", "checkpoint", "data", "severity", "max_frames"):
+        if key in kept and kept[key] != rerun[key]:
+            raise ValueError(f"cannot update: the file's {key} is {kept[key]!r}, this run's {rerun[key]!r}")
+    if set(kept["streams"]) != set(rerun["streams"]):
+        raise ValueError(f"cannot update: the file has the streams {sorted(kept['streams'])}, this run "
+                         f"{sorted(rerun['streams'])}")
+    streams = {}
+    for name, rows in kept["streams"].items():
+        frames = {score["frames"] for score in [*rows.values(), *rerun["streams"][name].values()]}
+        if len(frames) > 1:
+            raise ValueError(f"cannot update: {name} has {sorted(frames)} frames in the file and this run")
+        streams[name] = rows | rerun["streams"][name]
+    methods = [*kept["summary"], *(m for m in rerun["summary"] if m not in kept["summary"])]
+    summary = summarise(streams, methods)
+    if "source" not in rerun["summary"]:
+        for m in rerun["summary"]:
+            summary[m].pop("cost_vs_source", None)
+    return kept | rerun | {"streams": streams, "summary": summary}
+
+
 def markdown_table(result: dict) -> str:
     """One column per stream, per segment of `continual`, per round of `continual10` (its segments of
     each round are in the JSON and the plots only)."""
@@ -117,8 +142,8 @@ def _cell(score: dict | None) -> str:
 
 
 def run(
-    ckpt: Checkpoint, checkpoint_name: str, folder: FrameFolder, streams: Sequence[str], methods: Sequence[str],
-    severity: int = 3, max_frames: int | None = None, device: str = "auto",
+    ckpt: Checkpoint, checkpoint_name: str, ckpt_sha256: str, folder: FrameFolder, streams: Sequence[str],
+    methods: Sequence[str], severity: int = 3, max_frames: int | None = None, device: str = "auto",
 ) -> tuple[dict, dict]:
     """The benchmark's result object (see `driftseg bench accuracy --help` for its shape), and the
     traces of the multi-segment streams: {stream: {"segments": [(name, start)], "rounds": r,
@@ -128,7 +153,8 @@ def run(
     opened = [open_stream(s, folder, severity, per_segment=max_frames) for s in streams]
     for stream in opened:
         stream.prepare()
-    result = {"checkpoint": checkpoint_name, "data": str(folder.root), "streams": {}}
+    result = {"checkpoint": checkpoint_name, "checkpoint_sha256": ckpt_sha256, "data": str(folder.root),
+              "severity": severity, "max_frames": max_frames, "streams": {}}
     traces = {s.name: {"segments": [(g.name, g.start) for g in s.segments], "rounds": s.rounds, "methods": {}}
               for s in opened if len(s.segments) > 1}
     bar = tqdm(total=len(opened) * len(methods), desc="bench", unit="run")

@@ -1,13 +1,15 @@
 """Command-line entry points of the benchmark."""
 import argparse
+import json
 import os
+import sys
 
 from driftseg.bench import accuracy
 from driftseg.bench.plot import plot_rounds, plot_stream
 from driftseg.bench.report import add_common_arguments, write_results
 from driftseg.data.folder import FrameFolder
 from driftseg.data.streams import PROTOCOL_STREAMS
-from driftseg.models.checkpoint import load_checkpoint
+from driftseg.models.checkpoint import file_sha256, load_checkpoint
 
 PEERS = ("source", "ptbn", "tent")
 
@@ -16,7 +18,8 @@ def accuracy_main(argv=None) -> None:
     p = argparse.ArgumentParser(
         prog="driftseg bench accuracy",
         description="Online accuracy benchmark (../shared/BENCHMARK.md). Writes JSON "
-        '{"checkpoint", "data", "streams": {STREAM: {METHOD: {"miou", "dice", "frames", "ms_per_frame"}}}, '
+        '{"checkpoint", "checkpoint_sha256", "data", "severity", "max_frames", '
+        '"streams": {STREAM: {METHOD: {"miou", "dice", "frames", "ms_per_frame"}}}, '
         '"summary": {METHOD: {"mean_miou", "day_change", "ms_per_frame", "cost_vs_source"}}}, a Markdown table '
         'beside it, for multi-segment streams (continual) a PNG plot over frames, and for streams of several '
         'rounds (continual10) a PNG plot per round and per segment.',
@@ -27,14 +30,26 @@ def accuracy_main(argv=None) -> None:
     p.add_argument("--severity", type=int, default=3, choices=range(1, 6))
     p.add_argument("--max-frames", type=int,
                    help="only the first N frames of every stream; of every segment of a multi-segment stream")
+    p.add_argument("--update", action="store_true",
+                   help="run only --methods and put their rows into the existing --out file, keeping its other "
+                   "methods (after a change to some methods: the rest need not run again); the file must come "
+                   "from the same checkpoint, data, streams, severity and frames")
     add_common_arguments(p)
     args = p.parse_args(argv)
+    if args.update and not (args.out and args.out.exists()):
+        p.error("--update needs an existing --out file to update")
 
     try:
         ckpt = load_checkpoint(args.checkpoint)
         folder = FrameFolder.open(args.data)
-        result, traces = accuracy.run(ckpt, os.path.relpath(args.checkpoint), folder, args.streams, args.methods,
-                                      args.severity, args.max_frames, args.device)
+        result, traces = accuracy.run(ckpt, os.path.relpath(args.checkpoint), file_sha256(args.checkpoint), folder,
+                                      args.streams, args.methods, args.severity, args.max_frames, args.device)
+        if args.update:
+            kept = json.loads(args.out.read_text())
+            if "checkpoint_sha256" not in kept:
+                print(f"warning: {args.out} was written before results recorded the checkpoint's hash: only its "
+                      "path, data and frame counts are checked", file=sys.stderr)
+            result = accuracy.merge(kept, result)
     except (ValueError, KeyError, FileNotFoundError) as e:
         p.exit(2, f"driftseg bench accuracy: error: {e}\n")
     table = accuracy.markdown_table(result)
@@ -43,9 +58,13 @@ def accuracy_main(argv=None) -> None:
         write_results(args.out, result, table)
         for name, trace in traces.items():
             png = args.out.with_name(f"{args.out.stem}-{name}.png")
-            plot_stream(name, trace, png)
-            print(f"wrote {png}")
+            if args.update:  # the kept methods' per-frame traces are not stored: a redrawn plot would lack them
+                png.unlink(missing_ok=True)
+                print(f"removed {png}: its per-frame traces are not kept, rerun without --update to redraw it")
+            else:
+                plot_stream(name, trace, png)
+                print(f"wrote {png}")
             if trace["rounds"] > 1:
                 png = args.out.with_name(f"{args.out.stem}-{name}-rounds.png")
-                plot_rounds(name, trace, png)
+                plot_rounds(name, result["streams"], png)
                 print(f"wrote {png}")

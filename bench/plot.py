@@ -56,41 +56,34 @@ def plot_stream(name: str, trace: dict, out: Path, window: int = 20) -> None:
     plt.close(fig)
 
 
-def segment_confusions(confusion: torch.Tensor, starts: list[int]) -> torch.Tensor:
-    """[S, C, C]: the per-frame confusion matrices [n, C, C] summed over each segment, segment s being
-    frames starts[s] .. starts[s + 1] - 1 (the last one to the end)."""
-    bounds = [*starts, len(confusion)]
-    return torch.stack([confusion[lo:hi].sum(0) for lo, hi in zip(bounds, bounds[1:])])
-
-
-def plot_rounds(name: str, trace: dict, out: Path) -> None:
-    """A stream of `trace["rounds"]` rounds of the same segments (`trace` as `bench.accuracy.run` returns
-    it): on top each method's mIoU per round, below one panel per segment of the round with its mIoU
-    over the rounds."""
-    rounds, segments = trace["rounds"], trace["segments"]
-    per_round = len(segments) // rounds
-    rows = math.ceil(per_round / 3)
+def plot_rounds(name: str, streams: dict[str, dict[str, dict]], out: Path) -> None:
+    """A stream of several rounds of the same segments, from the `streams` of `bench.accuracy`'s result
+    (its rows `NAME/round<r>` and `NAME/round<r>/<i>-<segment>`): on top each method's mIoU per round,
+    below one panel per segment of the round with its mIoU over the rounds."""
+    rounds = [s for s in streams if s.startswith(f"{name}/round") and s.count("/") == 1]
+    segments = [s.split("/")[2] for s in streams if s.startswith(f"{rounds[0]}/")]
+    methods = list(streams[name])
+    rows = math.ceil(len(segments) / 3)
     fig = plt.figure(figsize=(12, 3.4 + 2.4 * rows))
     grid = fig.add_gridspec(1 + rows, 3, height_ratios=(1.5, *[1] * rows))
     top = fig.add_subplot(grid[0, :])
-    panels = [fig.add_subplot(grid[1 + k // 3, k % 3], sharey=top) for k in range(per_round)]
-    colours = plt.get_cmap("tab10" if len(trace["methods"]) <= 10 else "tab20")
-    x = range(1, rounds + 1)
-    for i, (method, t) in enumerate(trace["methods"].items()):
-        by_round = segment_confusions(t["confusion"], [start for _, start in segments])
-        by_round = by_round.view(rounds, per_round, *by_round.shape[1:])
-        top.plot(x, [mean_iou(m) for m in by_round.sum(1)], marker="o", lw=1.3, label=method, color=colours(i))
-        for k, ax in enumerate(panels):
-            ax.plot(x, [mean_iou(m) for m in by_round[:, k]], marker=".", lw=1.1, color=colours(i))
-    top.set_title(f"stream `{name}`: {rounds} rounds of the same segments, no reset between them")
+    panels = [fig.add_subplot(grid[1 + k // 3, k % 3], sharey=top) for k in range(len(segments))]
+    colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    x = range(1, len(rounds) + 1)
+    for i, method in enumerate(methods):
+        top.plot(x, [streams[r][method]["miou"] for r in rounds], marker="o", lw=1.3, label=method, color=colours(i))
+        for ax, segment in zip(panels, segments):
+            ax.plot(x, [streams[f"{r}/{segment}"][method]["miou"] for r in rounds], marker=".", lw=1.1,
+                    color=colours(i))
+    top.set_title(f"stream `{name}`: {len(rounds)} rounds of the same segments, no reset between them")
     top.set_ylabel("mIoU of the round (%)")
     top.legend(fontsize=8, ncol=4, loc="lower left")
-    for k, ax in enumerate(panels):
-        ax.set_title(f"segment {k + 1}: {segments[k][0]}", fontsize=9)
+    for k, (ax, segment) in enumerate(zip(panels, segments)):
+        ax.set_title(f"segment {segment}", fontsize=9)
         ax.set_xticks(list(x))
         if k % 3 == 0:
             ax.set_ylabel("mIoU (%)")
-        if k >= per_round - 3:
+        if k >= len(segments) - 3:
             ax.set_xlabel("round")
     top.set_xticks(list(x))
     fig.tight_layout()

@@ -8,6 +8,7 @@ import pytest
 
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
+from driftseg.bench.accuracy import merge
 from driftseg.data.folder import FrameFolder
 from driftseg.data.streams import CONTINUAL
 from driftseg.data.transforms import to_tensor
@@ -29,8 +30,9 @@ def result(tiny_ckpt, tmp_path_factory):
 
 def test_json_has_exactly_the_documented_shape(result) -> None:
     r = json.loads(result.read_text())
-    assert set(r) == {"checkpoint", "data", "streams", "summary"}
-    assert isinstance(r["checkpoint"], str) and isinstance(r["data"], str)
+    assert set(r) == {"checkpoint", "checkpoint_sha256", "data", "severity", "max_frames", "streams", "summary"}
+    assert isinstance(r["checkpoint"], str) and isinstance(r["data"], str) and len(r["checkpoint_sha256"]) == 64
+    assert r["severity"] == 3 and r["max_frames"] == 3
     segments = [f"continual/{k + 1}-{name}" for k, name in enumerate(CONTINUAL)]
     assert set(r["streams"]) == {"day", "continual", *segments}
     for stream, methods in r["streams"].items():
@@ -67,6 +69,46 @@ def test_day_score_matches_a_confusion_matrix_computed_here(result, tiny_ckpt) -
     iou = np.diag(mat) / (mat.sum(0) + mat.sum(1) - np.diag(mat))
     expected = round(100 * iou[present].mean(), 2)
     assert json.loads(result.read_text())["streams"]["day"]["ptbn"]["miou"] == pytest.approx(expected, abs=0.01)
+
+
+def test_update_reruns_only_the_named_methods_and_keeps_the_rest(result, tmp_path, capsys) -> None:
+    out = tmp_path / "u.json"
+    out.write_text(result.read_text())
+    (tmp_path / "u-continual.png").write_bytes(b"stale")
+    before = json.loads(out.read_text())
+    def update(*methods, frames="3"):
+        main(["bench", "accuracy", "--checkpoint", before["checkpoint"], "--streams", "day", "continual",
+              "--max-frames", frames, "--device", "cpu", "--out", str(out), "--update", "--methods", *methods])
+
+    update("ptbn", "lc")
+    after = json.loads(out.read_text())
+    assert list(after["summary"]) == [*METHODS, "lc"]  # a rerun method keeps its place, a new one comes last
+    for stream, rows in after["streams"].items():
+        for m in ("source", "auto"):
+            assert rows[m] == before["streams"][stream][m]
+        assert rows["ptbn"]["miou"] == before["streams"][stream]["ptbn"]["miou"]  # the same method again
+    assert after["summary"]["source"] == before["summary"]["source"]
+    # ptbn and lc were timed in another run than source: no ratio between them
+    assert "cost_vs_source" not in after["summary"]["lc"] and "cost_vs_source" not in after["summary"]["ptbn"]
+    assert after["summary"]["auto"]["cost_vs_source"] == before["summary"]["auto"]["cost_vs_source"]
+    assert not (tmp_path / "u-continual.png").exists()  # it would lack the kept methods
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        update("lc", frames="2")  # other frames than the file's
+    assert exit_info.value.code == 2 and "max_frames is 3, this run's 2" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == after  # a refused update leaves the file as it was
+    older = {k: v for k, v in after.items() if k not in ("max_frames", "checkpoint_sha256")}
+    out.write_text(json.dumps(older))  # as files written before these were recorded: the frame counts still tell
+    with pytest.raises(SystemExit):
+        update("lc", frames="2")
+    err = capsys.readouterr().err
+    assert "before results recorded the checkpoint's hash" in err and "[2, 3] frames in the file and this run" in err
+
+
+def test_update_refuses_another_checkpoint() -> None:
+    kept = {"checkpoint_sha256": "a" * 64, "checkpoint": "c.pt", "streams": {}, "summary": {}}
+    with pytest.raises(ValueError, match="checkpoint_sha256"):
+        merge(kept, kept | {"checkpoint_sha256": "b" * 64})
 
 
 def test_unknown_method_fails_before_any_work(tiny_ckpt, tmp_path, capsys) -> None:
