@@ -103,8 +103,9 @@ def summarise(streams: dict[str, dict[str, dict]], methods: Sequence[str]) -> di
 def merge(kept: dict, rerun: dict) -> dict:
     """`kept` (an earlier result) with the methods of `rerun` put in: a rerun method replaces its rows where
     it had them, a new one comes last. Both must come from the same checkpoint, data, severity and frames:
-    a ValueError says which differs. The rerun methods' cost against `source` is dropped unless `source`
-    was rerun with them: a ratio holds only within one run."""
+    a ValueError says which differs. A cost against `source` holds only within one run: it is kept for
+    the methods timed in the same run as the `source` row (the rerun ones if `source` was rerun, else the
+    kept ones) and dropped for the others."""
     for key in ("checkpoint_sha256", "checkpoint", "data", "severity", "max_frames"):
         if key in kept and kept[key] != rerun[key]:
             raise ValueError(f"cannot update: the file's {key} is {kept[key]!r}, this run's {rerun[key]!r}")
@@ -119,9 +120,10 @@ def merge(kept: dict, rerun: dict) -> dict:
         streams[name] = rows | rerun["streams"][name]
     methods = [*kept["summary"], *(m for m in rerun["summary"] if m not in kept["summary"])]
     summary = summarise(streams, methods)
-    if "source" not in rerun["summary"]:
-        for m in rerun["summary"]:
-            summary[m].pop("cost_vs_source", None)
+    rerun_methods = set(rerun["summary"])
+    timed_with_source = rerun_methods if "source" in rerun_methods else set(kept["summary"]) - rerun_methods
+    for m in set(methods) - timed_with_source:
+        summary[m].pop("cost_vs_source", None)
     return kept | rerun | {"streams": streams, "summary": summary}
 
 

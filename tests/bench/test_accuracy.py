@@ -92,6 +92,10 @@ def test_update_reruns_only_the_named_methods_and_keeps_the_rest(result, tmp_pat
     assert "cost_vs_source" not in after["summary"]["lc"] and "cost_vs_source" not in after["summary"]["ptbn"]
     assert after["summary"]["auto"]["cost_vs_source"] == before["summary"]["auto"]["cost_vs_source"]
     assert not (tmp_path / "u-continual.png").exists()  # it would lack the kept methods
+    update("source", "lc")  # source timed again: now only lc shares its run
+    summary = json.loads(out.read_text())["summary"]
+    assert [m for m in summary if "cost_vs_source" in summary[m]] == ["source", "lc"]
+    after = json.loads(out.read_text())
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         update("lc", frames="2")  # other frames than the file's
