@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from driftseg.adapters.component import NETWORK, STAGES, Component
 from driftseg.adapters.registry import ALIASES, METHODS
 
-RECOMMENDED = "auto(m=0.1,floor=0.2,switch=2,layers=12)+lc"  # chosen on the 180x240 checkpoint (README, Results)
+RECOMMENDED = "auto(m=1,floor=0.2,switch=2,layers=12)+lc"  # chosen on the 360x480 checkpoint (README, Results)
 _PART = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The published peers beside the project's methods, on the CPU, at budgets a 2-core machine affords
-# at the 360x480 checkpoint: DUA runs 17 forwards a frame and CoTTA ~30 (52x and 60x the frozen model in
+# at the 360x480 checkpoint: DUA runs 17 forwards a frame and CoTTA ~30 (39x and 49x the frozen model in
 # speed-peers.md), so those two set the budget. With one thread, beside a training job, the whole script
-# took 87 minutes (peers 34, continual10 41, instance 8; proto 3 more). FRAMES, ROUND_FRAMES and SPEED_FRAMES override
+# took 87 minutes (peers 34, continual10 41, instance 8; proto 3 more); UPDATE (below) reruns one method's
+# rows in a few minutes. FRAMES, ROUND_FRAMES and SPEED_FRAMES override
 # the budgets.
 #   peers         every protocol stream x every method, the first $FRAMES frames of each stream (of each
 #                 segment of `continual`)                                    -> bench/results/peers.{json,md}
@@ -11,18 +12,19 @@
 #   speed         per-frame cost of every method on `day`, round robin       -> bench/results/speed-peers.{json,md}
 #   variance      why norm_alpha beats auto on snow and noise: linear vs mixture variance, per frame vs EMA
 #                                                                            -> bench/results/peers-variance.{json,md}
-#   instance      auto on each frame's own statistics (m=1, DIGA's instance-level lesson) against auto,
-#                 on the whole streams                                       -> bench/results/auto-instance.{json,md}
+#   instance      auto (each frame's own statistics, m=1: DIGA's instance-level lesson) against the EMA
+#                 over frames it replaced (m=0.1) and against all BN layers, on the whole streams
+#                                                                            -> bench/results/auto-instance.{json,md}
 #   proto         auto with DIGA's prototype output in place of label calibration, on 12 and on all BN
 #                 layers, the first $FRAMES frames as `peers`               -> bench/results/auto-proto.{json,md}
-# A part whose JSON exists already is skipped unless FORCE=1.
+# A part whose JSON exists already is skipped unless FORCE=1; UPDATE="METHOD ..." reruns only those methods
+# of the accuracy parts (all but speed) into their JSON, as bench/common.sh says.
 #
 #   bench/peers.sh [PART ...]       parts: peers continual10 speed variance instance proto (all, in that order,
 #                                   without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-D=${D:-.venv/bin/driftseg}
-R=bench/results
+source bench/common.sh
 FRAMES=${FRAMES:-12}
 ROUND_FRAMES=${ROUND_FRAMES:-4}
 SPEED_FRAMES=${SPEED_FRAMES:-20}
@@ -30,26 +32,20 @@ METHODS="source ptbn tent diga dua lame norm_alpha rbn cotta auto"
 STATEFUL="source ptbn tent diga dua rbn cotta auto"  # lame and norm_alpha keep nothing: every round alike
 parts=${*:-peers continual10 speed variance instance proto}
 
-done_already() { [ -z "${FORCE:-}" ] && [ -f "$1" ] && echo "== $1 exists: skipped (FORCE=1 reruns it)"; }
-
 for part in $parts; do
     echo "== $part ($(date +%H:%M:%S))"
     case $part in
-    peers) done_already $R/peers.json || $D bench accuracy --max-frames "$FRAMES" --methods $METHODS \
-        --out $R/peers.json ;;
-    continual10) done_already $R/continual10.json || { $D bench accuracy --streams continual10 \
-        --max-frames "$ROUND_FRAMES" --methods $STATEFUL --out $R/continual10.json &&
-        mv $R/continual10-continual10-rounds.png $R/continual10.png; } ;;
+    peers) accuracy_part $R/peers.json "--max-frames $FRAMES" $METHODS ;;
+    continual10) accuracy_part $R/continual10.json "--streams continual10 --max-frames $ROUND_FRAMES" $STATEFUL
+        [ -f $R/continual10-continual10-rounds.png ] && mv $R/continual10-continual10-rounds.png $R/continual10.png ;;
     speed) done_already $R/speed-peers.json || $D bench speed --frames "$SPEED_FRAMES" --warmup 2 \
         --methods $METHODS --out $R/speed-peers.json ;;
-    variance) done_already $R/peers-variance.json || $D bench accuracy --streams day snow gaussian_noise dusk \
-        --max-frames "$FRAMES" --methods norm_alpha "ema(m=1,alpha=0.9)" "ema(m=0.1,alpha=0.9)" \
-        "auto(m=0.1,floor=0.2,switch=2,layers=12)" auto --out $R/peers-variance.json ;;
-    instance) done_already $R/auto-instance.json || $D bench accuracy \
-        --methods auto "auto(m=1,floor=0.2,switch=2,layers=12)+lc" --out $R/auto-instance.json ;;
-    proto) done_already $R/auto-proto.json || $D bench accuracy --max-frames "$FRAMES" --methods auto \
-        "auto(m=0.1,floor=0.2,switch=2,layers=12)+proto" "auto(m=0.1,floor=0.2)+lc" "auto(m=0.1,floor=0.2)+proto" \
-        --out $R/auto-proto.json ;;
+    variance) accuracy_part $R/peers-variance.json "--streams day snow gaussian_noise dusk --max-frames $FRAMES" \
+        norm_alpha "ema(m=1,alpha=0.9)" "ema(m=0.1,alpha=0.9)" "auto(m=0.1,floor=0.2,switch=2,layers=12)" auto ;;
+    instance) accuracy_part $R/auto-instance.json "" auto "auto(m=0.1,floor=0.2,switch=2,layers=12)+lc" \
+        "auto(m=1,floor=0.2)+lc" ;;
+    proto) accuracy_part $R/auto-proto.json "--max-frames $FRAMES" auto "auto(m=1,floor=0.2,switch=2,layers=12)+proto" \
+        "auto(m=1,floor=0.2)+lc" "auto(m=1,floor=0.2)+proto" ;;
     *) echo "unknown part $part (peers continual10 speed variance instance proto)"; exit 2 ;;
     esac
 done

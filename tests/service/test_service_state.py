@@ -34,7 +34,7 @@ def test_state_summary(make_settings, frames):
         s = client.get("/adaptation/state?stream=cam").json()
         assert client.get("/adaptation/state?stream=nobody").status_code == 404
     assert s["stream"] == "cam" and s["frames"] == 3 and len(s["checkpoint"]) == 64
-    assert s["method"]["spec"].startswith("auto(") and s["method"]["parameters"]["auto"]["m"] == 0.1
+    assert s["method"]["spec"].startswith("auto(") and s["method"]["parameters"]["auto"]["m"] == 1.0
     assert [p["frame"] for p in s["shift_history"]] == [1, 2, 3]
     assert s["shift_score"] == s["shift_history"][-1]["score"]
     assert s["layers"] and all(0 <= layer["alpha"] <= 1 and layer["divergence"] >= 0 for layer in s["layers"])
