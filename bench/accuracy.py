@@ -100,15 +100,24 @@ def summarise(streams: dict[str, dict[str, dict]], methods: Sequence[str]) -> di
     return summary
 
 
+SAME_RUN_KEYS = ("checkpoint_sha256", "checkpoint", "data", "severity", "max_frames")
+
+
+def check_updatable(kept: dict, header: dict) -> None:
+    """A ValueError unless a run with `header` (SAME_RUN_KEYS) may update `kept`: checked before the run,
+    so that a mismatch costs nothing. Files written before a key was recorded are not checked on it."""
+    for key in SAME_RUN_KEYS:
+        if key in kept and kept[key] != header[key]:
+            raise ValueError(f"cannot update: the file's {key} is {kept[key]!r}, this run's {header[key]!r}")
+
+
 def merge(kept: dict, rerun: dict) -> dict:
     """`kept` (an earlier result) with the methods of `rerun` put in: a rerun method replaces its rows where
     it had them, a new one comes last. Both must come from the same checkpoint, data, severity and frames:
     a ValueError says which differs. A cost against `source` holds only within one run: it is kept for
     the methods timed in the same run as the `source` row (the rerun ones if `source` was rerun, else the
     kept ones) and dropped for the others."""
-    for key in ("checkpoint_sha256", "checkpoint", "data", "severity", "max_frames"):
-        if key in kept and kept[key] != rerun[key]:
-            raise ValueError(f"cannot update: the file's {key} is {kept[key]!r}, this run's {rerun[key]!r}")
+    check_updatable(kept, rerun)
     if set(kept["streams"]) != set(rerun["streams"]):
         raise ValueError(f"cannot update: the file has the streams {sorted(kept['streams'])}, this run "
                          f"{sorted(rerun['streams'])}")

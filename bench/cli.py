@@ -42,13 +42,17 @@ def accuracy_main(argv=None) -> None:
     try:
         ckpt = load_checkpoint(args.checkpoint)
         folder = FrameFolder.open(args.data)
-        result, traces = accuracy.run(ckpt, os.path.relpath(args.checkpoint), file_sha256(args.checkpoint), folder,
-                                      args.streams, args.methods, args.severity, args.max_frames, args.device)
+        header = {"checkpoint": os.path.relpath(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint),
+                  "data": str(folder.root), "severity": args.severity, "max_frames": args.max_frames}
         if args.update:
             kept = json.loads(args.out.read_text())
+            accuracy.check_updatable(kept, header)
             if "checkpoint_sha256" not in kept:
                 print(f"warning: {args.out} was written before results recorded the checkpoint's hash: only its "
                       "path, data and frame counts are checked", file=sys.stderr)
+        result, traces = accuracy.run(ckpt, header["checkpoint"], header["checkpoint_sha256"], folder,
+                                      args.streams, args.methods, args.severity, args.max_frames, args.device)
+        if args.update:
             result = accuracy.merge(kept, result)
     except (ValueError, KeyError, FileNotFoundError) as e:
         p.exit(2, f"driftseg bench accuracy: error: {e}\n")

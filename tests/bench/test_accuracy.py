@@ -99,7 +99,9 @@ def test_update_reruns_only_the_named_methods_and_keeps_the_rest(result, tmp_pat
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         update("lc", frames="2")  # other frames than the file's
-    assert exit_info.value.code == 2 and "max_frames is 3, this run's 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "max_frames is 3, this run's 2" in err
+    assert "bench:" not in err  # refused before any frame was run
     assert json.loads(out.read_text()) == after  # a refused update leaves the file as it was
     older = {k: v for k, v in after.items() if k not in ("max_frames", "checkpoint_sha256")}
     out.write_text(json.dumps(older))  # as files written before these were recorded: the frame counts still tell
