@@ -153,19 +153,19 @@ def _cell(score: dict | None) -> str:
 
 
 def run(
-    ckpt: Checkpoint, checkpoint_name: str, ckpt_sha256: str, folder: FrameFolder, streams: Sequence[str],
-    methods: Sequence[str], severity: int = 3, max_frames: int | None = None, device: str = "auto",
+    ckpt: Checkpoint, folder: FrameFolder, streams: Sequence[str], methods: Sequence[str], severity: int = 3,
+    max_frames: int | None = None, device: str = "auto",
 ) -> tuple[dict, dict]:
-    """The benchmark's result object (see `driftseg bench accuracy --help` for its shape), and the
-    traces of the multi-segment streams: {stream: {"segments": [(name, start)], "rounds": r,
-    "methods": {method: trace}}}. `max_frames`: only the first that many frames of every segment."""
+    """The scores of the benchmark's result ({"streams", "summary"}: see `driftseg bench accuracy --help`;
+    the caller adds what names the run, SAME_RUN_KEYS), and the traces of the multi-segment streams:
+    {stream: {"segments": [(name, start)], "rounds": r, "methods": {method: trace}}}. `max_frames`: only
+    the first that many frames of every segment."""
     dev = resolve_device(device)
     specs = {m: parse_method(m) for m in methods}  # every spec is checked before any work starts
     opened = [open_stream(s, folder, severity, per_segment=max_frames) for s in streams]
     for stream in opened:
         stream.prepare()
-    result = {"checkpoint": checkpoint_name, "checkpoint_sha256": ckpt_sha256, "data": str(folder.root),
-              "severity": severity, "max_frames": max_frames, "streams": {}}
+    result = {"streams": {}}
     traces = {s.name: {"segments": [(g.name, g.start) for g in s.segments], "rounds": s.rounds, "methods": {}}
               for s in opened if len(s.segments) > 1}
     bar = tqdm(total=len(opened) * len(methods), desc="bench", unit="run")

@@ -9,7 +9,7 @@ from pathlib import Path
 from driftseg.bench import accuracy
 from driftseg.bench.report import add_common_arguments, table, write_results
 from driftseg.data.folder import FrameFolder
-from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
+from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 
 def gap_closed(miou: float, baseline: float, oracle: float) -> float | None:
@@ -54,8 +54,8 @@ def main(argv=None) -> None:
         rows = []
         for role, path in roles:
             ckpt = load_checkpoint(path)
-            scores, _ = accuracy.run(ckpt, os.path.relpath(path), file_sha256(path), folder, args.streams,
-                                     [args.method], max_frames=args.max_frames, device=args.device)
+            scores, _ = accuracy.run(ckpt, folder, args.streams, [args.method], max_frames=args.max_frames,
+                                     device=args.device)
             rows.append({"checkpoint": os.path.relpath(path), "role": role, "job": ckpt.config.get("job", "?"),
                          "parents": [q["path"] for q in ckpt.config.get("parents", [])],
                          "miou": {s: scores["streams"][s][args.method]["miou"] for s in args.streams}})

@@ -50,8 +50,9 @@ def accuracy_main(argv=None) -> None:
             if "checkpoint_sha256" not in kept:
                 print(f"warning: {args.out} was written before results recorded the checkpoint's hash: only its "
                       "path, data and frame counts are checked", file=sys.stderr)
-        result, traces = accuracy.run(ckpt, header["checkpoint"], header["checkpoint_sha256"], folder,
-                                      args.streams, args.methods, args.severity, args.max_frames, args.device)
+        scores, traces = accuracy.run(ckpt, folder, args.streams, args.methods, args.severity, args.max_frames,
+                                      args.device)
+        result = header | scores
         if args.update:
             result = accuracy.merge(kept, result)
     except (ValueError, KeyError, FileNotFoundError) as e:

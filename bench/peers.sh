@@ -3,8 +3,7 @@
 # at the 360x480 checkpoint: DUA runs 17 forwards a frame and CoTTA ~30 (39x and 49x the frozen model in
 # speed-peers.md), so those two set the budget. With one thread, beside a training job, the whole script
 # took 87 minutes (peers 34, continual10 41, instance 8; proto 3 more); UPDATE (below) reruns one method's
-# rows in a few minutes. FRAMES, ROUND_FRAMES and SPEED_FRAMES override
-# the budgets.
+# rows in a few minutes. FRAMES, ROUND_FRAMES and SPEED_FRAMES override the budgets.
 #   peers         every protocol stream x every method, the first $FRAMES frames of each stream (of each
 #                 segment of `continual`)                                    -> bench/results/peers.{json,md}
 #   continual10   the continual segments 10 rounds without reset, $ROUND_FRAMES frames a segment, the
