@@ -8,7 +8,8 @@ keep pseudo-labels, and with --prototypes ProDA's prototype rectification. By de
 label every target frame once, before training. With --ema-teacher the teachers' pass only starts the
 thresholds and prototypes: each target batch is then labelled by a teacher that is an exponential
 moving average of the student (mean teacher, Tarvainen & Valpola 2017; as DACS), and the thresholds
-and prototypes follow each batch.
+and prototypes follow each batch. With --classmix the student learns from the target frames
+as DACS does: each with half of a source crop's classes pasted on (classmix.py).
 """
 import argparse
 from pathlib import Path
@@ -21,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from driftseg.data.transforms import to_unit
 from driftseg.models.checkpoint import Checkpoint, load_checkpoint
 from driftseg.training import common, finetune, norms
+from driftseg.training.classmix import class_mix
 from driftseg.training.networks import FeatureTap
 from driftseg.training.pseudo_labels import PseudoLabeller
 
@@ -39,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="label each target batch with an EMA of the student (e.g. 0.99); 0: the teachers label once")
     p.add_argument("--label-momentum", type=float, default=0.9,
                    help="with --ema-teacher: how much of the running thresholds and prototypes each batch keeps")
+    p.add_argument("--classmix", action="store_true",
+                   help="paste half of each source crop's classes, with their labels, onto a target crop (DACS)")
     p.add_argument("--lambda-target", type=float, default=1.0, help="weight of the target pseudo-label loss")
     args = p.parse_args(argv)
     if not 0 < args.top_fraction <= 1:
@@ -110,7 +114,10 @@ def main(argv=None) -> None:
         xs, ys = next(source)
         xt, yt = target_batch()
         plain = len(xs)
-        xs, ys = finetune.with_styled(xs, ys, xt, args.fda_beta)
+        styled = finetune.with_styled(xs, ys, xt, args.fda_beta)  # in the target frames' own style
+        if args.classmix:
+            xt, yt = class_mix(xs, ys, xt, yt, job.ignore_index)
+        xs, ys = styled
         with common.mixed_precision(job.ctx.device), \
                 norms.source_first(student, plain):
             logits = g(torch.cat([xs, xt]).contiguous(memory_format=torch.channels_last)).float()

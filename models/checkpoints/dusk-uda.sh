@@ -8,6 +8,10 @@
 #             source frames also FDA-styled like target frames (beta 0.01)
 #   st-strict st with a stricter selection (each class's top 20%, capped at 0.99) and no FDA styling:
 #             st's teacher was >= 0.9 confident on most dusk pixels and kept 79% of them
+#   dacs      st's teacher (EMA, prototypes) and selection, no FDA styling; the student learns from target
+#             frames with half of a source crop's classes pasted on, with their labels (ClassMix, as
+#             DACS): st lost what little its teacher had of pole, sign, fence and pedestrian on dusk
+#   dacs-half-lr  dacs at half the learning rate: the control loses on both streams at 5e-4 by itself
 #   fda05     multi-level output-space adversarial training with FDA styling at beta 0.05
 #   seat      SEAT: separate BN affine transforms per domain, adversarial
 #   bench     `bench checkpoints` of those that exist against the default and the oracle
@@ -31,7 +35,7 @@ main() {
         if [ -f $R/$name.state.pt ]; then resume=(--resume $R/$name.state.pt); fi
         $D train $job --out $R/$name.pt --iters $ITERS --save-every 25 --log-every 25 "$@" "${resume[@]}"
     }
-    for part in ${*:-oracle control st st-strict fda05 seat bench promote}; do
+    for part in ${*:-oracle control st st-strict dacs dacs-half-lr fda05 seat bench promote}; do
         echo "== $part ($(date +%H:%M:%S))"
         case $part in
         oracle) train oracle source --init $P --train-split source_train target_dusk --batch-size 8 --lr 1e-3 \
@@ -40,17 +44,20 @@ main() {
         st) train st self-training --parent $P --ema-teacher 0.99 --prototypes --fda-beta 0.01 --lr 5e-4 ;;
         st-strict) train st-strict self-training --parent $P --ema-teacher 0.99 --prototypes --top-fraction 0.2 \
             --max-threshold 0.99 --lr 5e-4 ;;
+        dacs) train dacs self-training --parent $P --ema-teacher 0.99 --prototypes --classmix --lr 5e-4 ;;
+        dacs-half-lr) train dacs-half-lr self-training --parent $P --ema-teacher 0.99 --prototypes --classmix \
+            --lr 2.5e-4 ;;
         fda05) train fda05 adversarial --parent $P --fda-beta 0.05 --lr 5e-4 ;;
         seat) train seat seat --parent $P --lr 5e-4 ;;
         bench)
             local done=() name
-            for name in control st st-strict fda05 seat; do [ -f $R/$name.pt ] && done+=($R/$name.pt); done
+            for name in control st st-strict dacs dacs-half-lr fda05 seat; do [ -f $R/$name.pt ] && done+=($R/$name.pt); done
             $D bench checkpoints "${done[@]}" --oracle $R/oracle.pt --out bench/results/uda-full.json ;;
         promote)
             cp $R/st.pt models/checkpoints/dusk-uda.pt
             $D bench accuracy --checkpoint models/checkpoints/dusk-uda.pt --methods source auto \
                 --out bench/results/uda-auto.json ;;
-        *) echo "unknown part $part (oracle control st st-strict fda05 seat bench promote)"; exit 2 ;;
+        *) echo "unknown part $part (oracle control st st-strict dacs dacs-half-lr fda05 seat bench promote)"; exit 2 ;;
         esac
     done
     echo "== done ($(date +%H:%M:%S))"

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from driftseg.adapters.fda import band_size, low_freq_amplitude, transfer
 from driftseg.models.registry import create_model
 from driftseg.training import adversarial, norms, pseudo_labels
+from driftseg.training.classmix import class_mix
 from driftseg.training.finetune import fda_style
 from driftseg.training.networks import FeatureTap, MultiLevelNet, OutputDiscriminator
 
@@ -192,6 +193,23 @@ def test_pseudo_labels_ignore_pixels_under_their_class_threshold() -> None:
         assert torch.equal(kept, (arg == c) & (conf >= labeller.thresholds[c]))
         assert 0.45 <= kept.sum() / (arg == c).sum() <= 0.55 + 1 / (arg == c).sum()  # about half
     assert set(labels.unique().tolist()) <= {0, 1, 2, 255}
+
+
+def test_class_mix_pastes_half_of_each_source_crops_classes_whole_with_their_labels() -> None:
+    torch.manual_seed(0)
+    ys, yt = torch.randint(0, 5, (3, 6, 7)), torch.randint(0, 5, (3, 6, 7))
+    ys[0, 0] = 255  # ignored pixels: never a class to paste
+    ys[2] = 3  # a crop of one class: pasted whole
+    xs, xt = torch.rand(3, 3, 6, 7), 2 + torch.rand(3, 3, 6, 7)  # apart: each pixel tells its origin
+    x, y = class_mix(xs, ys, xt, yt, 255)
+    from_source = (x == xs).all(1)
+    assert ((x == xt).all(1) | from_source).all()
+    for mask, labels in zip(from_source, ys):
+        classes = set(labels[labels != 255].tolist())
+        pasted = set(labels[mask].tolist())
+        assert pasted <= classes and len(pasted) == (len(classes) + 1) // 2
+        assert torch.equal(mask, torch.isin(labels, torch.tensor(sorted(pasted)))), "a class goes whole or not at all"
+    assert torch.equal(y, torch.where(from_source, ys, yt)) and from_source[2].all()
 
 
 def unit(x: np.ndarray, axis: int) -> np.ndarray:
