@@ -1,7 +1,8 @@
 """`driftseg bench checkpoints`: the offline jobs' checkpoints side by side under one online method
 (`source` by default: the checkpoint alone), with each one's change against a baseline checkpoint
-and, given an oracle (trained with the target labels, an upper bound), the share of the baseline's
-gap to it that the checkpoint closes on one stream."""
+given an oracle (trained with the target labels, an upper bound), the share of the baseline's gap to
+it that the checkpoint closes on one stream, and given a control (the same budget of training
+without the target frames), what each job adds over that training alone."""
 import argparse
 import os
 from pathlib import Path
@@ -22,12 +23,16 @@ def markdown_table(result: dict) -> str:
     head = ["checkpoint", "job", *streams, *(f"{s} change" for s in streams)]
     if result["oracle"]:
         head.append(f"{gap} gap closed")
+    if result["control"]:
+        head += [f"{s} vs control" for s in streams]
     rows = []
     for row in result["rows"]:
         cells = [f"`{row['checkpoint']}`", row["job"] + (" (upper bound)" if row["role"] == "oracle" else ""),
                  *(f"{row['miou'][s]:.1f}" for s in streams), *(f"{row['change'][s]:+.1f}" for s in streams)]
         if result["oracle"]:
             cells.append("" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%")
+        if result["control"]:
+            cells += [f"{row['vs_control'][s]:+.1f}" if row["vs_control"] else "" for s in streams]
         rows.append(cells)
     return table(head, rows)
 
@@ -37,6 +42,8 @@ def main(argv=None) -> None:
     p.add_argument("checkpoints", nargs="+", type=Path)
     p.add_argument("--baseline", type=Path, default=DEFAULT_CHECKPOINT, help="the checkpoint the others are compared to")
     p.add_argument("--oracle", type=Path, help="a checkpoint trained with the target labels (never served)")
+    p.add_argument("--control", type=Path,
+                   help="a checkpoint trained as long from the same parent without the target frames")
     p.add_argument("--streams", nargs="+", default=["day", "dusk"])
     p.add_argument("--gap-stream", default="dusk", help="the stream whose gap to the oracle is measured")
     p.add_argument("--method", default="source", help="the online method every checkpoint runs with")
@@ -47,7 +54,8 @@ def main(argv=None) -> None:
     if args.gap_stream not in args.streams:
         p.error(f"--gap-stream {args.gap_stream} is not among --streams {args.streams}")
 
-    roles = [("baseline", args.baseline)] + [("adapted", c) for c in args.checkpoints]
+    roles = [("baseline", args.baseline)] + ([("control", args.control)] if args.control else [])
+    roles += [("adapted", c) for c in args.checkpoints]
     roles += [("oracle", args.oracle)] if args.oracle else []
     try:
         folder = FrameFolder.open(args.data)
@@ -63,11 +71,15 @@ def main(argv=None) -> None:
         p.exit(2, f"driftseg bench checkpoints: error: {e}\n")
     base = rows[0]["miou"]
     oracle = rows[-1]["miou"][args.gap_stream] if args.oracle else None
+    control = rows[1]["miou"] if args.control else None
     for row in rows:
         row["change"] = {s: row["miou"][s] - base[s] for s in args.streams}
+        row["vs_control"] = {s: row["miou"][s] - control[s] for s in args.streams} \
+            if control and row["role"] == "adapted" else None
         row["gap_closed"] = gap_closed(row["miou"][args.gap_stream], base[args.gap_stream], oracle) if args.oracle else None
     result = {"method": args.method, "data": str(folder.root), "streams": args.streams, "gap_stream": args.gap_stream,
-              "oracle": os.path.relpath(args.oracle) if args.oracle else None, "rows": rows}
+              "oracle": os.path.relpath(args.oracle) if args.oracle else None,
+              "control": os.path.relpath(args.control) if args.control else None, "rows": rows}
     table = markdown_table(result)
     print(table)
     if args.out:

@@ -51,8 +51,9 @@ main() {
         seat) train seat seat --parent $P --lr 5e-4 ;;
         bench)
             local done=() name
-            for name in control st st-strict dacs dacs-half-lr fda05 seat; do [ -f $R/$name.pt ] && done+=($R/$name.pt); done
-            $D bench checkpoints "${done[@]}" --oracle $R/oracle.pt --out bench/results/uda-full.json ;;
+            for name in st st-strict dacs dacs-half-lr fda05 seat; do [ -f $R/$name.pt ] && done+=($R/$name.pt); done
+            $D bench checkpoints "${done[@]}" --oracle $R/oracle.pt --control $R/control.pt \
+                --out bench/results/uda-full.json ;;
         promote)
             cp $R/st.pt models/checkpoints/dusk-uda.pt
             $D bench accuracy --checkpoint models/checkpoints/dusk-uda.pt --methods source auto \

@@ -1,5 +1,6 @@
 """`driftseg bench checkpoints` on a few real frames: each row is what `bench accuracy` gives that
-checkpoint, changes are against the baseline row, the gap closed against the oracle row."""
+checkpoint, changes are against the baseline row, the gap closed against the oracle row, the
+adapted rows' gains against the control row."""
 import dataclasses
 import json
 
@@ -18,7 +19,7 @@ def test_gap_closed() -> None:
 
 def test_rows_changes_and_gap(tiny_ckpt, tmp_path) -> None:
     paths = {}
-    for name, scale in [("base", 1.0), ("adapted", 0.9), ("oracle", 1.1)]:
+    for name, scale in [("base", 1.0), ("control", 0.8), ("adapted", 0.9), ("oracle", 1.1)]:
         weights = {k: v * scale if k.endswith("classifier.high_classifier.weight") else v
                    for k, v in tiny_ckpt.weights.items()}
         ckpt = dataclasses.replace(tiny_ckpt, weights=weights, config={"job": name})
@@ -27,24 +28,27 @@ def test_rows_changes_and_gap(tiny_ckpt, tmp_path) -> None:
     out = tmp_path / "c.json"
     common = ["--streams", "day", "dusk", "--max-frames", "2", "--device", "cpu"]
     main(["bench", "checkpoints", str(paths["adapted"]), "--baseline", str(paths["base"]),
-          "--oracle", str(paths["oracle"]), "--out", str(out), *common])
+          "--oracle", str(paths["oracle"]), "--control", str(paths["control"]), "--out", str(out), *common])
     r = json.loads(out.read_text())
-    assert [row["role"] for row in r["rows"]] == ["baseline", "adapted", "oracle"]
-    assert [row["job"] for row in r["rows"]] == ["base", "adapted", "oracle"]
+    assert [row["role"] for row in r["rows"]] == ["baseline", "control", "adapted", "oracle"]
+    assert [row["job"] for row in r["rows"]] == ["base", "control", "adapted", "oracle"]
 
     main(["bench", "accuracy", "--checkpoint", str(paths["adapted"]), "--methods", "source",
           "--out", str(tmp_path / "a.json"), *common])
     alone = json.loads((tmp_path / "a.json").read_text())["streams"]
-    base, adapted, oracle = r["rows"]
+    base, control, adapted, oracle = r["rows"]
     for s in ("day", "dusk"):
         assert adapted["miou"][s] == alone[s]["source"]["miou"]
         assert adapted["change"][s] == pytest.approx(adapted["miou"][s] - base["miou"][s])
+        assert adapted["vs_control"][s] == pytest.approx(adapted["miou"][s] - control["miou"][s])
+    assert base["vs_control"] is control["vs_control"] is oracle["vs_control"] is None
     gap = oracle["miou"]["dusk"] - base["miou"]["dusk"]
     closed = (adapted["miou"]["dusk"] - base["miou"]["dusk"]) / gap if gap > 0 else None
     assert adapted["gap_closed"] == (None if closed is None else pytest.approx(closed))
     table = out.with_suffix(".md").read_text().splitlines()
-    assert table[0] == "| checkpoint | job | day | dusk | day change | dusk change | dusk gap closed |"
-    assert "(upper bound)" in table[-1] and len(table) == 5
+    assert table[0] == ("| checkpoint | job | day | dusk | day change | dusk change | dusk gap closed "
+                        "| day vs control | dusk vs control |")
+    assert "(upper bound)" in table[-1] and len(table) == 6
 
 
 def test_gap_stream_must_be_benched(tiny_ckpt, tmp_path) -> None:
