@@ -19,7 +19,7 @@ from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 from driftseg.bench.report import table
 from driftseg.data.folder import FrameFolder
-from driftseg.data.metrics import ConfusionMatrix, mean_dice, mean_iou
+from driftseg.data.metrics import ConfusionMatrix, class_ious, mean_dice, mean_iou
 from driftseg.data.streams import Stream, open_stream
 from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import Checkpoint
@@ -72,6 +72,7 @@ def _score(mat: torch.Tensor, frames: int, seconds: float | None) -> dict:
     return {
         "miou": round(mean_iou(mat), 2),
         "dice": round(mean_dice(mat), 2),
+        "class_iou": [None if v is None else round(v, 2) for v in class_ious(mat)],
         "frames": frames,
         "ms_per_frame": round(1000 * seconds / max(frames, 1), 3) if seconds is not None else None,
     }

@@ -2,7 +2,8 @@
 (`source` by default: the checkpoint alone), with each one's change against a baseline checkpoint
 given an oracle (trained with the target labels, an upper bound), the share of the baseline's gap to
 it that the checkpoint closes on one stream, and given a control (the same budget of training
-without the target frames), what each job adds over that training alone."""
+without the target frames), what each job adds over that training alone; and each one's IoU per
+class on that stream."""
 import argparse
 import os
 from pathlib import Path
@@ -37,6 +38,13 @@ def markdown_table(result: dict) -> str:
     return table(head, rows)
 
 
+def class_table(result: dict) -> str:
+    """Each checkpoint's IoU per class on the gap stream: which classes a job moved."""
+    rows = [[f"`{row['checkpoint']}`", *("" if v is None else f"{v:.0f}" for v in row["class_iou"])]
+            for row in result["rows"]]
+    return table(["checkpoint", *result["class_names"]], rows)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="driftseg bench checkpoints", description=__doc__)
     p.add_argument("checkpoints", nargs="+", type=Path)
@@ -66,7 +74,8 @@ def main(argv=None) -> None:
                                      device=args.device)
             rows.append({"checkpoint": os.path.relpath(path), "role": role, "job": ckpt.config.get("job", "?"),
                          "parents": [q["path"] for q in ckpt.config.get("parents", [])],
-                         "miou": {s: scores["streams"][s][args.method]["miou"] for s in args.streams}})
+                         "miou": {s: scores["streams"][s][args.method]["miou"] for s in args.streams},
+                         "class_iou": scores["streams"][args.gap_stream][args.method]["class_iou"]})
     except (ValueError, KeyError, FileNotFoundError) as e:
         p.exit(2, f"driftseg bench checkpoints: error: {e}\n")
     base = rows[0]["miou"]
@@ -78,9 +87,10 @@ def main(argv=None) -> None:
             if control and row["role"] == "adapted" else None
         row["gap_closed"] = gap_closed(row["miou"][args.gap_stream], base[args.gap_stream], oracle) if args.oracle else None
     result = {"method": args.method, "data": str(folder.root), "streams": args.streams, "gap_stream": args.gap_stream,
+              "class_names": folder.class_names,
               "oracle": os.path.relpath(args.oracle) if args.oracle else None,
               "control": os.path.relpath(args.control) if args.control else None, "rows": rows}
-    table = markdown_table(result)
+    table = f"{markdown_table(result)}\n\nIoU per class on `{args.gap_stream}`:\n\n{class_table(result)}"
     print(table)
     if args.out:
         write_results(args.out, result, table)

@@ -19,7 +19,7 @@ def accuracy_main(argv=None) -> None:
         prog="driftseg bench accuracy",
         description="Online accuracy benchmark (../shared/BENCHMARK.md). Writes JSON "
         '{"checkpoint", "checkpoint_sha256", "data", "severity", "max_frames", '
-        '"streams": {STREAM: {METHOD: {"miou", "dice", "frames", "ms_per_frame"}}}, '
+        '"streams": {STREAM: {METHOD: {"miou", "dice", "class_iou", "frames", "ms_per_frame"}}}, '
         '"summary": {METHOD: {"mean_miou", "day_change", "ms_per_frame", "cost_vs_source"}}}, a Markdown table '
         'beside it, for multi-segment streams (continual) a PNG plot over frames, and for streams of several '
         'rounds (continual10) a PNG plot per round and per segment.',

@@ -48,6 +48,11 @@ def per_class_iou(mat: torch.Tensor) -> torch.Tensor:
     return tp / union.clamp_min(1)
 
 
+def class_ious(mat: torch.Tensor) -> list[float | None]:
+    """Each class's IoU in percent; None for a class absent from labels and predictions."""
+    return [100.0 * v if present else None for v, present in zip(per_class_iou(mat).tolist(), _present(mat).tolist())]
+
+
 def mean_iou(mat: torch.Tensor) -> float:
     """Mean IoU in percent over the classes present in labels or predictions."""
     present = _present(mat)

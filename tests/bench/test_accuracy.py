@@ -38,8 +38,10 @@ def test_json_has_exactly_the_documented_shape(result) -> None:
     for stream, methods in r["streams"].items():
         assert set(methods) == set(METHODS)
         for score in methods.values():
-            assert set(score) == {"miou", "dice", "frames", "ms_per_frame"}
+            assert set(score) == {"miou", "dice", "class_iou", "frames", "ms_per_frame"}
             assert 0 <= score["miou"] <= 100 and 0 <= score["dice"] <= 100
+            present = [v for v in score["class_iou"] if v is not None]
+            assert len(score["class_iou"]) == 11 and sum(present) / len(present) == pytest.approx(score["miou"], abs=0.01)
             assert score["frames"] == (18 if stream == "continual" else 3)  # --max-frames: per segment
             assert (score["ms_per_frame"] is None) == ("/" in stream)
     assert set(r["summary"]) == set(METHODS)

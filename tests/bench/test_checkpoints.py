@@ -41,6 +41,9 @@ def test_rows_changes_and_gap(tiny_ckpt, tmp_path) -> None:
         assert adapted["miou"][s] == alone[s]["source"]["miou"]
         assert adapted["change"][s] == pytest.approx(adapted["miou"][s] - base["miou"][s])
         assert adapted["vs_control"][s] == pytest.approx(adapted["miou"][s] - control["miou"][s])
+    assert adapted["class_iou"] == alone["dusk"]["source"]["class_iou"] and len(r["class_names"]) == 11
+    present = [v for v in adapted["class_iou"] if v is not None]
+    assert sum(present) / len(present) == pytest.approx(adapted["miou"]["dusk"], abs=0.01)
     assert base["vs_control"] is control["vs_control"] is oracle["vs_control"] is None
     gap = oracle["miou"]["dusk"] - base["miou"]["dusk"]
     closed = (adapted["miou"]["dusk"] - base["miou"]["dusk"]) / gap if gap > 0 else None
@@ -48,7 +51,8 @@ def test_rows_changes_and_gap(tiny_ckpt, tmp_path) -> None:
     table = out.with_suffix(".md").read_text().splitlines()
     assert table[0] == ("| checkpoint | job | day | dusk | day change | dusk change | dusk gap closed "
                         "| day vs control | dusk vs control |")
-    assert "(upper bound)" in table[-1] and len(table) == 6
+    assert "(upper bound)" in table[5] and table[9].startswith("| checkpoint | sky | building |")
+    assert table[7] == "IoU per class on `dusk`:" and len(table) == 15  # two tables of four checkpoints
 
 
 def test_gap_stream_must_be_benched(tiny_ckpt, tmp_path) -> None:

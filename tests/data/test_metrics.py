@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from driftseg.data.metrics import ConfusionMatrix, mean_dice, mean_iou, per_class_iou
+from driftseg.data.metrics import ConfusionMatrix, class_ious, mean_dice, mean_iou, per_class_iou
 
 
 def np_confusion(target: np.ndarray, pred: np.ndarray, c: int, ignore: int) -> np.ndarray:
@@ -103,6 +103,9 @@ def test_classes_absent_from_both_are_skipped() -> None:
     assert per_class[[0, 2, 5, 6, 7]].tolist() == [0.0] * 5
     assert cm.miou() == pytest.approx(100 * per_class.sum() / 3)
     assert cm.miou() != pytest.approx(100 * per_class.mean())
+    ious = class_ious(cm.mat)
+    assert [k for k, v in enumerate(ious) if v is None] == [0, 2, 5, 6, 7]
+    np.testing.assert_allclose([ious[k] for k in (1, 3, 4)], 100 * np_scores(sub)[0], rtol=1e-12)
 
 
 def test_class_only_predicted_counts_as_zero() -> None:
