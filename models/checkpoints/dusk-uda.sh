@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The offline jobs on CamVid day -> dusk from the default 360x480 checkpoint, at the scale a 2-core
-# CPU allows ($ITERS iterations each, the parent's 320x448 crops); the table in bench/results/uda-full.md
-# and the card in models/checkpoints/README.md come from this script. Run from anywhere.
+# CPU allows ($ITERS iterations each, the parent's 320x448 crops); the tables in bench/results/uda-full.md
+# and uda-full-half-lr.md and the card in models/checkpoints/README.md come from this script. Run from anywhere.
 #   oracle    an upper bound, never served: the same fine-tuning with the target_dusk labels
 #   control   the same budget of source training alone, no target frames
+#   control-half-lr  the control at dacs-half-lr's learning rate
 #   st        self-training with an EMA teacher, class-balanced thresholds and prototype rectification,
 #             source frames also FDA-styled like target frames (beta 0.01)
 #   st-strict st with a stricter selection (each class's top 20%, capped at 0.99) and no FDA styling:
@@ -14,10 +15,11 @@
 #   dacs-half-lr  dacs at half the learning rate: the control loses on both streams at 5e-4 by itself
 #   fda05     multi-level output-space adversarial training with FDA styling at beta 0.05
 #   seat      SEAT: separate BN affine transforms per domain, adversarial
-#   bench     `bench checkpoints` of those that exist against the default and the oracle
-#   promote   st (chosen before any was benchmarked) becomes models/checkpoints/dusk-uda.pt, and `auto`
-#             on top of it runs on every stream; only once it passes the bar (>= half the dusk gap to
-#             the oracle, <= 1.0 lost on day): so far it has not, and dusk-uda.pt is still the 180x240 chain's
+#   bench     `bench checkpoints` of those that exist against the default, the oracle and the control
+#             at their learning rate
+#   promote   dacs (the best so far on dusk) becomes models/checkpoints/dusk-uda.pt, and `auto` on top of
+#             it runs on every stream; only once it passes the bar (>= half the dusk gap to the oracle,
+#             <= 1.0 lost on day): so far none has, and dusk-uda.pt is still the 180x240 chain's
 # A job whose checkpoint exists is skipped; one that was cut off continues from its state file.
 #   models/checkpoints/dusk-uda.sh [PART ...]     (all, in that order, without arguments)
 # The body is one function, read whole before it runs; replace the file (a new inode) rather than edit
@@ -35,12 +37,19 @@ main() {
         if [ -f $R/$name.state.pt ]; then resume=(--resume $R/$name.state.pt); fi
         $D train $job --out $R/$name.pt --iters $ITERS --save-every 25 --log-every 25 "$@" "${resume[@]}"
     }
-    for part in ${*:-oracle control st st-strict dacs dacs-half-lr fda05 seat bench promote}; do
+    # compare CONTROL RESULT NAME...: `bench checkpoints` of those NAMEs trained, into bench/results/RESULT.json
+    compare() {
+        local control=$1 out=$2 done=() name; shift 2
+        for name in "$@"; do [ -f $R/$name.pt ] && done+=($R/$name.pt); done
+        $D bench checkpoints "${done[@]}" --oracle $R/oracle.pt --control $R/$control.pt --out bench/results/$out.json
+    }
+    for part in ${*:-oracle control control-half-lr st st-strict dacs dacs-half-lr fda05 seat bench promote}; do
         echo "== $part ($(date +%H:%M:%S))"
         case $part in
         oracle) train oracle source --init $P --train-split source_train target_dusk --batch-size 8 --lr 1e-3 \
             --warmup 30 ;;
         control) train control source --init $P --batch-size 8 --lr 5e-4 --warmup 50 ;;
+        control-half-lr) train control-half-lr source --init $P --batch-size 8 --lr 2.5e-4 --warmup 50 ;;
         st) train st self-training --parent $P --ema-teacher 0.99 --prototypes --fda-beta 0.01 --lr 5e-4 ;;
         st-strict) train st-strict self-training --parent $P --ema-teacher 0.99 --prototypes --top-fraction 0.2 \
             --max-threshold 0.99 --lr 5e-4 ;;
@@ -49,16 +58,14 @@ main() {
             --lr 2.5e-4 ;;
         fda05) train fda05 adversarial --parent $P --fda-beta 0.05 --lr 5e-4 ;;
         seat) train seat seat --parent $P --lr 5e-4 ;;
-        bench)
-            local done=() name
-            for name in st st-strict dacs dacs-half-lr fda05 seat; do [ -f $R/$name.pt ] && done+=($R/$name.pt); done
-            $D bench checkpoints "${done[@]}" --oracle $R/oracle.pt --control $R/control.pt \
-                --out bench/results/uda-full.json ;;
+        bench)  # each job against the control at its learning rate
+            compare control uda-full st st-strict dacs fda05 seat
+            compare control-half-lr uda-full-half-lr dacs-half-lr ;;
         promote)
-            cp $R/st.pt models/checkpoints/dusk-uda.pt
+            cp $R/dacs.pt models/checkpoints/dusk-uda.pt
             $D bench accuracy --checkpoint models/checkpoints/dusk-uda.pt --methods source auto \
                 --out bench/results/uda-auto.json ;;
-        *) echo "unknown part $part (oracle control st st-strict dacs dacs-half-lr fda05 seat bench promote)"; exit 2 ;;
+        *) echo "unknown part $part (oracle control control-half-lr st st-strict dacs dacs-half-lr fda05 seat bench promote)"; exit 2 ;;
         esac
     done
     echo "== done ($(date +%H:%M:%S))"
