@@ -9,7 +9,8 @@ label every target frame once, before training. With --ema-teacher the teachers'
 thresholds and prototypes: each target batch is then labelled by a teacher that is an exponential
 moving average of the student (mean teacher, Tarvainen & Valpola 2017; as DACS), and the thresholds
 and prototypes follow each batch. With --classmix the student learns from the target frames
-as DACS does: each with half of a source crop's classes pasted on (classmix.py).
+as DACS does: each with half of a source crop's classes pasted on (classmix.py; the log's `kept`,
+the labelled share of the student's target pixels, then counts the pasted ones).
 """
 import argparse
 from pathlib import Path
@@ -114,7 +115,7 @@ def main(argv=None) -> None:
         xs, ys = next(source)
         xt, yt = target_batch()
         plain = len(xs)
-        styled = finetune.with_styled(xs, ys, xt, args.fda_beta)  # in the target frames' own style
+        styled = finetune.with_styled(xs, ys, xt, args.fda_beta)  # styled after the target frames before any paste
         if args.classmix:
             xt, yt = class_mix(xs, ys, xt, yt, job.ignore_index)
         xs, ys = styled
