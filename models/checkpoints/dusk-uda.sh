@@ -14,6 +14,9 @@
 #             DACS): st lost what little its teacher had of pole, sign, fence and pedestrian on dusk
 #   dacs-half-lr  dacs at half the learning rate: the control loses on both streams at 5e-4 by itself
 #   fda05     multi-level output-space adversarial training with FDA styling at beta 0.05
+#   fda01, fda09  the same at beta 0.01 and 0.09, the other two teachers of mbt
+#   mbt       FDA's multi-band transfer: self-training from fda05 on the mean softmax of the three FDA
+#             checkpoints, labelled once (no EMA teacher), with ClassMix as dacs
 #   seat      SEAT: separate BN affine transforms per domain, adversarial
 #   bench     `bench checkpoints` of those that exist against the default, the oracle and the control
 #             at their learning rate
@@ -43,7 +46,7 @@ main() {
         for name in "$@"; do [ -f $R/$name.pt ] && done+=($R/$name.pt); done
         $D bench checkpoints "${done[@]}" --oracle $R/oracle.pt --control $R/$control.pt --out bench/results/$out.json
     }
-    for part in ${*:-oracle control control-half-lr st st-strict dacs dacs-half-lr fda05 seat bench promote}; do
+    for part in ${*:-oracle control control-half-lr st st-strict dacs dacs-half-lr fda05 fda01 fda09 mbt seat bench promote}; do
         echo "== $part ($(date +%H:%M:%S))"
         case $part in
         oracle) train oracle source --init $P --train-split source_train target_dusk --batch-size 8 --lr 1e-3 \
@@ -57,15 +60,19 @@ main() {
         dacs-half-lr) train dacs-half-lr self-training --parent $P --ema-teacher 0.99 --prototypes --classmix \
             --lr 2.5e-4 ;;
         fda05) train fda05 adversarial --parent $P --fda-beta 0.05 --lr 5e-4 ;;
+        fda01) train fda01 adversarial --parent $P --fda-beta 0.01 --lr 5e-4 ;;
+        fda09) train fda09 adversarial --parent $P --fda-beta 0.09 --lr 5e-4 ;;
+        mbt) train mbt self-training --parent $R/fda05.pt --teachers $R/fda01.pt $R/fda05.pt $R/fda09.pt \
+            --prototypes --classmix --lr 5e-4 ;;
         seat) train seat seat --parent $P --lr 5e-4 ;;
         bench)  # each job against the control at its learning rate
-            compare control uda-full st st-strict dacs fda05 seat
+            compare control uda-full st st-strict dacs fda05 fda01 fda09 mbt seat
             compare control-half-lr uda-full-half-lr dacs-half-lr ;;
         promote)
             cp $R/dacs.pt models/checkpoints/dusk-uda.pt
             $D bench accuracy --checkpoint models/checkpoints/dusk-uda.pt --methods source auto \
                 --out bench/results/uda-auto.json ;;
-        *) echo "unknown part $part (oracle control control-half-lr st st-strict dacs dacs-half-lr fda05 seat bench promote)"; exit 2 ;;
+        *) echo "unknown part $part (oracle control control-half-lr st st-strict dacs dacs-half-lr fda05 fda01 fda09 mbt seat bench promote)"; exit 2 ;;
         esac
     done
     echo "== done ($(date +%H:%M:%S))"

@@ -101,9 +101,10 @@ def test_self_training_with_an_ema_teacher_labels_every_batch(toy_source, tmp_pa
     assert statistics_moved(ckpt, parent)
 
 
-def test_self_training_with_classmix_trains_on_pasted_target_frames(toy_source, tmp_path) -> None:
+@pytest.mark.parametrize("teacher", [["--ema-teacher", "0.9"], []], ids=["ema-teacher", "labelled-once"])
+def test_self_training_with_classmix_trains_on_pasted_target_frames(toy_source, tmp_path, teacher) -> None:
     out = tmp_path / "dacs.pt"
-    self_training.main(job_args(toy_source, out, toy_source["out"]) + ["--ema-teacher", "0.9", "--classmix"])
+    self_training.main(job_args(toy_source, out, toy_source["out"]) + teacher + ["--classmix"])
     ckpt, parent = check_servable(out, toy_source["out"], "self-training", {"seg", "pseudo", "kept", "lr"})
     assert ckpt.config["classmix"] is True
     assert statistics_moved(ckpt, parent)
