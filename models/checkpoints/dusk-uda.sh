@@ -20,9 +20,9 @@
 #   seat      SEAT: separate BN affine transforms per domain, adversarial
 #   bench     `bench checkpoints` of those that exist against the default, the oracle and the control
 #             at their learning rate
-#   promote   dacs (the best so far on dusk) becomes models/checkpoints/dusk-uda.pt, and `auto` on top of
-#             it runs on every stream; only once it passes the bar (>= half the dusk gap to the oracle,
-#             <= 1.0 lost on day): so far none has, and dusk-uda.pt is still the 180x240 chain's
+#   promote   dacs-half-lr (the best so far on dusk) becomes models/checkpoints/dusk-uda.pt, and `auto`
+#             on top of it runs on every stream; only once it passes the bar (>= half the dusk gap to the
+#             oracle, <= 1.0 lost on day): so far none has, and dusk-uda.pt is still the 180x240 chain's
 # A job whose checkpoint exists is skipped; one that was cut off continues from its state file.
 #   models/checkpoints/dusk-uda.sh [PART ...]     (all, in that order, without arguments)
 # The body is one function, read whole before it runs; replace the file (a new inode) rather than edit
@@ -69,7 +69,7 @@ main() {
             compare control uda-full st st-strict dacs fda05 fda01 fda09 mbt seat
             compare control-half-lr uda-full-half-lr dacs-half-lr ;;
         promote)
-            cp $R/dacs.pt models/checkpoints/dusk-uda.pt
+            cp $R/dacs-half-lr.pt models/checkpoints/dusk-uda.pt
             $D bench accuracy --checkpoint models/checkpoints/dusk-uda.pt --methods source auto \
                 --out bench/results/uda-auto.json ;;
         *) echo "unknown part $part (oracle control control-half-lr st st-strict dacs dacs-half-lr fda05 fda01 fda09 mbt seat bench promote)"; exit 2 ;;
