@@ -1,7 +1,7 @@
 """`driftseg bench checkpoints`: the offline jobs' checkpoints side by side under one online method
-(`source` by default: the checkpoint alone), with each one's change against a baseline checkpoint
+(`source` by default: the checkpoint alone), with each one's change against a baseline checkpoint;
 given an oracle (trained with the target labels, an upper bound), the share of the baseline's gap to
-it that the checkpoint closes on one stream, and given a control (the same budget of training
+it that the checkpoint closes on one stream; given a control (the same budget of training
 without the target frames), what each job adds over that training alone; and each one's IoU per
 class on that stream."""
 import argparse

@@ -1,8 +1,8 @@
 """ClassMix (Olsson et al. 2021) as DACS uses it for domain adaptation (Tranheden et al. 2021): half
 of the classes in each source crop, with their pixels and true labels, pasted onto a target crop
-whose other pixels keep their pseudo-labels. The student then learns the classes its teacher gets
-wrong on the target domain (on dusk: pole, sign, fence, pedestrian, bicyclist) from real labels,
-set in target surroundings, instead of from its own mistakes.
+whose other pixels keep their pseudo-labels. The student sees every class with real labels, set in
+target surroundings, and does not only learn from its own mistakes (on dusk it stops self-training's
+drift; it does not by itself teach the small classes, bench/results/uda-full.md).
 
 torchvision's MixUp and CutMix mix whole-image class labels for classification; no library mixes
 segmentation masks by class, so the few lines are here.
