@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The offline jobs on CamVid day -> dusk from the default 360x480 checkpoint, at the scale a 2-core
 # CPU allows ($ITERS iterations each, the parent's 320x448 crops); the tables in bench/results/uda-full.md
-# and uda-full-half-lr.md and the card in models/checkpoints/README.md come from this script. Run from anywhere.
+# and uda-full-half-lr.md and the card in models/checkpoints/README.md come from this script. Run from
+# anywhere.
 #   oracle    an upper bound, never served: the same fine-tuning with the target_dusk labels
 #   control   the same budget of source training alone, no target frames
 #   control-half-lr  the control at dacs-half-lr's learning rate
@@ -31,6 +32,7 @@ main() {
     set -euo pipefail
     cd "$(dirname "$0")/../.."
     local D=${D:-.venv/bin/driftseg} P=models/checkpoints/camvid-lraspp.pt R=runs/uda/full ITERS=${ITERS:-600}
+    local PARTS="oracle control control-half-lr st st-strict dacs dacs-half-lr fda05 fda01 fda09 mbt seat bench promote"
     mkdir -p $R
     # train NAME JOB ARGS...: $R/NAME.pt, resumed from $R/NAME.state.pt where a cut-off run left one
     train() {
@@ -46,7 +48,7 @@ main() {
         for name in "$@"; do [ -f $R/$name.pt ] && done+=($R/$name.pt); done
         $D bench checkpoints "${done[@]}" --oracle $R/oracle.pt --control $R/$control.pt --out bench/results/$out.json
     }
-    for part in ${*:-oracle control control-half-lr st st-strict dacs dacs-half-lr fda05 fda01 fda09 mbt seat bench promote}; do
+    for part in ${*:-$PARTS}; do
         echo "== $part ($(date +%H:%M:%S))"
         case $part in
         oracle) train oracle source --init $P --train-split source_train target_dusk --batch-size 8 --lr 1e-3 \
@@ -72,7 +74,7 @@ main() {
             cp $R/dacs-half-lr.pt models/checkpoints/dusk-uda.pt
             $D bench accuracy --checkpoint models/checkpoints/dusk-uda.pt --methods source auto \
                 --out bench/results/uda-auto.json ;;
-        *) echo "unknown part $part (oracle control control-half-lr st st-strict dacs dacs-half-lr fda05 fda01 fda09 mbt seat bench promote)"; exit 2 ;;
+        *) echo "unknown part $part ($PARTS)"; exit 2 ;;
         esac
     done
     echo "== done ($(date +%H:%M:%S))"
