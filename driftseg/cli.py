@@ -11,6 +11,7 @@ COMMANDS = {
     ("train", "adversarial"): ("driftseg.training.adversarial:main", "output-space adversarial adaptation to unlabelled target frames"),
     ("train", "seat"): ("driftseg.training.seat:main", "adversarial adaptation with separate source and target BN branches"),
     ("train", "self-training"): ("driftseg.training.self_training:main", "train on source labels and target pseudo-labels"),
+    ("train", "wise-ft"): ("driftseg.training.wise_ft:main", "interpolate an adapted checkpoint's weights with its parent's (WiSE-FT)"),
     ("calibrate",): ("driftseg.training.calibrate:main", "store the automatic mode's shift calibration in a checkpoint"),
     ("import",): ("driftseg.training.import_model:main", "bring your own trained network: its weights as a driftseg checkpoint"),
     ("segment",): ("driftseg.service.offline:main", "segment a video or image folder as one adapting stream, no server"),

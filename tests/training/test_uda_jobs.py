@@ -1,6 +1,7 @@
 """The offline jobs end to end at toy scale on real CamVid frames (conftest.py): the target frames
 come without labels, so a job that read them would fail; every checkpoint must load, record its
 parents, and run in the automatic online pipeline the service uses."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 from driftseg.models.checkpoint import file_sha256, load_checkpoint
-from driftseg.training import adversarial, seat, self_training
+from driftseg.training import adversarial, seat, self_training, wise_ft
 
 ITERS = 4
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -113,6 +114,36 @@ def test_self_training_with_classmix_trains_on_pasted_target_frames(toy_source, 
 def test_self_training_checks_its_arguments(toy_source, tmp_path) -> None:
     with pytest.raises(SystemExit):
         self_training.main(job_args(toy_source, tmp_path / "x.pt", toy_source["out"]) + ["--top-fraction", "0"])
+
+
+def test_wise_ft_lies_between_its_two_parents_and_serves(toy_source, adversarial_run, tmp_path) -> None:
+    out = tmp_path / "wise.pt"
+    wise_ft.main(["--data", str(toy_source["root"]), "--parent", str(toy_source["out"]), "--adapted", str(adversarial_run),
+                  "--alpha", "0.25", "--out", str(out), "--val-split", "val3"])
+    ckpt, parent, adapted = load_checkpoint(out), load_checkpoint(toy_source["out"]), load_checkpoint(adversarial_run)
+    assert ckpt.config["job"] == "wise-ft" and ckpt.config["alpha"] == 0.25
+    assert [(p["path"], p["sha256"], p["job"]) for p in ckpt.config["parents"]] == [
+        (str(toy_source["out"]), file_sha256(toy_source["out"]), "source"),
+        (str(adversarial_run), file_sha256(adversarial_run), "adversarial")]
+    assert ckpt.data == adapted.data and ckpt.metrics["split"] == "val3" and "shift" in ckpt.extra
+    for name in ("net.classifier.low_classifier.weight", "net.backbone.0.1.running_var"):  # fp16, fp32 stored
+        p, a = parent.weights[name].double(), adapted.weights[name].double()
+        assert not torch.allclose(p, a, rtol=1e-2)  # the adversarial job moved them
+        assert torch.allclose(ckpt.weights[name].double(), 0.75 * p + 0.25 * a, rtol=1e-3, atol=1e-5)
+    pipeline = Pipeline(ckpt, parse_method("auto"))
+    labels, _ = pipeline.step(torch.rand(1, 3, *ckpt.input_size), [pipeline.new_state()])
+    assert labels.shape == (1, *ckpt.input_size)
+
+
+def test_wise_ft_refuses_checkpoints_of_different_networks(tiny_ckpt, tmp_path) -> None:
+    other = dataclasses.replace(tiny_ckpt, input_size=[64, 96])
+    with pytest.raises(ValueError, match="input_size"):
+        wise_ft.interpolate(tiny_ckpt, other, 0.5)
+    fewer = dataclasses.replace(tiny_ckpt, weights=dict(list(tiny_ckpt.weights.items())[1:]))
+    with pytest.raises(ValueError, match="different weights"):
+        wise_ft.interpolate(tiny_ckpt, fewer, 0.5)
+    assert all(torch.equal(w, tiny_ckpt.weights[k].float()) for k, w in wise_ft.interpolate(tiny_ckpt, tiny_ckpt, 0.3).items()
+               if w.is_floating_point())
 
 
 @pytest.mark.slow
