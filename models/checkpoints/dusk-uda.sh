@@ -14,6 +14,12 @@
 #             frames with half of a source crop's classes pasted on, with their labels (ClassMix, as
 #             DACS): st lost what little its teacher had of pole, sign, fence and pedestrian on dusk
 #   dacs-half-lr  dacs at half the learning rate: the control loses on both streams at 5e-4 by itself
+#   control-quarter-lr, dacs-quarter-lr  both again at a quarter: halving helped dacs on both streams
+#   dacs-tau05  dacs-half-lr with softer prototype weights (tau 0.5): at 0.1 the rectified teacher is so
+#             confident that the caps, not the class-balanced quantiles, decide which pixels are kept
+#   dacs-half-lr-wise  dacs-half-lr half way back to the default in weight space (WiSE-FT, `train wise-ft`)
+#   dacs-tau05-wise  dacs-tau05 half way back to the default
+#   dacs2     a second round: dacs-half-lr's recipe from dacs-half-lr-wise; dacs2-wise half way back to it
 #   fda05     multi-level output-space adversarial training with FDA styling at beta 0.05
 #   fda01, fda09  the same at beta 0.01 and 0.09, the other two teachers of mbt
 #   mbt       FDA's multi-band transfer: self-training from fda05 on the mean softmax of the three FDA
@@ -21,9 +27,10 @@
 #   seat      SEAT: separate BN affine transforms per domain, adversarial
 #   bench     `bench checkpoints` of those that exist against the default, the oracle and the control
 #             at their learning rate
-#   promote   dacs-half-lr (the best so far on dusk) becomes models/checkpoints/dusk-uda.pt, and `auto`
-#             on top of it runs on every stream; only once it passes the bar (>= half the dusk gap to the
-#             oracle, <= 1.0 lost on day): so far none has, and dusk-uda.pt is still the 180x240 chain's
+#   promote   dacs-tau05-wise (the best on dusk, and on day) becomes models/checkpoints/dusk-uda.pt, and
+#             `auto` on top of it runs on every stream. It does not pass the issue's bar (half the dusk gap
+#             to the oracle closed, <= 1.0 lost on day), but it beats the default on both streams, which
+#             the 180x240 chain's file it replaces did not
 # A job whose checkpoint exists is skipped; one that was cut off continues from its state file.
 #   models/checkpoints/dusk-uda.sh [PART ...]     (all, in that order, without arguments)
 # The body is one function, read whole before it runs; replace the file (a new inode) rather than edit
@@ -32,7 +39,7 @@ main() {
     set -euo pipefail
     cd "$(dirname "$0")/../.."
     local D=${D:-.venv/bin/driftseg} P=models/checkpoints/camvid-lraspp.pt R=runs/uda/full ITERS=${ITERS:-600}
-    local PARTS="oracle control control-half-lr st st-strict dacs dacs-half-lr fda05 fda01 fda09 mbt seat bench promote"
+    local PARTS="oracle control control-half-lr control-quarter-lr st st-strict dacs dacs-half-lr dacs-quarter-lr dacs-tau05 dacs-half-lr-wise dacs-tau05-wise dacs2 dacs2-wise fda05 fda01 fda09 mbt seat bench promote"
     mkdir -p $R
     # train NAME JOB ARGS...: $R/NAME.pt, resumed from $R/NAME.state.pt where a cut-off run left one
     train() {
@@ -41,6 +48,11 @@ main() {
         local resume=()
         if [ -f $R/$name.state.pt ]; then resume=(--resume $R/$name.state.pt); fi
         $D train $job --out $R/$name.pt --iters $ITERS --save-every 25 --log-every 25 "$@" "${resume[@]}"
+    }
+    # wise NAME [PARENT]: $R/NAME-wise.pt, NAME half way back to PARENT (default: the default checkpoint)
+    wise() {
+        if [ -f $R/$1-wise.pt ]; then echo "== $R/$1-wise.pt exists: skipped"; return; fi
+        $D train wise-ft --parent ${2:-$P} --adapted $R/$1.pt --out $R/$1-wise.pt
     }
     # compare CONTROL RESULT NAME...: `bench checkpoints` of those NAMEs trained, into bench/results/RESULT.json
     compare() {
@@ -55,12 +67,22 @@ main() {
             --warmup 30 ;;
         control) train control source --init $P --batch-size 8 --lr 5e-4 --warmup 50 ;;
         control-half-lr) train control-half-lr source --init $P --batch-size 8 --lr 2.5e-4 --warmup 50 ;;
+        control-quarter-lr) train control-quarter-lr source --init $P --batch-size 8 --lr 1.25e-4 --warmup 50 ;;
         st) train st self-training --parent $P --ema-teacher 0.99 --prototypes --fda-beta 0.01 --lr 5e-4 ;;
         st-strict) train st-strict self-training --parent $P --ema-teacher 0.99 --prototypes --top-fraction 0.2 \
             --max-threshold 0.99 --lr 5e-4 ;;
         dacs) train dacs self-training --parent $P --ema-teacher 0.99 --prototypes --classmix --lr 5e-4 ;;
         dacs-half-lr) train dacs-half-lr self-training --parent $P --ema-teacher 0.99 --prototypes --classmix \
             --lr 2.5e-4 ;;
+        dacs-tau05) train dacs-tau05 self-training --parent $P --ema-teacher 0.99 --prototypes --prototype-tau 0.5 \
+            --classmix --lr 2.5e-4 ;;
+        dacs-quarter-lr) train dacs-quarter-lr self-training --parent $P --ema-teacher 0.99 --prototypes \
+            --classmix --lr 1.25e-4 ;;
+        dacs-half-lr-wise) wise dacs-half-lr ;;
+        dacs-tau05-wise) wise dacs-tau05 ;;
+        dacs2) train dacs2 self-training --parent $R/dacs-half-lr-wise.pt --ema-teacher 0.99 --prototypes --classmix \
+            --lr 2.5e-4 ;;
+        dacs2-wise) wise dacs2 $R/dacs-half-lr-wise.pt ;;
         fda05) train fda05 adversarial --parent $P --fda-beta 0.05 --lr 5e-4 ;;
         fda01) train fda01 adversarial --parent $P --fda-beta 0.01 --lr 5e-4 ;;
         fda09) train fda09 adversarial --parent $P --fda-beta 0.09 --lr 5e-4 ;;
@@ -69,9 +91,10 @@ main() {
         seat) train seat seat --parent $P --lr 5e-4 ;;
         bench)  # each job against the control at its learning rate
             compare control uda-full st st-strict dacs fda05 fda01 fda09 mbt seat
-            compare control-half-lr uda-full-half-lr dacs-half-lr ;;
+            compare control-half-lr uda-full-half-lr dacs-half-lr dacs-tau05 dacs-half-lr-wise dacs-tau05-wise dacs2 dacs2-wise
+            compare control-quarter-lr uda-full-quarter-lr dacs-quarter-lr ;;
         promote)
-            cp $R/dacs-half-lr.pt models/checkpoints/dusk-uda.pt
+            cp $R/dacs-tau05-wise.pt models/checkpoints/dusk-uda.pt
             $D bench accuracy --checkpoint models/checkpoints/dusk-uda.pt --methods source auto \
                 --out bench/results/uda-auto.json ;;
         *) echo "unknown part $part ($PARTS)"; exit 2 ;;
