@@ -171,12 +171,14 @@ def test_two_processes_with_gloo_keep_the_same_weights(toy_source, tmp_path, job
 
 
 def test_committed_dusk_uda_checkpoint_names_its_chain_and_serves() -> None:
-    """models/checkpoints/dusk-uda.pt: MBT self-training from three FDA adversarial checkpoints."""
-    path = Path(__file__).resolve().parents[2] / "models" / "checkpoints" / "dusk-uda.pt"
-    ckpt = load_checkpoint(path)
-    assert ckpt.config["job"] == "self-training" and len(ckpt.config["teachers"]) == 3
-    parents = ckpt.config["parents"]
-    assert [p["job"] for p in parents] == ["adversarial"] * 3 and len({p["sha256"] for p in parents}) == 3
+    """models/checkpoints/dusk-uda.pt: self-training with ClassMix from the default checkpoint, half way
+    back to it in weight space (WiSE-FT)."""
+    checkpoints = Path(__file__).resolve().parents[2] / "models" / "checkpoints"
+    ckpt = load_checkpoint(checkpoints / "dusk-uda.pt")
+    assert ckpt.config["job"] == "wise-ft" and ckpt.config["alpha"] == 0.5
+    parent, adapted = ckpt.config["parents"]
+    assert parent["job"] == "source" and parent["sha256"] == file_sha256(checkpoints / "camvid-lraspp.pt")
+    assert adapted["job"] == "self-training"
     assert ckpt.data["target_split"] == "target_dusk" and ckpt.data["source_split"] == "source_train"
     pipeline = Pipeline(ckpt, parse_method("auto"))
     labels, _ = pipeline.step(torch.rand(1, 3, 90, 120), [pipeline.new_state()])
