@@ -22,6 +22,12 @@ def shift_calibration(ckpt: Checkpoint, frames: Iterable[torch.Tensor], momentum
     return calibrate(adapted, (to_input_size(frame, ckpt.input_size) for frame in frames), momentum, split)
 
 
+def inherited_momentum(parent: Checkpoint) -> float:
+    """The EMA momentum floor `parent` was calibrated for (0.1 without a calibration): a checkpoint made
+    from it is calibrated for the same."""
+    return parent.extra.get("shift", {}).get("momentum", 0.1)
+
+
 def folder_frames(folder: FrameFolder, split: str) -> Iterator[torch.Tensor]:
     """A split's frames one at a time, as read: [1, 3, H, W] in [0, 1]."""
     return (to_tensor(folder.read_image(name)) for name in folder.frames(split))

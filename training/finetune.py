@@ -13,6 +13,7 @@ from torch import nn
 from driftseg.adapters.fda import band_size, low_freq_amplitude, transfer
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, compact_weights, git_commit, load_checkpoint
 from driftseg.training import common, loop
+from driftseg.training.calibrate import inherited_momentum
 
 
 def add_arguments(p: argparse.ArgumentParser, lr: float, iters: int) -> None:
@@ -84,7 +85,7 @@ def finish(job: Job, model: nn.Module, train_seconds: float, parents: list[tuple
             "target_split": args.target_split, "target_frames": len(job.target_images)}
     ckpt = dataclasses.replace(job.parent, weights=compact_weights(model.state_dict()), config=config, data=data,
                                metrics=metrics, git_commit=git_commit(), extra={})
-    job.finish(ckpt, momentum=job.parent.extra.get("shift", {}).get("momentum", 0.1))
+    job.finish(ckpt, momentum=inherited_momentum(job.parent))
     print(f"{job.name}: validation on {args.val_split}: mIoU {metrics['miou']:.2f} (parent "
           f"{job.parent.metrics.get('miou', float('nan')):.2f}); trained {train_seconds:.0f}s; wrote {args.out}",
           flush=True)

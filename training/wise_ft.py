@@ -19,7 +19,7 @@ from driftseg.data.transforms import load_frames, to_unit
 from driftseg.models.checkpoint import (DEFAULT_CHECKPOINT, Checkpoint, compact_weights, git_commit, load_checkpoint,
                                         save_checkpoint)
 from driftseg.training import common
-from driftseg.training.calibrate import shift_calibration
+from driftseg.training.calibrate import inherited_momentum, shift_calibration
 
 
 def interpolate(parent: Checkpoint, adapted: Checkpoint, alpha: float) -> dict[str, torch.Tensor]:
@@ -62,9 +62,8 @@ def main(argv=None) -> None:
     model = ckpt.build_model(args.device)
     ckpt.metrics = {**common.evaluate(model, images, labels, ckpt.num_classes, folder.ignore_index),
                     "split": args.val_split}
-    momentum = adapted.extra.get("shift", {}).get("momentum", 0.1)
-    ckpt.extra["shift"] = shift_calibration(ckpt, (to_unit(x[None]) for x in images), momentum, args.val_split,
-                                            args.device).to_dict()
+    ckpt.extra["shift"] = shift_calibration(ckpt, (to_unit(x[None]) for x in images), inherited_momentum(adapted),
+                                            args.val_split, args.device).to_dict()
     save_checkpoint(ckpt, args.out)
     print(f"wise-ft: alpha {args.alpha}: validation on {args.val_split}: mIoU {ckpt.metrics['miou']:.2f} (parent "
           f"{parent.metrics.get('miou', float('nan')):.2f}, adapted {adapted.metrics.get('miou', float('nan')):.2f}); "

@@ -41,17 +41,19 @@ main() {
     local D=${D:-.venv/bin/driftseg} P=models/checkpoints/camvid-lraspp.pt R=runs/uda/full ITERS=${ITERS:-600}
     local PARTS="oracle control control-half-lr control-quarter-lr st st-strict dacs dacs-half-lr dacs-quarter-lr dacs-tau05 dacs-half-lr-wise dacs-tau05-wise dacs2 dacs2-wise fda05 fda01 fda09 mbt seat bench promote"
     mkdir -p $R
+    # made NAME: whether $R/NAME.pt exists (then its part is skipped)
+    made() { [ -f $R/$1.pt ] && echo "== $R/$1.pt exists: skipped"; }
     # train NAME JOB ARGS...: $R/NAME.pt, resumed from $R/NAME.state.pt where a cut-off run left one
     train() {
         local name=$1 job=$2; shift 2
-        if [ -f $R/$name.pt ]; then echo "== $R/$name.pt exists: skipped"; return; fi
+        made $name && return
         local resume=()
         if [ -f $R/$name.state.pt ]; then resume=(--resume $R/$name.state.pt); fi
         $D train $job --out $R/$name.pt --iters $ITERS --save-every 25 --log-every 25 "$@" "${resume[@]}"
     }
     # wise NAME [PARENT]: $R/NAME-wise.pt, NAME half way back to PARENT (default: the default checkpoint)
     wise() {
-        if [ -f $R/$1-wise.pt ]; then echo "== $R/$1-wise.pt exists: skipped"; return; fi
+        made $1-wise && return
         $D train wise-ft --parent ${2:-$P} --adapted $R/$1.pt --out $R/$1-wise.pt
     }
     # compare CONTROL RESULT NAME...: `bench checkpoints` of those NAMEs trained, into bench/results/RESULT.json

@@ -135,7 +135,7 @@ def test_wise_ft_lies_between_its_two_parents_and_serves(toy_source, adversarial
     assert labels.shape == (1, *ckpt.input_size)
 
 
-def test_wise_ft_refuses_checkpoints_of_different_networks(tiny_ckpt, tmp_path) -> None:
+def test_wise_ft_refuses_checkpoints_of_different_networks(tiny_ckpt) -> None:
     other = dataclasses.replace(tiny_ckpt, input_size=[64, 96])
     with pytest.raises(ValueError, match="input_size"):
         wise_ft.interpolate(tiny_ckpt, other, 0.5)
