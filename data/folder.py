@@ -6,6 +6,7 @@ CamVid's 11 classes.
 """
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ CAMVID_PALETTE = [
     [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192],
 ]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# `name[start:stop]`: a contiguous part of a split, e.g. one half of a sequence to train on, the other to score
+SPLIT_SLICE = re.compile(r"(?P<name>[^\[\]]+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]")
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -80,9 +83,19 @@ class FrameFolder:
         )
 
     def frames(self, split: str) -> list[str]:
-        if split not in self.splits:
-            raise KeyError(f"split {split!r} is not in {self.root / 'splits.json'}; it has {sorted(self.splits)}")
-        return self.splits[split]
+        """The split's frame names in order; `name[start:stop]` is that slice of split `name` (Python's
+        slice rules, either bound optional)."""
+        part = SPLIT_SLICE.fullmatch(split)
+        name = part["name"] if part else split
+        if name not in self.splits:
+            raise KeyError(f"split {name!r} is not in {self.root / 'splits.json'}; it has {sorted(self.splits)}")
+        if not part:
+            return self.splits[name]
+        bounds = [int(b) if b else None for b in (part["start"], part["stop"])]
+        names = self.splits[name][slice(*bounds)]
+        if not names:
+            raise ValueError(f"split {split!r} is empty: {name!r} has {len(self.splits[name])} frames")
+        return names
 
     def image_path(self, name: str) -> Path:
         for suffix in IMAGE_SUFFIXES:

@@ -2,7 +2,8 @@
 
 A stream spec is a protocol name (`day`, `dusk`, `fog`, ..., `night`, `continual`), `continual10` (the
 `continual` segments ten times over, no reset between them: CoTTA's long continual protocol), a split
-of the data folder (`source_val`), or `SPLIT:CORRUPTION` (`source_val:frost`). Corrupted frames are
+of the data folder (`source_val`) or a slice of one (`target_dusk[31:]`), or `SPLIT:CORRUPTION`
+(`source_val:frost`). Corrupted frames are
 generated once, deterministically, and cached as PNG files.
 """
 import hashlib
@@ -119,7 +120,9 @@ def _segment(spec: str, folder: FrameFolder, start: int) -> Segment:
         return Segment(spec, DUSK_SPLIT, None, start)
     if spec in SYNTHETIC:
         return Segment(spec, DAY_SPLIT, spec, start)
-    split, _, corruption = spec.partition(":")
+    close = spec.find("]") + 1  # the colon of a slice (target_dusk[:31]:fog) is not the corruption's
+    split, _, corruption = spec[close:].partition(":")
+    split = spec[:close] + split
     folder.frames(split)  # raises with the available splits
     if corruption and corruption != "night" and corruption not in CORRUPTIONS:
         raise ValueError(

@@ -120,6 +120,21 @@ def test_synthetic_folder_with_custom_split(tmp_path) -> None:
         np.testing.assert_array_equal(folder.read_label("a_001"), np.array(im))
 
 
+def test_split_slices_follow_python_slicing(tmp_path) -> None:
+    names = [f"f{i}" for i in range(5)]
+    folder = FrameFolder.open(make_folder(tmp_path / "frames", {"seq": names}))
+    for text, expected in [(":2", names[:2]), ("2:", names[2:]), ("1:4", names[1:4]), ("-2:", names[-2:]),
+                           (":-1", names[:-1]), (":", names)]:
+        assert folder.frames(f"seq[{text}]") == expected
+    assert folder.check_split("seq[3:]") == ["f3", "f4"]
+    with pytest.raises(ValueError, match=r"'seq\[5:\]' is empty: 'seq' has 5 frames"):
+        folder.frames("seq[5:]")
+    with pytest.raises(KeyError, match="'other' is not in"):
+        folder.frames("other[:2]")
+    with pytest.raises(KeyError, match=r"'seq\[1\]' is not in"):  # an index is not a slice
+        folder.frames("seq[1]")
+
+
 def test_png_images_are_read_losslessly(tmp_path) -> None:
     root = make_folder(tmp_path / "frames", {"s": ["x"]}, suffix=".png", seed=3)
     expected = np.random.default_rng(3).integers(0, 256, (32, 48, 3), dtype=np.uint8)

@@ -120,6 +120,18 @@ def test_plain_split_spec(folder) -> None:
     assert len(list(stream.frames(limit=2))) == 2
 
 
+def test_sliced_split_spec_with_and_without_corruption(folder, tmp_path) -> None:
+    stream = open_stream("my_split[1:]", folder, cache_dir=tmp_path / "c")
+    assert [n for _, n in stream.names] == ["f1", "f2"] and stream.segments[0].corruption is None
+    for (image, _), name in zip(stream.frames(), ["f1", "f2"], strict=True):
+        np.testing.assert_array_equal(image, raw(folder.root, name))
+    fog = open_stream("my_split[:2]:fog", folder, cache_dir=tmp_path / "c")
+    assert fog.segments[0].split == "my_split[:2]" and fog.segments[0].corruption == "fog"
+    assert [n for _, n in fog.names] == ["f0", "f1"]
+    with pytest.raises(ValueError, match="unknown corruption 'foggy'"):
+        open_stream("my_split[:2]:foggy", folder, cache_dir=tmp_path / "c")
+
+
 def test_split_corruption_spec_is_deterministic_and_cached(folder, tmp_path, monkeypatch) -> None:
     cache = tmp_path / "cache"
     monkeypatch.setenv("DRIFTSEG_CACHE", str(cache))
