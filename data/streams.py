@@ -3,8 +3,7 @@
 A stream spec is a protocol name (`day`, `dusk`, `fog`, ..., `night`, `continual`), `continual10` (the
 `continual` segments ten times over, no reset between them: CoTTA's long continual protocol), a split
 of the data folder (`source_val`) or a slice of one (`target_dusk[31:]`), or `SPLIT:CORRUPTION`
-(`source_val:frost`). Corrupted frames are
-generated once, deterministically, and cached as PNG files.
+(`source_val:frost`). Corrupted frames are generated once, deterministically, and cached as PNG files.
 """
 import hashlib
 import os

@@ -66,7 +66,7 @@ main() {
     # compare CONTROL RESULT NAME... [-- BENCH ARGS]: `bench checkpoints` of those NAMEs trained against the
     # oracle (--oracle in BENCH ARGS replaces it), into bench/results/RESULT.json
     compare() {
-        local control=$1 out=$2 done=() name; shift 2
+        local control=$1 out=$2 done=(); shift 2
         while [ $# -gt 0 ] && [ "$1" != -- ]; do [ -f $R/$1.pt ] && done+=($R/$1.pt); shift; done
         $D bench checkpoints "${done[@]}" --oracle $R/oracle.pt --control $R/$control.pt --out bench/results/$out.json \
             "${@:2}"
