@@ -63,6 +63,10 @@ main() {
         made $1-wise && return
         $D train wise-ft --parent ${2:-$P} --adapted $R/$1.pt --out $R/$1-wise.pt
     }
+    # oracle NAME SPLIT: $R/NAME.pt, source training from the default with the labels of source_train and SPLIT
+    oracle() {
+        train $1 source --init $P --train-split source_train "$2" --batch-size 8 --lr 1e-3 --warmup 30
+    }
     # compare CONTROL RESULT NAME... [-- BENCH ARGS]: `bench checkpoints` of those NAMEs trained against the
     # oracle (--oracle in BENCH ARGS replaces it), into bench/results/RESULT.json
     compare() {
@@ -74,12 +78,9 @@ main() {
     for part in ${*:-$PARTS}; do
         echo "== $part ($(date +%H:%M:%S))"
         case $part in
-        oracle) train oracle source --init $P --train-split source_train target_dusk --batch-size 8 --lr 1e-3 \
-            --warmup 30 ;;
-        oracle-first-half) train $part source --init $P --train-split source_train "$FIRST" --batch-size 8 --lr 1e-3 \
-            --warmup 30 ;;
-        oracle-second-half) train $part source --init $P --train-split source_train "$SECOND" --batch-size 8 \
-            --lr 1e-3 --warmup 30 ;;
+        oracle) oracle oracle target_dusk ;;
+        oracle-first-half) oracle $part "$FIRST" ;;
+        oracle-second-half) oracle $part "$SECOND" ;;
         control) train control source --init $P --batch-size 8 --lr 5e-4 --warmup 50 ;;
         control-half-lr) train control-half-lr source --init $P --batch-size 8 --lr 2.5e-4 --warmup 50 ;;
         control-quarter-lr) train control-quarter-lr source --init $P --batch-size 8 --lr 1.25e-4 --warmup 50 ;;
