@@ -29,6 +29,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLIT_SLICE = re.compile(r"(?P<name>[^\[\]]+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]")
 
 
+def whole_split(split: str) -> str:
+    """The split that `split` names or slices: `target_dusk[31:]` -> `target_dusk`."""
+    part = SPLIT_SLICE.fullmatch(split)
+    return part["name"] if part else split
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """The images of a plain folder (no labels, no splits), in name order."""
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -85,10 +91,10 @@ class FrameFolder:
     def frames(self, split: str) -> list[str]:
         """The split's frame names in order; `name[start:stop]` is that slice of split `name` (Python's
         slice rules, either bound optional)."""
-        part = SPLIT_SLICE.fullmatch(split)
-        name = part["name"] if part else split
+        name = whole_split(split)
         if name not in self.splits:
             raise KeyError(f"split {name!r} is not in {self.root / 'splits.json'}; it has {sorted(self.splits)}")
+        part = SPLIT_SLICE.fullmatch(split)
         if not part:
             return self.splits[name]
         bounds = [int(b) if b else None for b in (part["start"], part["stop"])]

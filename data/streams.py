@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from driftseg.data.corruptions import CORRUPTIONS, corrupt
-from driftseg.data.folder import FrameFolder
+from driftseg.data.folder import FrameFolder, whole_split
 from driftseg.models.checkpoint import write_atomically
 
 DAY_SPLIT, DUSK_SPLIT = "source_val", "target_dusk"
@@ -41,7 +41,8 @@ class Segment:
     start: int  # index of the segment's first frame in the stream
 
     def key(self, severity: int) -> str:
-        return self.split if self.corruption is None else f"{self.split}:{self.corruption}:s{severity}"
+        # a slice's corrupted frames are the whole split's (_generate), so they share its cache
+        return self.split if self.corruption is None else f"{whole_split(self.split)}:{self.corruption}:s{severity}"
 
 
 @dataclass
@@ -105,7 +106,8 @@ def _cache_folder(cache_dir: Path, folder: FrameFolder, segment: Segment, severi
 
 def _generate(folder: FrameFolder, segment: Segment, severity: int, names: list[str], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    order = {n: i for i, n in enumerate(folder.frames(segment.split))}
+    # seeded by the frame's position in the whole split: a slice's frame is corrupted as the whole split's
+    order = {n: i for i, n in enumerate(folder.frames(whole_split(segment.split)))}
     for name in names:
         image = Image.fromarray(corrupt(folder.read_image(name), segment.corruption, severity, seed=order[name]))
         # atomic: a concurrent reader (another process preparing the same stream) never sees half a file

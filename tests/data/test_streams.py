@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 import driftseg.data.streams
+from driftseg.data.corruptions import corrupt
 from driftseg.data.folder import FrameFolder
 from driftseg.data.streams import CONTINUAL, open_stream
 
@@ -128,6 +129,10 @@ def test_sliced_split_spec_with_and_without_corruption(folder, tmp_path) -> None
     fog = open_stream("my_split[:2]:fog", folder, cache_dir=tmp_path / "c")
     assert fog.segments[0].split == "my_split[:2]" and fog.segments[0].corruption == "fog"
     assert [n for _, n in fog.names] == ["f0", "f1"]
+    # each frame corrupted as in the whole split, seeded by its position there, not in the slice
+    tail = open_stream("my_split[1:]:fog", folder, cache_dir=tmp_path / "tail")
+    for (image, _), (index, name) in zip(tail.frames(), [(1, "f1"), (2, "f2")], strict=True):
+        np.testing.assert_array_equal(image, corrupt(raw(folder.root, name), "fog", 3, seed=index))
     with pytest.raises(ValueError, match="unknown corruption 'foggy'"):
         open_stream("my_split[:2]:foggy", folder, cache_dir=tmp_path / "c")
 
