@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The offline jobs on CamVid day -> dusk from the default 360x480 checkpoint, at the scale a 2-core
-# CPU allows ($ITERS iterations each, the parent's 320x448 crops); the tables in bench/results/uda-full.md
-# and uda-full-half-lr.md and the card in models/checkpoints/README.md come from this script. Run from
+# CPU allows ($ITERS iterations each, the parent's 320x448 crops); the tables in bench/results/uda-full*.md
+# and uda-heldout-*.md and the card in models/checkpoints/README.md come from this script. Run from
 # anywhere.
 #   oracle    an upper bound, never served: the same fine-tuning with the target_dusk labels
 #   control   the same budget of source training alone, no target frames
