@@ -28,6 +28,8 @@
 #   bench-seat  seat alone against the control and the oracle (bench/results/uda-full-seat.md): it was
 #             trained a session after the others, whose checkpoints that session no longer had, with the
 #             control and the oracle trained again (their rows within 0.1 of uda-full.md's)
+#   bench-mbt the FDA runs and mbt alone against the control and the oracle (bench/results/uda-full-mbt.md),
+#             for the same reason
 #   bench     `bench checkpoints` of those that exist against the default, the oracle and the control
 #             at their learning rate
 #   oracle-first-half, oracle-second-half  the oracle with the labels of one half of the target_dusk sequence
@@ -53,7 +55,7 @@ main() {
     cd "$(dirname "$0")/../.."
     local D=${D:-.venv/bin/driftseg} P=models/checkpoints/camvid-lraspp.pt R=runs/uda/full ITERS=${ITERS:-600}
     local FIRST="target_dusk[:31]" SECOND="target_dusk[31:]"  # the two halves of the 62-frame dusk sequence
-    local PARTS="oracle control control-half-lr control-quarter-lr st st-strict dacs dacs-half-lr dacs-quarter-lr dacs-tau05 dacs-half-lr-wise dacs-tau05-wise dacs2 dacs2-wise fda05 fda01 fda09 mbt seat bench bench-seat oracle-first-half oracle-second-half dacs-tau05-first-half dacs-tau05-first-half-wise dacs-tau05-second-half dacs-tau05-second-half-wise heldout heldout-inductive promote"
+    local PARTS="oracle control control-half-lr control-quarter-lr st st-strict dacs dacs-half-lr dacs-quarter-lr dacs-tau05 dacs-half-lr-wise dacs-tau05-wise dacs2 dacs2-wise fda05 fda01 fda09 mbt seat bench bench-seat bench-mbt oracle-first-half oracle-second-half dacs-tau05-first-half dacs-tau05-first-half-wise dacs-tau05-second-half dacs-tau05-second-half-wise heldout heldout-inductive promote"
     mkdir -p $R
     # made NAME: whether $R/NAME.pt exists (then its part is skipped)
     made() { [ -f $R/$1.pt ] && echo "== $R/$1.pt exists: skipped"; }
@@ -125,6 +127,7 @@ main() {
             compare control-half-lr uda-full-half-lr dacs-half-lr dacs-tau05 dacs-half-lr-wise dacs-tau05-wise dacs2 dacs2-wise
             compare control-quarter-lr uda-full-quarter-lr dacs-quarter-lr ;;
         bench-seat) compare control uda-full-seat seat ;;
+        bench-mbt) compare control uda-full-mbt fda05 fda01 fda09 mbt ;;
         heldout)  # the second half by what never saw its labels, then the first half likewise
             compare control-half-lr uda-heldout-second-half dacs-tau05 dacs-tau05-wise dacs-tau05-first-half \
                 dacs-tau05-first-half-wise -- --oracle $R/oracle-first-half.pt --streams day "$SECOND" --gap-stream "$SECOND"
