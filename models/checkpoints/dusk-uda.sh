@@ -76,11 +76,9 @@ main() {
     oracle() {
         train $1 source --init $P --train-split source_train "$2" --batch-size 8 --lr 1e-3 --warmup 30
     }
-    # tau05 NAME [ARGS]: $R/NAME.pt, dacs-tau05's self-training (dusk-uda.pt's) with ARGS
-    tau05() {
-        local name=$1; shift
-        train $name self-training --parent $P --ema-teacher 0.99 --prototypes --prototype-tau 0.5 --classmix \
-            --lr 2.5e-4 "$@"
+    # classmix NAME PARENT LR [ARGS]: $R/NAME.pt, dacs's self-training (EMA teacher, prototypes, ClassMix)
+    classmix() {
+        train $1 self-training --parent $2 --lr $3 --ema-teacher 0.99 --prototypes --classmix "${@:4}"
     }
     # compare CONTROL RESULT NAME... [-- BENCH ARGS]: `bench checkpoints` of those NAMEs trained against the
     # oracle (--oracle in BENCH ARGS replaces it), into bench/results/RESULT.json
@@ -102,19 +100,16 @@ main() {
         st) train st self-training --parent $P --ema-teacher 0.99 --prototypes --fda-beta 0.01 --lr 5e-4 ;;
         st-strict) train st-strict self-training --parent $P --ema-teacher 0.99 --prototypes --top-fraction 0.2 \
             --max-threshold 0.99 --lr 5e-4 ;;
-        dacs) train dacs self-training --parent $P --ema-teacher 0.99 --prototypes --classmix --lr 5e-4 ;;
-        dacs-half-lr) train dacs-half-lr self-training --parent $P --ema-teacher 0.99 --prototypes --classmix \
-            --lr 2.5e-4 ;;
-        dacs-tau05) tau05 dacs-tau05 ;;
-        dacs-quarter-lr) train dacs-quarter-lr self-training --parent $P --ema-teacher 0.99 --prototypes \
-            --classmix --lr 1.25e-4 ;;
+        dacs) classmix dacs $P 5e-4 ;;
+        dacs-half-lr) classmix dacs-half-lr $P 2.5e-4 ;;
+        dacs-tau05) classmix dacs-tau05 $P 2.5e-4 --prototype-tau 0.5 ;;
+        dacs-quarter-lr) classmix dacs-quarter-lr $P 1.25e-4 ;;
         dacs-half-lr-wise) wise dacs-half-lr ;;
         dacs-tau05-wise) wise dacs-tau05 ;;
-        dacs2) train dacs2 self-training --parent $R/dacs-half-lr-wise.pt --ema-teacher 0.99 --prototypes --classmix \
-            --lr 2.5e-4 ;;
+        dacs2) classmix dacs2 $R/dacs-half-lr-wise.pt 2.5e-4 ;;
         dacs2-wise) wise dacs2 $R/dacs-half-lr-wise.pt ;;
-        dacs-tau05-first-half) tau05 $part --target-split "$FIRST" ;;
-        dacs-tau05-second-half) tau05 $part --target-split "$SECOND" ;;
+        dacs-tau05-first-half) classmix $part $P 2.5e-4 --prototype-tau 0.5 --target-split "$FIRST" ;;
+        dacs-tau05-second-half) classmix $part $P 2.5e-4 --prototype-tau 0.5 --target-split "$SECOND" ;;
         dacs-tau05-first-half-wise | dacs-tau05-second-half-wise) wise ${part%-wise} ;;
         fda05) train fda05 adversarial --parent $P --fda-beta 0.05 --lr 5e-4 ;;
         fda01) train fda01 adversarial --parent $P --fda-beta 0.01 --lr 5e-4 ;;
