@@ -58,6 +58,9 @@ main() {
     cd "$(dirname "$0")/../.."
     local D=${D:-.venv/bin/driftseg} P=models/checkpoints/camvid-lraspp.pt R=runs/uda/full ITERS=${ITERS:-600}
     local FIRST="target_dusk[:31]" SECOND="target_dusk[31:]"  # the two halves of the 62-frame dusk sequence
+    # compare's bench arguments that score one half against the oracle that learnt the other half's labels
+    local ON_FIRST=(-- --oracle $R/oracle-second-half.pt --streams day "$FIRST" --gap-stream "$FIRST")
+    local ON_SECOND=(-- --oracle $R/oracle-first-half.pt --streams day "$SECOND" --gap-stream "$SECOND")
     local PARTS="oracle control control-half-lr control-quarter-lr st st-strict dacs dacs-half-lr dacs-quarter-lr dacs-tau05 dacs-half-lr-wise dacs-tau05-wise dacs2 dacs2-wise fda05 fda01 fda09 mbt seat bench bench-seat bench-mbt oracle-first-half oracle-second-half dacs-tau05-first-half dacs-tau05-first-half-wise dacs-tau05-second-half dacs-tau05-second-half-wise heldout heldout-inductive memorised promote"
     mkdir -p $R
     # made NAME: whether $R/NAME.pt exists (then its part is skipped)
@@ -128,15 +131,13 @@ main() {
         bench-mbt) compare control uda-full-mbt fda05 fda01 fda09 mbt ;;
         heldout)  # the second half by what never saw its labels, then the first half likewise
             compare control-half-lr uda-heldout-second-half dacs-tau05 dacs-tau05-wise dacs-tau05-first-half \
-                dacs-tau05-first-half-wise -- --oracle $R/oracle-first-half.pt --streams day "$SECOND" --gap-stream "$SECOND"
-            compare control-half-lr uda-heldout-first-half dacs-tau05 dacs-tau05-wise \
-                -- --oracle $R/oracle-second-half.pt --streams day "$FIRST" --gap-stream "$FIRST" ;;
+                dacs-tau05-first-half-wise "${ON_SECOND[@]}"
+            compare control-half-lr uda-heldout-first-half dacs-tau05 dacs-tau05-wise "${ON_FIRST[@]}" ;;
         heldout-inductive)  # the first half by what adapted to the second half only
             compare control-half-lr uda-heldout-first-half-inductive dacs-tau05-second-half dacs-tau05-second-half-wise \
-                -- --oracle $R/oracle-second-half.pt --streams day "$FIRST" --gap-stream "$FIRST" ;;
+                "${ON_FIRST[@]}" ;;
         memorised)
-            compare control-half-lr uda-oracle-memorised dacs-tau05-second-half-wise oracle \
-                -- --oracle $R/oracle-second-half.pt --streams day "$FIRST" --gap-stream "$FIRST" ;;
+            compare control-half-lr uda-oracle-memorised dacs-tau05-second-half-wise oracle "${ON_FIRST[@]}" ;;
         promote)
             cp $R/dacs-tau05-wise.pt models/checkpoints/dusk-uda.pt
             $D bench accuracy --checkpoint models/checkpoints/dusk-uda.pt --methods source auto \
