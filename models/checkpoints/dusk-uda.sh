@@ -86,6 +86,7 @@ main() {
     classmix() {
         train $1 self-training --parent $2 --lr $3 --ema-teacher 0.99 --prototypes --classmix "${@:4}"
     }
+    local TAU05=($P 2.5e-4 --prototype-tau 0.5)  # classmix's PARENT LR ARGS of dacs-tau05 (dusk-uda.pt's recipe)
     # compare CONTROL RESULT NAME... [-- BENCH ARGS]: `bench checkpoints` of those NAMEs trained against the
     # oracle (--oracle in BENCH ARGS replaces it), into bench/results/RESULT.json
     compare() {
@@ -108,14 +109,14 @@ main() {
             --max-threshold 0.99 --lr 5e-4 ;;
         dacs) classmix dacs $P 5e-4 ;;
         dacs-half-lr) classmix dacs-half-lr $P 2.5e-4 ;;
-        dacs-tau05) classmix dacs-tau05 $P 2.5e-4 --prototype-tau 0.5 ;;
+        dacs-tau05) classmix dacs-tau05 "${TAU05[@]}" ;;
         dacs-quarter-lr) classmix dacs-quarter-lr $P 1.25e-4 ;;
         dacs-half-lr-wise) wise dacs-half-lr ;;
         dacs-tau05-wise) wise dacs-tau05 ;;
         dacs2) classmix dacs2 $R/dacs-half-lr-wise.pt 2.5e-4 ;;
         dacs2-wise) wise dacs2 $R/dacs-half-lr-wise.pt ;;
-        dacs-tau05-first-half) classmix $part $P 2.5e-4 --prototype-tau 0.5 --target-split "$FIRST" ;;
-        dacs-tau05-second-half) classmix $part $P 2.5e-4 --prototype-tau 0.5 --target-split "$SECOND" ;;
+        dacs-tau05-first-half) classmix $part "${TAU05[@]}" --target-split "$FIRST" ;;
+        dacs-tau05-second-half) classmix $part "${TAU05[@]}" --target-split "$SECOND" ;;
         dacs-tau05-first-half-wise | dacs-tau05-second-half-wise) wise ${part%-wise} ;;
         fda05) train fda05 adversarial --parent $P --fda-beta 0.05 --lr 5e-4 ;;
         fda01) train fda01 adversarial --parent $P --fda-beta 0.01 --lr 5e-4 ;;
