@@ -171,8 +171,8 @@ def test_two_processes_with_gloo_keep_the_same_weights(toy_source, tmp_path, job
 
 
 def test_committed_dusk_uda_checkpoint_names_its_chain_and_serves() -> None:
-    """models/checkpoints/dusk-uda.pt: self-training with ClassMix from the default checkpoint, half way
-    back to it in weight space (WiSE-FT)."""
+    """models/checkpoints/dusk-uda.pt: self-training with ClassMix on the FDA checkpoints' mean softmax
+    (MBT), half way back to the default checkpoint in weight space (WiSE-FT)."""
     checkpoints = Path(__file__).resolve().parents[2] / "models" / "checkpoints"
     ckpt = load_checkpoint(checkpoints / "dusk-uda.pt")
     assert ckpt.config["job"] == "wise-ft" and ckpt.config["alpha"] == 0.5
