@@ -25,11 +25,13 @@
 #   mbt       FDA's multi-band transfer: self-training from fda05 on the mean softmax of the three FDA
 #             checkpoints, labelled once (no EMA teacher), with ClassMix as dacs
 #   mbt-wise  mbt half way back to the default
+#   mbt2      a second MBT round: mbt's recipe from the default on the mean softmax of the two best,
+#             mbt-wise and dacs-tau05-wise; mbt2-wise half way back to the default
 #   seat      SEAT: separate BN affine transforms per domain, adversarial
 #   bench-seat  seat alone against the control and the oracle (bench/results/uda-full-seat.md): it was
 #             trained a session after the others, whose checkpoints that session no longer had, with the
 #             control and the oracle trained again (their rows within 0.1 of uda-full.md's)
-#   bench-mbt the FDA runs, mbt and mbt-wise alone against the control and the oracle
+#   bench-mbt the FDA runs and both MBT rounds alone against the control and the oracle
 #             (bench/results/uda-full-mbt.md), for the same reason
 #   bench     `bench checkpoints` of those that exist against the default, the oracle and the control
 #             at their learning rate
@@ -43,15 +45,15 @@
 #   heldout-inductive  the first half by dacs-tau05-second-half and its -wise, which never saw its frames
 #             (bench/results/uda-heldout-first-half-inductive.md; trained a session after heldout's, with
 #             control-half-lr and oracle-second-half trained again)
-#   heldout-mbt  each half of target_dusk scored by mbt and mbt-wise against the oracle trained on the
+#   heldout-mbt  each half of target_dusk scored by both MBT rounds against the oracle trained on the
 #             other half (bench/results/uda-heldout-*-mbt.md; oracle-first-half trained again for it)
 #   memorised the first half by the oracle, which learnt its labels, against oracle-second-half, which never
 #             saw them, and dacs-tau05-second-half-wise, which never saw its frames: how much of the oracle's
 #             lead is its memory of the frames it is scored on (bench/results/uda-oracle-memorised.md)
-#   promote   mbt-wise (the best on dusk, and on day) becomes models/checkpoints/dusk-uda.pt, and `auto`
-#             on top of it runs on every stream. It does not pass the bar (half the dusk gap to the
-#             oracle closed, <= 1.0 lost on day), but it beats the default and dacs-tau05-wise, the file
-#             it replaces, on both streams
+#   promote   mbt2 (the best on dusk, 0.5 below the default on day) becomes models/checkpoints/dusk-uda.pt,
+#             and `auto` on top of it runs on every stream. It does not pass the issue's bar (half the dusk
+#             gap to the oracle closed, <= 1.0 lost on day), but it gains more on dusk than any other job,
+#             held out too, within the day budget
 # A job whose checkpoint exists is skipped; one that was cut off continues from its state file.
 #   models/checkpoints/dusk-uda.sh [PART ...]     (all, in that order, without arguments)
 # The body is one function, read whole before it runs; replace the file (a new inode) rather than edit
@@ -64,7 +66,7 @@ main() {
     # compare's bench arguments that score one half against the oracle that learnt the other half's labels
     local ON_FIRST=(-- --oracle $R/oracle-second-half.pt --streams day "$FIRST" --gap-stream "$FIRST")
     local ON_SECOND=(-- --oracle $R/oracle-first-half.pt --streams day "$SECOND" --gap-stream "$SECOND")
-    local PARTS="oracle control control-half-lr control-quarter-lr st st-strict dacs dacs-half-lr dacs-quarter-lr dacs-tau05 dacs-half-lr-wise dacs-tau05-wise dacs2 dacs2-wise fda05 fda01 fda09 mbt mbt-wise seat bench bench-seat bench-mbt oracle-first-half oracle-second-half dacs-tau05-first-half dacs-tau05-first-half-wise dacs-tau05-second-half dacs-tau05-second-half-wise heldout heldout-inductive heldout-mbt memorised promote"
+    local PARTS="oracle control control-half-lr control-quarter-lr st st-strict dacs dacs-half-lr dacs-quarter-lr dacs-tau05 dacs-half-lr-wise dacs-tau05-wise dacs2 dacs2-wise fda05 fda01 fda09 mbt mbt-wise mbt2 mbt2-wise seat bench bench-seat bench-mbt oracle-first-half oracle-second-half dacs-tau05-first-half dacs-tau05-first-half-wise dacs-tau05-second-half dacs-tau05-second-half-wise heldout heldout-inductive heldout-mbt memorised promote"
     mkdir -p $R
     # made NAME: whether $R/NAME.pt exists (then its part is skipped)
     made() { [ -f $R/$1.pt ] && echo "== $R/$1.pt exists: skipped"; }
@@ -117,6 +119,9 @@ main() {
         dacs-half-lr-wise) wise dacs-half-lr ;;
         dacs-tau05-wise) wise dacs-tau05 ;;
         mbt-wise) wise mbt ;;
+        mbt2) train mbt2 self-training --parent $P --teachers $R/mbt-wise.pt $R/dacs-tau05-wise.pt --prototypes \
+            --classmix --lr 5e-4 ;;
+        mbt2-wise) wise mbt2 ;;
         dacs2) classmix dacs2 $R/dacs-half-lr-wise.pt 2.5e-4 ;;
         dacs2-wise) wise dacs2 $R/dacs-half-lr-wise.pt ;;
         dacs-tau05-first-half) classmix $part "${TAU05[@]}" --target-split "$FIRST" ;;
@@ -133,7 +138,7 @@ main() {
             compare control-half-lr uda-full-half-lr dacs-half-lr dacs-tau05 dacs-half-lr-wise dacs-tau05-wise dacs2 dacs2-wise
             compare control-quarter-lr uda-full-quarter-lr dacs-quarter-lr ;;
         bench-seat) compare control uda-full-seat seat ;;
-        bench-mbt) compare control uda-full-mbt fda05 fda01 fda09 mbt mbt-wise ;;
+        bench-mbt) compare control uda-full-mbt fda05 fda01 fda09 mbt mbt-wise mbt2 mbt2-wise ;;
         heldout)  # the second half by what never saw its labels, then the first half likewise
             compare control-half-lr uda-heldout-second-half dacs-tau05 dacs-tau05-wise dacs-tau05-first-half \
                 dacs-tau05-first-half-wise "${ON_SECOND[@]}"
@@ -141,13 +146,13 @@ main() {
         heldout-inductive)  # the first half by what adapted to the second half only
             compare control-half-lr uda-heldout-first-half-inductive dacs-tau05-second-half dacs-tau05-second-half-wise \
                 "${ON_FIRST[@]}" ;;
-        heldout-mbt)  # both halves by mbt and mbt-wise, each against the oracle that never saw its labels
-            compare control uda-heldout-second-half-mbt mbt mbt-wise "${ON_SECOND[@]}"
-            compare control uda-heldout-first-half-mbt mbt mbt-wise "${ON_FIRST[@]}" ;;
+        heldout-mbt)  # both halves by both MBT rounds, each against the oracle that never saw its labels
+            compare control uda-heldout-second-half-mbt mbt mbt-wise mbt2 mbt2-wise "${ON_SECOND[@]}"
+            compare control uda-heldout-first-half-mbt mbt mbt-wise mbt2 mbt2-wise "${ON_FIRST[@]}" ;;
         memorised)
             compare control-half-lr uda-oracle-memorised dacs-tau05-second-half-wise oracle "${ON_FIRST[@]}" ;;
         promote)
-            cp $R/mbt-wise.pt models/checkpoints/dusk-uda.pt
+            cp $R/mbt2.pt models/checkpoints/dusk-uda.pt
             $D bench accuracy --checkpoint models/checkpoints/dusk-uda.pt --methods source auto \
                 --out bench/results/uda-auto.json ;;
         *) echo "unknown part $part ($PARTS)"; exit 2 ;;

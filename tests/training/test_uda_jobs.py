@@ -171,14 +171,15 @@ def test_two_processes_with_gloo_keep_the_same_weights(toy_source, tmp_path, job
 
 
 def test_committed_dusk_uda_checkpoint_names_its_chain_and_serves() -> None:
-    """models/checkpoints/dusk-uda.pt: self-training with ClassMix on the FDA checkpoints' mean softmax
-    (MBT), half way back to the default checkpoint in weight space (WiSE-FT)."""
+    """models/checkpoints/dusk-uda.pt: self-training with ClassMix from the default checkpoint on the mean
+    softmax of two WiSE-FT checkpoints (a second MBT round)."""
     checkpoints = Path(__file__).resolve().parents[2] / "models" / "checkpoints"
     ckpt = load_checkpoint(checkpoints / "dusk-uda.pt")
-    assert ckpt.config["job"] == "wise-ft" and ckpt.config["alpha"] == 0.5
-    parent, adapted = ckpt.config["parents"]
+    assert ckpt.config["job"] == "self-training" and ckpt.config["classmix"]
+    parent, *teachers = ckpt.config["parents"]
     assert parent["job"] == "source" and parent["sha256"] == file_sha256(checkpoints / "camvid-lraspp.pt")
-    assert adapted["job"] == "self-training"
+    assert [t["path"] for t in teachers] == ckpt.config["teachers"]
+    assert [t["job"] for t in teachers] == ["wise-ft", "wise-ft"]
     assert ckpt.data["target_split"] == "target_dusk" and ckpt.data["source_split"] == "source_train"
     pipeline = Pipeline(ckpt, parse_method("auto"))
     labels, _ = pipeline.step(torch.rand(1, 3, 90, 120), [pipeline.new_state()])
