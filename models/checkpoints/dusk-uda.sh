@@ -92,6 +92,11 @@ main() {
         train $1 self-training --parent $2 --lr $3 --ema-teacher 0.99 --prototypes --classmix "${@:4}"
     }
     local TAU05=($P 2.5e-4 --prototype-tau 0.5)  # classmix's PARENT LR ARGS of dacs-tau05 and its halves
+    # multiband NAME PARENT TEACHER...: $R/NAME.pt, self-training on the teachers' mean softmax (MBT), ClassMix
+    multiband() {
+        train $1 self-training --parent $2 --teachers "${@:3}" --prototypes --classmix --lr 5e-4
+    }
+    local MBT=(mbt mbt-wise mbt2 mbt2-wise)  # both MBT rounds, each with its WiSE-FT
     # compare CONTROL RESULT NAME... [-- BENCH ARGS]: `bench checkpoints` of those NAMEs trained against the
     # oracle (--oracle in BENCH ARGS replaces it), into bench/results/RESULT.json
     compare() {
@@ -118,10 +123,6 @@ main() {
         dacs-quarter-lr) classmix dacs-quarter-lr $P 1.25e-4 ;;
         dacs-half-lr-wise) wise dacs-half-lr ;;
         dacs-tau05-wise) wise dacs-tau05 ;;
-        mbt-wise) wise mbt ;;
-        mbt2) train mbt2 self-training --parent $P --teachers $R/mbt-wise.pt $R/dacs-tau05-wise.pt --prototypes \
-            --classmix --lr 5e-4 ;;
-        mbt2-wise) wise mbt2 ;;
         dacs2) classmix dacs2 $R/dacs-half-lr-wise.pt 2.5e-4 ;;
         dacs2-wise) wise dacs2 $R/dacs-half-lr-wise.pt ;;
         dacs-tau05-first-half) classmix $part "${TAU05[@]}" --target-split "$FIRST" ;;
@@ -130,15 +131,16 @@ main() {
         fda05) train fda05 adversarial --parent $P --fda-beta 0.05 --lr 5e-4 ;;
         fda01) train fda01 adversarial --parent $P --fda-beta 0.01 --lr 5e-4 ;;
         fda09) train fda09 adversarial --parent $P --fda-beta 0.09 --lr 5e-4 ;;
-        mbt) train mbt self-training --parent $R/fda05.pt --teachers $R/fda01.pt $R/fda05.pt $R/fda09.pt \
-            --prototypes --classmix --lr 5e-4 ;;
+        mbt) multiband mbt $R/fda05.pt $R/fda01.pt $R/fda05.pt $R/fda09.pt ;;
+        mbt2) multiband mbt2 $P $R/mbt-wise.pt $R/dacs-tau05-wise.pt ;;
+        mbt-wise | mbt2-wise) wise ${part%-wise} ;;
         seat) train seat seat --parent $P --lr 5e-4 ;;
         bench)  # each job against the control at its learning rate
             compare control uda-full st st-strict dacs fda05 fda01 fda09 mbt seat
             compare control-half-lr uda-full-half-lr dacs-half-lr dacs-tau05 dacs-half-lr-wise dacs-tau05-wise dacs2 dacs2-wise
             compare control-quarter-lr uda-full-quarter-lr dacs-quarter-lr ;;
         bench-seat) compare control uda-full-seat seat ;;
-        bench-mbt) compare control uda-full-mbt fda05 fda01 fda09 mbt mbt-wise mbt2 mbt2-wise ;;
+        bench-mbt) compare control uda-full-mbt fda05 fda01 fda09 "${MBT[@]}" ;;
         heldout)  # the second half by what never saw its labels, then the first half likewise
             compare control-half-lr uda-heldout-second-half dacs-tau05 dacs-tau05-wise dacs-tau05-first-half \
                 dacs-tau05-first-half-wise "${ON_SECOND[@]}"
@@ -147,8 +149,8 @@ main() {
             compare control-half-lr uda-heldout-first-half-inductive dacs-tau05-second-half dacs-tau05-second-half-wise \
                 "${ON_FIRST[@]}" ;;
         heldout-mbt)  # both halves by both MBT rounds, each against the oracle that never saw its labels
-            compare control uda-heldout-second-half-mbt mbt mbt-wise mbt2 mbt2-wise "${ON_SECOND[@]}"
-            compare control uda-heldout-first-half-mbt mbt mbt-wise mbt2 mbt2-wise "${ON_FIRST[@]}" ;;
+            compare control uda-heldout-second-half-mbt "${MBT[@]}" "${ON_SECOND[@]}"
+            compare control uda-heldout-first-half-mbt "${MBT[@]}" "${ON_FIRST[@]}" ;;
         memorised)
             compare control-half-lr uda-oracle-memorised dacs-tau05-second-half-wise oracle "${ON_FIRST[@]}" ;;
         promote)
