@@ -121,19 +121,18 @@ main() {
         dacs-half-lr) classmix dacs-half-lr $P 2.5e-4 ;;
         dacs-tau05) classmix dacs-tau05 "${TAU05[@]}" ;;
         dacs-quarter-lr) classmix dacs-quarter-lr $P 1.25e-4 ;;
-        dacs-half-lr-wise) wise dacs-half-lr ;;
-        dacs-tau05-wise) wise dacs-tau05 ;;
         dacs2) classmix dacs2 $R/dacs-half-lr-wise.pt 2.5e-4 ;;
         dacs2-wise) wise dacs2 $R/dacs-half-lr-wise.pt ;;
         dacs-tau05-first-half) classmix $part "${TAU05[@]}" --target-split "$FIRST" ;;
         dacs-tau05-second-half) classmix $part "${TAU05[@]}" --target-split "$SECOND" ;;
-        dacs-tau05-first-half-wise | dacs-tau05-second-half-wise) wise ${part%-wise} ;;
         fda05) train fda05 adversarial --parent $P --fda-beta 0.05 --lr 5e-4 ;;
         fda01) train fda01 adversarial --parent $P --fda-beta 0.01 --lr 5e-4 ;;
         fda09) train fda09 adversarial --parent $P --fda-beta 0.09 --lr 5e-4 ;;
         mbt) multiband mbt $R/fda05.pt $R/fda01.pt $R/fda05.pt $R/fda09.pt ;;
         mbt2) multiband mbt2 $P $R/mbt-wise.pt $R/dacs-tau05-wise.pt ;;
-        mbt-wise | mbt2-wise) wise ${part%-wise} ;;
+        # every WiSE-FT half way back to the default (dacs2-wise, back to its parent, above)
+        dacs-half-lr-wise | dacs-tau05-wise | dacs-tau05-first-half-wise | dacs-tau05-second-half-wise | mbt-wise | mbt2-wise)
+            wise ${part%-wise} ;;
         seat) train seat seat --parent $P --lr 5e-4 ;;
         bench)  # each job against the control at its learning rate
             compare control uda-full st st-strict dacs fda05 fda01 fda09 mbt seat
