@@ -2,7 +2,7 @@
 of the classes in each source crop, with their pixels and true labels, pasted onto a target crop
 whose other pixels keep their pseudo-labels. The student sees every class with real labels, set in
 target surroundings, and does not only learn from its own mistakes (on dusk it stops self-training's
-drift; it does not by itself teach the small classes, bench/results/uda-full.md).
+drift; it does not by itself teach the small classes, experiments/results/uda-full.md).
 
 torchvision's MixUp and CutMix mix whole-image class labels for classification; no library mixes
 segmentation masks by class, so the few lines are here.

@@ -89,7 +89,7 @@ def test_serve_adapt_reset_restart(tmp_path):
             assert raw["method"] == client.get("/readyz").json()["method"] and raw["device"] == "cpu"
             assert raw["batch"] == 2 and raw["frames_per_s"] > 0
             with pytest.raises(ValueError, match="another checkpoint"):
-                raw_throughput(str(client.base_url), Path(__file__).parents[2] / "models/checkpoints/dusk-uda.pt",
+                raw_throughput(str(client.base_url), Path(__file__).parents[2] / "experiments/checkpoints/dusk-uda.pt",
                                frames[0], batch=2, steps=2)
         assert stop(proc) in (0, -signal.SIGTERM)
         assert log.read_text().count("Application shutdown complete") == 2

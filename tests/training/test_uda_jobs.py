@@ -171,13 +171,13 @@ def test_two_processes_with_gloo_keep_the_same_weights(toy_source, tmp_path, job
 
 
 def test_committed_dusk_uda_checkpoint_names_its_chain_and_serves() -> None:
-    """models/checkpoints/dusk-uda.pt: self-training with ClassMix from the default checkpoint on the mean
+    """experiments/checkpoints/dusk-uda.pt: self-training with ClassMix from the default checkpoint on the mean
     softmax of two WiSE-FT checkpoints (a second MBT round)."""
-    checkpoints = Path(__file__).resolve().parents[2] / "models" / "checkpoints"
-    ckpt = load_checkpoint(checkpoints / "dusk-uda.pt")
+    root = Path(__file__).resolve().parents[2]
+    ckpt = load_checkpoint(root / "experiments" / "checkpoints" / "dusk-uda.pt")
     assert ckpt.config["job"] == "self-training" and ckpt.config["classmix"]
     parent, *teachers = ckpt.config["parents"]
-    assert parent["job"] == "source" and parent["sha256"] == file_sha256(checkpoints / "camvid-lraspp.pt")
+    assert parent["job"] == "source" and parent["sha256"] == file_sha256(root / "models" / "checkpoints" / "camvid-lraspp.pt")
     assert [t["path"] for t in teachers] == ckpt.config["teachers"]
     assert [t["job"] for t in teachers] == ["wise-ft", "wise-ft"]
     assert ckpt.data["target_split"] == "target_dusk" and ckpt.data["source_split"] == "source_train"

@@ -1,11 +1,11 @@
-# What bench/rerun-cpu.sh and bench/peers.sh share (sourced, from the repository root): the CLI, the
+# What experiments/rerun-cpu.sh and experiments/peers.sh share (sourced, from the repository root): the CLI, the
 # results folder, and how a part that writes an accuracy table runs:
 #   FORCE=1       rerun a part whose JSON exists already (otherwise it is skipped);
 #   UPDATE="M .." rerun only these methods of each accuracy table that lists them, into the existing JSON
 #                 (`bench accuracy --update`), after a change to those methods alone: e.g. UPDATE="source auto"
 #                 once `auto`'s default changed (source again, so the cost ratios stay within one run).
 D=${D:-.venv/bin/driftseg}
-R=bench/results
+R=experiments/results
 
 done_already() { [ -z "${FORCE:-}" ] && [ -f "$1" ] && echo "== $1 exists: skipped (FORCE=1 reruns it)"; }
 

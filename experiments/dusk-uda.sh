@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The offline jobs on CamVid day -> dusk from the default 360x480 checkpoint, at the scale a 2-core
-# CPU allows ($ITERS iterations each, the parent's 320x448 crops); the tables in bench/results/uda-full*.md
+# CPU allows ($ITERS iterations each, the parent's 320x448 crops); the tables in experiments/results/uda-full*.md
 # and uda-heldout-*.md and the card in models/checkpoints/README.md come from this script. Run from
 # anywhere.
 #   oracle    an upper bound, never served: the same fine-tuning with the target_dusk labels
@@ -28,11 +28,11 @@
 #   mbt2      a second MBT round: mbt's recipe from the default on the mean softmax of the two best,
 #             mbt-wise and dacs-tau05-wise; mbt2-wise half way back to the default
 #   seat      SEAT: separate BN affine transforms per domain, adversarial
-#   bench-seat  seat alone against the control and the oracle (bench/results/uda-full-seat.md): it was
+#   bench-seat  seat alone against the control and the oracle (experiments/results/uda-full-seat.md): it was
 #             trained a session after the others, whose checkpoints that session no longer had, with the
 #             control and the oracle trained again (their rows within 0.1 of uda-full.md's)
 #   bench-mbt the FDA runs and both MBT rounds alone against the control and the oracle
-#             (bench/results/uda-full-mbt.md), for the same reason
+#             (experiments/results/uda-full-mbt.md), for the same reason
 #   bench     `bench checkpoints` of those that exist against the default, the oracle and the control
 #             at their learning rate
 #   oracle-first-half, oracle-second-half  the oracle with the labels of one half of the target_dusk sequence
@@ -41,26 +41,26 @@
 #   dacs-tau05-first-half  dacs-tau05 that adapts to the first half only; dacs-tau05-first-half-wise
 #   dacs-tau05-second-half  the same with the second half; dacs-tau05-second-half-wise
 #   heldout   each half of target_dusk scored by the checkpoints that never saw its labels, against the
-#             oracle trained on the other half (bench/results/uda-heldout-*.md)
+#             oracle trained on the other half (experiments/results/uda-heldout-*.md)
 #   heldout-inductive  the first half by dacs-tau05-second-half and its -wise, which never saw its frames
-#             (bench/results/uda-heldout-first-half-inductive.md; trained a session after heldout's, with
+#             (experiments/results/uda-heldout-first-half-inductive.md; trained a session after heldout's, with
 #             control-half-lr and oracle-second-half trained again)
 #   heldout-mbt  each half of target_dusk scored by both MBT rounds against the oracle trained on the
-#             other half (bench/results/uda-heldout-*-mbt.md; oracle-first-half trained again for it)
+#             other half (experiments/results/uda-heldout-*-mbt.md; oracle-first-half trained again for it)
 #   memorised the first half by the oracle, which learnt its labels, against oracle-second-half, which never
 #             saw them, and dacs-tau05-second-half-wise, which never saw its frames: how much of the oracle's
-#             lead is its memory of the frames it is scored on (bench/results/uda-oracle-memorised.md)
-#   promote   mbt2 (the best on dusk, 0.5 below the default on day) becomes models/checkpoints/dusk-uda.pt,
+#             lead is its memory of the frames it is scored on (experiments/results/uda-oracle-memorised.md)
+#   promote   mbt2 (the best on dusk, 0.5 below the default on day) becomes experiments/checkpoints/dusk-uda.pt,
 #             and `auto` on top of it runs on every stream. It does not pass the issue's bar (half the dusk
 #             gap to the oracle closed, <= 1.0 lost on day), but it gains more on dusk than any other job,
 #             held out too, within the day budget
 # A job whose checkpoint exists is skipped; one that was cut off continues from its state file.
-#   models/checkpoints/dusk-uda.sh [PART ...]     (all, in that order, without arguments)
+#   experiments/dusk-uda.sh [PART ...]     (all, in that order, without arguments)
 # The body is one function, read whole before it runs; replace the file (a new inode) rather than edit
 # it in place while a copy runs.
 main() {
     set -euo pipefail
-    cd "$(dirname "$0")/../.."
+    cd "$(dirname "$0")/.."
     local D=${D:-.venv/bin/driftseg} P=models/checkpoints/camvid-lraspp.pt R=runs/uda/full ITERS=${ITERS:-600}
     local FIRST="target_dusk[:31]" SECOND="target_dusk[31:]"  # the two halves of the 62-frame dusk sequence
     # compare's bench arguments that score one half against the oracle that learnt the other half's labels
@@ -98,11 +98,11 @@ main() {
     }
     local MBT=(mbt mbt-wise mbt2 mbt2-wise)  # both MBT rounds, each with its WiSE-FT
     # compare CONTROL RESULT NAME... [-- BENCH ARGS]: `bench checkpoints` of those NAMEs trained against the
-    # oracle (--oracle in BENCH ARGS replaces it), into bench/results/RESULT.json
+    # oracle (--oracle in BENCH ARGS replaces it), into experiments/results/RESULT.json
     compare() {
         local control=$1 out=$2 done=(); shift 2
         while [ $# -gt 0 ] && [ "$1" != -- ]; do [ -f $R/$1.pt ] && done+=($R/$1.pt); shift; done
-        $D bench checkpoints "${done[@]}" --oracle $R/oracle.pt --control $R/$control.pt --out bench/results/$out.json \
+        $D bench checkpoints "${done[@]}" --oracle $R/oracle.pt --control $R/$control.pt --out experiments/results/$out.json \
             "${@:2}"
     }
     for part in ${*:-$PARTS}; do
@@ -153,9 +153,9 @@ main() {
         memorised)
             compare control-half-lr uda-oracle-memorised dacs-tau05-second-half-wise oracle "${ON_FIRST[@]}" ;;
         promote)
-            cp $R/mbt2.pt models/checkpoints/dusk-uda.pt
-            $D bench accuracy --checkpoint models/checkpoints/dusk-uda.pt --methods source auto \
-                --out bench/results/uda-auto.json ;;
+            cp $R/mbt2.pt experiments/checkpoints/dusk-uda.pt
+            $D bench accuracy --checkpoint experiments/checkpoints/dusk-uda.pt --methods source auto \
+                --out experiments/results/uda-auto.json ;;
         *) echo "unknown part $part ($PARTS)"; exit 2 ;;
         esac
     done

@@ -2,17 +2,17 @@
 # Every CPU result in the README that rests on the default checkpoint, rerun in order with the
 # README's own commands (run it after the default checkpoint changes), and the training speed
 # (`training`, which trains from scratch: rerun it after the training code changes). Each part writes its JSON and
-# Markdown table (and plots) under bench/results/; a part whose JSON exists already is skipped unless
+# Markdown table (and plots) under experiments/results/; a part whose JSON exists already is skipped unless
 # FORCE=1, so a run that was cut off goes on where it stopped. The load tests start their own server
 # on a free port with a fresh state folder and stop it afterwards.
 #
-#   bench/rerun-cpu.sh [PART ...]      parts: methods drift speed model model-compiled precision load
+#   experiments/rerun-cpu.sh [PART ...]      parts: methods drift speed model model-compiled precision load
 #                                      load-compiled training (all, in that order, without arguments)
-# FORCE=1 and UPDATE="METHOD ..." as bench/common.sh says. UPDATE applies to `methods` only: `drift` is there
+# FORCE=1 and UPDATE="METHOD ..." as experiments/common.sh says. UPDATE applies to `methods` only: `drift` is there
 # for its per-frame picture, which an update cannot redraw, and reruns whole in minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-source bench/common.sh
+source experiments/common.sh
 ALL="methods drift speed model model-compiled precision load load-compiled training"
 parts=${*:-$ALL}
 

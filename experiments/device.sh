@@ -2,16 +2,16 @@
 # The measurements that need a GPU, as one script whose parts each have a time limit, so that all of it
 # fits 15 minutes of a GPU machine's time (at most 10 minutes a command). Three steps:
 #
-#   bench/device.sh prepare     here: CamVid into .carry/camvid, the wheels the device lacks into .whl
-#   bench/device.sh train       there (~7 min): the default checkpoint at full scale (train source's
+#   experiments/device.sh prepare     here: CamVid into .carry/camvid, the wheels the device lacks into .whl
+#   experiments/device.sh train       there (~7 min): the default checkpoint at full scale (train source's
 #                               defaults: 360x480, 4000 iterations), then bench accuracy on every stream
-#   bench/device.sh speed       there (~6 min), after copying the new checkpoint to
+#   experiments/device.sh speed       there (~6 min), after copying the new checkpoint to
 #                               models/checkpoints/camvid-lraspp.pt: raw model eager vs compiled, the
 #                               compiled server under load, precision, the GPU decode test
 #
 # The device tool runs the last two, e.g. (carry .carry and .whl; $OUT is the folder that comes back;
 # the copy there has no .git, so the checkpoint's commit comes from here):
-#   run(command="DRIFTSEG_GIT_COMMIT=<git rev-parse HEAD> bench/device.sh train", carry=[".carry", ".whl"],
+#   run(command="DRIFTSEG_GIT_COMMIT=<git rev-parse HEAD> experiments/device.sh train", carry=[".carry", ".whl"],
 #       timeout_s=600)
 # Each step writes its logs and results under $OUT (runs/device/STEP here) and goes on past a failed
 # part, so a short run still brings back what it measured. PY=.venv/bin/python DEVICE=cpu ITERS=20
@@ -21,7 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 step=${1:-}
-case $step in prepare|train|speed) ;; *) echo "usage: bench/device.sh prepare|train|speed" >&2; exit 2 ;; esac
+case $step in prepare|train|speed) ;; *) echo "usage: experiments/device.sh prepare|train|speed" >&2; exit 2 ;; esac
 DEVICE=${DEVICE:-cuda}
 ITERS=${ITERS:-4000}
 SCALE=${SCALE:-full}

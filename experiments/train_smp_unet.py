@@ -4,7 +4,7 @@ input size, the way anyone might train a network before bringing it to driftseg 
 own model"). Frames are resized to --size, the network trains on random --crop crops of them and is
 evaluated on whole frames; it stops after --iters iterations or --cpu-minutes of processor time.
 
-    python models/examples/train_smp_unet.py --data ../shared/data/camvid --out runs/unet
+    python experiments/train_smp_unet.py --data ../shared/data/camvid --out runs/unet
 
 writes OUT/unet.pth (the state dict), OUT/classes.json (names, palette, ignore index) and
 OUT/source-frames/ (links to the in-domain validation frames, no labels), what `driftseg import`

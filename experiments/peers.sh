@@ -5,25 +5,25 @@
 # took 87 minutes (peers 34, continual10 41, instance 8; proto 3 more); UPDATE (below) reruns one method's
 # rows in a few minutes. FRAMES, ROUND_FRAMES and SPEED_FRAMES override the budgets.
 #   peers         every protocol stream x every method, the first $FRAMES frames of each stream (of each
-#                 segment of `continual`)                                    -> bench/results/peers.{json,md}
+#                 segment of `continual`)                                    -> experiments/results/peers.{json,md}
 #   continual10   the continual segments 10 rounds without reset, $ROUND_FRAMES frames a segment, the
-#                 methods that keep state across frames (and source)         -> bench/results/continual10.{json,md,png}
-#   speed         per-frame cost of every method on `day`, round robin       -> bench/results/speed-peers.{json,md}
+#                 methods that keep state across frames (and source)         -> experiments/results/continual10.{json,md,png}
+#   speed         per-frame cost of every method on `day`, round robin       -> experiments/results/speed-peers.{json,md}
 #   variance      why norm_alpha beats auto on snow and noise: linear vs mixture variance, per frame vs EMA
-#                                                                            -> bench/results/peers-variance.{json,md}
+#                                                                            -> experiments/results/peers-variance.{json,md}
 #   instance      auto (each frame's own statistics, m=1: DIGA's instance-level lesson) against the EMA
 #                 over frames it replaced (m=0.1) and against all BN layers, on the whole streams
-#                                                                            -> bench/results/auto-instance.{json,md}
+#                                                                            -> experiments/results/auto-instance.{json,md}
 #   proto         auto with DIGA's prototype output in place of label calibration, on 12 and on all BN
-#                 layers, the first $FRAMES frames as `peers`               -> bench/results/auto-proto.{json,md}
+#                 layers, the first $FRAMES frames as `peers`               -> experiments/results/auto-proto.{json,md}
 # A part whose JSON exists already is skipped unless FORCE=1; UPDATE="METHOD ..." reruns only those methods
-# of the accuracy parts (all but speed) into their JSON, as bench/common.sh says.
+# of the accuracy parts (all but speed) into their JSON, as experiments/common.sh says.
 #
-#   bench/peers.sh [PART ...]       parts: peers continual10 speed variance instance proto (all, in that order,
+#   experiments/peers.sh [PART ...]       parts: peers continual10 speed variance instance proto (all, in that order,
 #                                   without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-source bench/common.sh
+source experiments/common.sh
 FRAMES=${FRAMES:-12}
 ROUND_FRAMES=${ROUND_FRAMES:-4}
 SPEED_FRAMES=${SPEED_FRAMES:-20}
