@@ -7,12 +7,10 @@ network's input size), chosen by whoever builds the pipeline and passed to it:
     onnx_engine.Onnx(path, metadata)   exported to ONNX and run by onnxruntime
 
 `bind(pipeline)` returns the callable the pipeline calls as `core(images, batch) -> (scores, out)`.
+adapters/engines.py picks one by name. The pipeline imports this module, which therefore imports
+neither the pipeline nor the onnx backend, which is built on it.
 """
-from pathlib import Path
-
 import torch
-
-BACKENDS = ("torch", "compiled", "onnx")
 
 
 def padded_batch_size(b: int) -> int:
@@ -39,18 +37,3 @@ class Compiled:
                              "it cannot be compiled")
         mode = "reduce-overhead" if pipeline.device.type == "cuda" else "default"
         return torch.compile(pipeline.adapt, mode=mode, dynamic=False)
-
-
-def create_backend(name: str, onnx_file: Path | None = None, metadata: dict[str, str] | None = None):
-    """The backend by name: `torch` (eager), `compiled`, or `onnx` (run from `onnx_file`, exported
-    there first where there is none, refused if its metadata is not `metadata`)."""
-    if name == "torch":
-        return Eager()
-    if name == "compiled":
-        return Compiled()
-    if name == "onnx":
-        if onnx_file is None:
-            raise ValueError("the onnx backend needs the file to run (or export to)")
-        from driftseg.adapters.onnx_engine import Onnx  # it imports the pipeline, which imports this module
-        return Onnx(onnx_file, metadata or {})
-    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")

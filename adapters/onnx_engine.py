@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from driftseg.adapters.pipeline import Pipeline
-from driftseg.models.checkpoint import write_atomically
+from driftseg.adapters.spec import parse_method, resolve_method
+from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint, write_atomically
 
 log = logging.getLogger("driftseg.onnx")
 OPSET = 18
@@ -133,16 +134,13 @@ class Onnx:
 
 
 def main(argv=None) -> None:
-    from driftseg.adapters.spec import RECOMMENDED, parse_method
-    from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint
-
     p = argparse.ArgumentParser(prog="driftseg export onnx", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--method", default="auto", help="method spec (tent and +fda have no export)")
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     args = p.parse_args(argv)
-    method = RECOMMENDED if args.method == "auto" else args.method
+    method = resolve_method(args.method)
     try:
         pipeline = Pipeline(load_checkpoint(args.checkpoint), parse_method(method))
         export(pipeline, args.out, onnx_metadata(file_sha256(args.checkpoint), method))

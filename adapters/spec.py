@@ -23,12 +23,16 @@ cotta; `source` when none is named), and at most one of the components that read
 features (proto, lame), on a network that provides them (source, ema, auto, mixbn, dua). The bare name
 `auto` is the recommended pipeline, RECOMMENDED. Each component's parameters are its Config dataclass
 (adapters/registry.py names the components and the aliases).
+
+This module and adapters/registry.py are the one place that knows the methods: `method_table()` lists
+every name with what it stands for and whether it is served and exported (what the docs list),
+`resolve_method` says what `auto` stands for, `serve_refusal` why a server cannot run a method.
 """
 import dataclasses
 import re
 from dataclasses import dataclass
 
-from driftseg.adapters.component import NETWORK, STAGES, Component
+from driftseg.adapters.component import NETWORK, OUTPUT, STAGES, Component
 from driftseg.adapters.registry import ALIASES, METHODS
 
 RECOMMENDED = "auto(m=1,floor=0.2,switch=2,layers=12)+lc"  # chosen on the 360x480 checkpoint (README, Results)
@@ -68,6 +72,53 @@ class MethodSpec:
     def parameters(self) -> dict[str, dict]:
         """Every component's parameters by name, defaults included."""
         return {name: dataclasses.asdict(config) for name, config in self.parts}
+
+
+def resolve_method(method: str) -> str:
+    """The spec a method string stands for, as snapshots, exported ONNX files and log lines record it:
+    the bare `auto` is RECOMMENDED, written out so that a snapshot still names what made it after the
+    recommendation changes; any other spec as it is, surrounding spaces dropped."""
+    method = method.strip()
+    return RECOMMENDED if method == "auto" else method
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One name a method spec takes: a component, or an alias for components."""
+
+    name: str
+    stands_for: str  # what an alias (and the bare `auto`) expands to; "" for another component
+    stage: str  # input, network or output: a component's; an alias's first component's (each alias has a network one)
+    backprop: bool  # adapts by backprop (tent, cotta)
+    served: bool  # `driftseg serve` runs it (serve_refusal)
+    exported: bool  # `driftseg export onnx` and DRIFTSEG_ENGINE=onnx run it (MethodSpec.export_refusal)
+    parameters: dict  # a component's parameters and their defaults; {} for an alias
+
+
+def method_table() -> list[MethodInfo]:
+    """Every name a method spec takes, components (in the order they run) then aliases: what the
+    docs' table of methods and the refusals' lists of alternatives read."""
+    rows = []
+    for name in [*METHODS, *ALIASES]:
+        spec = parse_method(name)
+        alias = ALIASES.get(name, RECOMMENDED if name == "auto" else "")
+        stage = METHODS[_PART.match(_expand(name)[0]).group(1)].stage
+        parameters = dataclasses.asdict(METHODS[name].Config()) if name in METHODS else {}
+        rows.append(MethodInfo(name, alias, stage, spec.backprop, not spec.backprop,
+                               spec.export_refusal() is None, parameters))
+    return rows
+
+
+def serve_refusal(spec: MethodSpec, engine: str = "torch") -> str | None:
+    """Why a server cannot serve the method on `engine` (torch or onnx: DRIFTSEG_ENGINE), or None."""
+    if spec.backprop:
+        served = [row.name if row.stage != OUTPUT else f"+{row.name}" for row in method_table() if row.served]
+        return (f"{spec.network} adapts by backprop and updates its model in place, so a stream's state cannot be "
+                f"snapshotted or rolled back; serve a backprop-free method ({', '.join(served)})")
+    refusal = spec.export_refusal()
+    if engine == "onnx" and refusal:
+        return f"engine onnx cannot run this method ({refusal}): drop that component or use engine torch"
+    return None
 
 
 def _value(text: str, like):
@@ -112,8 +163,7 @@ def _parse_part(part: str, spec: str) -> tuple[str, object]:
 
 def parse_method(spec: str) -> MethodSpec:
     """Parse a method spec such as "ema(m=0.1,alpha=0.5)+lc"; ValueError saying what is wrong."""
-    if spec.strip() == "auto":
-        spec = RECOMMENDED
+    spec = resolve_method(spec)
     parts = [_parse_part(p, spec) for part in spec.split("+") for p in _expand(part)]
     written = [_PART.match(part).group(1) for part in spec.split("+")]  # aliases as written
     names = [name for name, _ in parts]
@@ -122,8 +172,9 @@ def parse_method(spec: str) -> MethodSpec:
         raise ValueError(f"{spec!r} names {repeated} twice")
     networks = [name for name in names if METHODS[name].stage == NETWORK]
     if len(networks) > 1:
+        named = [name for name, c in METHODS.items() if c.stage == NETWORK]
         raise ValueError(f"{spec!r} combines two of the network components {networks}: name one "
-                         f"(source, ptbn, ema, auto, mixbn, dua, tent, cotta)")
+                         f"({', '.join(named)})")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"{spec!r} names {repeated} twice (counting what its aliases stand for)")

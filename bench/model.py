@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from driftseg.device import resolve_device
-from driftseg.adapters.backends import BACKENDS, create_backend
+from driftseg.adapters.engines import BACKENDS, create_backend
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 from driftseg.bench.accuracy import device_name

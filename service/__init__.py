@@ -6,13 +6,13 @@
     adaptation.py the seam to adapters/: the pipeline built in one function, every read of a method's state
     segmenter.py  the request path of /segment: admission -> stream lock -> decode -> batch -> encode -> commit
     admission.py  at most DRIFTSEG_MAX_PENDING requests in flight, else 503 with Retry-After
-    formats.py    what /segment answers: png | overlay | json, chosen, encoded, sent with its headers
+    formats.py    what /segment answers (Segmented): png | overlay | json, chosen, encoded, sent with its headers
     stages.py     the request's stage names (wait, decode, model, encode), defined once
     states.py     the state routes' operations: describe, export, import, reset, list
     batcher.py    cross-stream micro-batching: frames of different streams through the network together
     registry.py   streams held in memory (LRU, per-stream locks), snapshotted to the state store
     store.py      the SnapshotStore protocol and open_store (a folder, or Redis shared by replicas)
-    snapshots.py  the stream-state snapshot format and the folder store
+    snapshots.py  the stream-state snapshot format (and StoredSnapshot, what a store lists) and the folder store
     redis_store.py the Redis store
     imaging.py    decode frames, encode label maps and overlays
     body.py       size-limited request bodies, raw or multipart images

@@ -1,8 +1,10 @@
 """What POST /segment answers, by format: `png` (the label map, one class index per pixel), `overlay`
 (the frame blended with the class colours, a JPEG) or `json` (pixels per class, the shift score and
 the stage timings): which format a request asks for, the encoding of each (run in a worker thread)
-and the HTTP answer with its headers."""
-from typing import TYPE_CHECKING, Literal, get_args
+and the HTTP answer with its headers, from the answered frame (`Segmented`, which the request path,
+service/segmenter.py, fills)."""
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 from fastapi import Response
@@ -10,15 +12,29 @@ from fastapi.responses import JSONResponse
 
 from driftseg.service import imaging
 from driftseg.service.schemas import ClassCount, SegmentSummary, Timings
-from driftseg.service.stages import server_timing
-
-if TYPE_CHECKING:
-    from driftseg.service.segmenter import Segmented
+from driftseg.service.stages import Stage, server_timing
 
 Format = Literal["png", "overlay", "json"]
 FORMATS: tuple[str, ...] = get_args(Format)
 ANSWER_TYPES: dict[str, str] = {"png": "image/png", "overlay": "image/jpeg", "json": "application/json"}
 _BY_MEDIA_TYPE = {media_type: fmt for fmt, media_type in ANSWER_TYPES.items()}
+
+
+@dataclass
+class Segmented:
+    """One answered frame: `body` for png and overlay, `counts` (pixels per class) for json."""
+
+    stream: str
+    fmt: str
+    frame: int  # frames folded into the stream's state so far, this one included when adapted
+    adapted: bool
+    width: int
+    height: int
+    shift_score: float | None
+    alpha_mean: float | None
+    seconds: dict[Stage, float]  # every stage of service/stages.py
+    body: bytes | None = None
+    counts: np.ndarray | None = None
 
 
 def choose_format(fmt: str | None, accept: str | None) -> str:
@@ -54,7 +70,7 @@ def encode(fmt: str, rgb: np.ndarray | None, labels: np.ndarray, palette: np.nda
     return imaging.histogram(labels, num_classes)
 
 
-def headers(r: "Segmented") -> dict[str, str]:
+def headers(r: Segmented) -> dict[str, str]:
     """The headers of every /segment answer (documented in service/openapi.py)."""
     out = {"X-Stream-Id": r.stream, "X-Frame-Index": str(r.frame), "Server-Timing": server_timing(r.seconds)}
     if r.shift_score is not None:
@@ -62,7 +78,7 @@ def headers(r: "Segmented") -> dict[str, str]:
     return out
 
 
-def answer(r: "Segmented", class_names: list[str]) -> Response:
+def answer(r: Segmented, class_names: list[str]) -> Response:
     if r.fmt != "json":
         return Response(r.body, media_type=ANSWER_TYPES[r.fmt], headers=headers(r))
     total = max(int(r.counts.sum()), 1)

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from driftseg.adapters.pipeline import Pipeline
-from driftseg.adapters.spec import RECOMMENDED, parse_method
+from driftseg.adapters.spec import parse_method, resolve_method
 from driftseg.data.sources import FrameSource, import_av
 from driftseg.device import DEVICES, resolve_device
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, file_sha256, load_checkpoint, write_atomically
@@ -109,7 +109,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
-    method = RECOMMENDED if args.method.strip() == "auto" else args.method  # as a server writes it in snapshots
+    method = resolve_method(args.method)  # as a server writes it in snapshots
     ckpt = load_checkpoint(args.checkpoint)
     source = FrameSource(args.input, args.max_frames)
     pipeline = Pipeline(ckpt, parse_method(method), resolve_device(args.device))

@@ -17,8 +17,8 @@ import redis
 
 from driftseg.adapters.component import StreamState
 from driftseg.service.errors import Conflict, Unprocessable
-from driftseg.service.snapshots import check_origin, decode, encode, origin_key, stream_key, stream_payload
-from driftseg.service.store import StoredSnapshot
+from driftseg.service.snapshots import (StoredSnapshot, check_origin, decode, encode, origin_key, stream_key,
+                                       stream_payload)
 
 log = logging.getLogger("driftseg.service")
 

@@ -20,8 +20,8 @@ from anyio import to_thread
 
 from driftseg.adapters.component import StreamState
 from driftseg.service.errors import Unprocessable
-from driftseg.service.snapshots import restore
-from driftseg.service.store import SnapshotStore, StoredSnapshot
+from driftseg.service.snapshots import StoredSnapshot, restore
+from driftseg.service.store import SnapshotStore
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 SCORE_HISTORY = 32  # shift scores kept per stream for GET /adaptation/state

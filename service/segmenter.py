@@ -10,7 +10,6 @@ succeeded, so a failed request leaves the stream as it was."""
 import logging
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,29 +21,13 @@ from driftseg.service import formats, imaging
 from driftseg.service.adaptation import Served, shift_and_alpha
 from driftseg.service.admission import Admission
 from driftseg.service.batcher import Batcher
+from driftseg.service.formats import Segmented
 from driftseg.service.metrics import Metrics
 from driftseg.service.registry import StreamRegistry
 from driftseg.service.settings import Settings
 from driftseg.service.stages import Stage
 
 log = logging.getLogger("driftseg.service")
-
-@dataclass
-class Segmented:
-    """One answered frame: `body` for png and overlay, `counts` (pixels per class) for json."""
-
-    stream: str
-    fmt: str
-    frame: int  # frames folded into the stream's state so far, this one included when adapted
-    adapted: bool
-    width: int
-    height: int
-    shift_score: float | None
-    alpha_mean: float | None
-    seconds: dict[Stage, float]  # every stage of service/stages.py
-    body: bytes | None = None
-    counts: np.ndarray | None = None
-
 
 def _timed(fn, *args):
     start = time.perf_counter()

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
 
-from driftseg.adapters.spec import RECOMMENDED, MethodSpec, parse_method
-from driftseg.service.adaptation import engine_refusal, method_refusal
+from driftseg.adapters.spec import MethodSpec, parse_method, resolve_method, serve_refusal
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +89,7 @@ class Settings(BaseSettings):
     @field_validator("method")
     @classmethod
     def _method_parses(cls, spec: str) -> str:
-        refusal = method_refusal(parse_method(spec))  # parse_method raises ValueError saying what is wrong
+        refusal = serve_refusal(parse_method(spec))  # parse_method raises ValueError saying what is wrong
         if refusal:
             raise ValueError(refusal)
         return spec.strip()
@@ -129,7 +128,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _engine_takes_the_method(self) -> "Settings":
-        refusal = engine_refusal(self.spec, self.engine)
+        refusal = serve_refusal(self.spec, self.engine)
         if refusal:
             raise ValueError(f"{refusal} ({ENV_PREFIX}METHOD, {ENV_PREFIX}ENGINE)")
         if self.onnx_model is not None and self.engine != "onnx":
@@ -158,7 +157,7 @@ class Settings(BaseSettings):
     def method_string(self) -> str:
         """The method spec written into snapshots: 'auto' expanded, so a snapshot still names what made
         it after the recommended pipeline changes."""
-        return RECOMMENDED if self.method == "auto" else self.method
+        return resolve_method(self.method)
 
     @property
     def torch_device(self) -> "torch.device":

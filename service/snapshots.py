@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,12 +26,19 @@ from driftseg.adapters.component import StreamState
 from driftseg.adapters.spec import parse_method
 from driftseg.models.checkpoint import write_atomically
 from driftseg.service.errors import Conflict, Unprocessable
-from driftseg.service.store import StoredSnapshot
 
 FORMAT = "driftseg-stream-state"
 VERSION = 1
 SUFFIX = ".pt"
 log = logging.getLogger("driftseg.service")
+
+
+@dataclass
+class StoredSnapshot:
+    """What the registry knows of a stream's snapshot without reading it (what a store's `scan` lists)."""
+
+    frames: int
+    last_seen: float
 
 
 def stream_key(stream: str) -> str:

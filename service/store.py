@@ -5,21 +5,13 @@ and `open_store`, which picks one from the settings.
 Every method may block on I/O: the registry calls them in worker threads. A store that cannot be
 reached raises OSError (the Redis store's StoreUnavailable) and says so in `healthy`; the registry
 then keeps states in memory and the engine's watcher retries (service/engine.py)."""
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from driftseg.adapters.component import StreamState
-    from driftseg.service.settings import Settings
-
-
-@dataclass
-class StoredSnapshot:
-    """What the registry knows of a stream's snapshot without reading it."""
-
-    frames: int
-    last_seen: float
+from driftseg.adapters.component import StreamState
+from driftseg.service.redis_store import RedisStore
+from driftseg.service.settings import Settings
+from driftseg.service.snapshots import FolderStore, StoredSnapshot
 
 
 @runtime_checkable
@@ -36,7 +28,7 @@ class SnapshotStore(Protocol):
     def ping(self) -> bool:
         """Whether the store answers now (and `healthy` set accordingly)."""
 
-    def write(self, stream: str, state: "StreamState", last_seen: float, force: bool = False) -> bool:
+    def write(self, stream: str, state: StreamState, last_seen: float, force: bool = False) -> bool:
         """Store the stream's snapshot; False where a shared store kept a newer one (more frames), unless `force`."""
 
     def read(self, stream: str) -> dict | None:
@@ -52,13 +44,9 @@ class SnapshotStore(Protocol):
         """Where the stream's snapshot is (or would be), for log lines."""
 
 
-def open_store(settings: "Settings", checkpoint: str, method: str) -> SnapshotStore:
+def open_store(settings: Settings, checkpoint: str, method: str) -> SnapshotStore:
     """The store DRIFTSEG_STATE_STORE names: Redis (redis:// or rediss://), shared by replicas, or a
     folder (file:///DIR; default: DRIFTSEG_STATE_DIR)."""
-    # the implementations import this module (StoredSnapshot): imported here, not above
-    from driftseg.service.redis_store import RedisStore
-    from driftseg.service.snapshots import FolderStore
-
     url = settings.state_store
     if url is not None and url.startswith(("redis://", "rediss://")):
         return RedisStore(url, checkpoint, method)

@@ -1,9 +1,14 @@
 """What each package may import: driftseg.data only NumPy, Pillow, torch and torchvision (the serving
-image imports it, without the bench extra); the offline jobs and the service never the benchmark.
-Each check runs in a fresh interpreter, so that what other tests imported does not count."""
+image imports it, without the bench extra); the offline jobs and the service never the benchmark; and
+no driftseg module imports itself round a circle. Each check of what gets loaded runs in a fresh
+interpreter, so that what other tests imported does not count."""
+import ast
+import importlib.util
 import re
 import subprocess
 import sys
+import tomllib
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
@@ -56,3 +61,42 @@ def test_frames_are_scaled_to_the_unit_interval_in_one_place() -> None:
     found = [f"{p.relative_to(REPO)}" for d in folders for p in (REPO / d).rglob("*.py")
              if examples not in p.parents and pattern.search(p.read_text())]
     assert found == ["data/transforms.py"]
+
+
+def driftseg_modules() -> dict[str, Path]:
+    """Every module of the installed package by dotted name, from pyproject's package-dir (each
+    subpackage lives in a top-level folder)."""
+    folders = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    folders = {"driftseg": "driftseg", **folders}
+    modules = {}
+    for package, folder in folders.items():
+        for path in (REPO / folder).rglob("*.py"):
+            parts = path.relative_to(REPO / folder).with_suffix("").parts
+            modules[".".join([package, *(p for p in parts if p != "__init__")])] = path
+    return modules
+
+
+def imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The driftseg modules that module `name` imports anywhere in it: at the top, inside functions and
+    under TYPE_CHECKING alike (a circle dodged by importing late is still a circle)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            found |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names}
+    return (found & set(modules)) - {name}
+
+
+def test_no_import_cycles() -> None:
+    modules = driftseg_modules()
+    assert {"driftseg.service.settings", "driftseg.adapters.pipeline", "driftseg.cli"} <= set(modules)
+    graph = {name: imported(name, path, modules) for name, path in modules.items()}
+    assert "driftseg.service.formats" in graph["driftseg.service.segmenter"]  # the graph sees `from X import mod`
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as e:
+        # the cycle lists each module before one that imports it
+        pytest.fail(f"driftseg modules import each other round a circle: {' imports '.join(reversed(e.args[1]))}")

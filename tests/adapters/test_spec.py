@@ -5,7 +5,9 @@ import pytest
 
 from driftseg.adapters.ema_bn import EMAConfig
 from driftseg.adapters.label_calibration import LabelCalibrationConfig
-from driftseg.adapters.spec import RECOMMENDED, MethodSpec, parse_method
+from driftseg.adapters import spec as spec_module
+from driftseg.adapters.registry import ALIASES, METHODS
+from driftseg.adapters.spec import RECOMMENDED, MethodSpec, method_table, parse_method, resolve_method, serve_refusal
 from driftseg.adapters.tent import TentConfig
 
 
@@ -88,6 +90,35 @@ def test_what_backprop_and_export_allow() -> None:
     assert parse_method("auto").export_refusal() is None
     assert "backprop" in parse_method("tent").export_refusal()
     assert "FFT" in parse_method("auto+fda").export_refusal()
+
+
+def test_auto_resolves_to_the_recommended_spec_alone() -> None:
+    assert resolve_method(" auto ") == RECOMMENDED and parse_method(RECOMMENDED).network == "auto"
+    assert resolve_method(" ema(m=0.1)+lc ") == "ema(m=0.1)+lc"
+    assert resolve_method("auto(m=0.5)") == "auto(m=0.5)" and resolve_method("auto+fda") == "auto+fda"
+
+
+def test_the_method_table_names_every_component_and_alias_once() -> None:
+    table = {row.name: row for row in method_table()}
+    assert list(table) == [*METHODS, *ALIASES]
+    assert table["auto"].stands_for == RECOMMENDED and table["ptbn"].stands_for == "ema(m=1,alpha=0)"
+    assert table["ema"].stands_for == "" and table["ema"].parameters == {"m": 0.1, "alpha": 0.0, "layers": 0}
+    assert table["diga"].stage == "network" and table["lc"].stage == "output" and table["fda"].stage == "input"
+    backprop = {name for name, row in table.items() if row.backprop}
+    assert backprop == {"tent", "cotta"} == {name for name, row in table.items() if not row.served}
+    assert {name for name, row in table.items() if not row.exported} == {"tent", "cotta", "fda", "lame"}
+    undocumented = [name for name in table if f"\n    {name}" not in spec_module.__doc__]
+    assert not undocumented, f"adapters/spec.py's docstring does not describe {undocumented}"
+
+
+def test_serve_refusal_names_the_served_methods() -> None:
+    assert serve_refusal(parse_method("auto")) is None and serve_refusal(parse_method("auto+fda")) is None
+    refusal = serve_refusal(parse_method("cotta"))
+    assert "cotta adapts by backprop" in refusal
+    served = refusal.split("serve a backprop-free method (")[1].rstrip(")").split(", ")
+    assert served == [row.name if row.stage != "output" else f"+{row.name}" for row in method_table()
+                      if row.name not in ("tent", "cotta")]
+    assert "FFT" in serve_refusal(parse_method("auto+fda"), "onnx") and serve_refusal(parse_method("auto"), "onnx") is None
 
 
 @pytest.mark.parametrize("spec", ["bogus", "ema+bogus", "EMA", "", "ema(m=0.1", "+lc", "lc+"])
