@@ -128,21 +128,39 @@ _TYPES = {
 }
 
 
-def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
-    """Load and validate a checkpoint; the default checkpoint when `path` is None."""
-    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+def load_plain(source: str | Path | BinaryIO, not_it: str, mmap: bool = False):
+    """`torch.load(weights_only=True)` of a file (tensors, numbers, strings, containers: no code runs).
+    A file torch cannot read so is ValueError(`not_it`, e.g. "X is not a driftseg checkpoint") with
+    why in general terms: torch's own message advises loading with weights_only=False, which runs
+    whatever code the file carries, and a file that is not ours must never be loaded that way."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception:  # torch raises many types for other formats, truncated files and code-carrying pickles
+        raise ValueError(f"{not_it}: torch.load(weights_only=True) cannot read it (not a file torch.save wrote "
+                         "of tensors and plain values)") from None
+
+
+def read_checkpoint_file(path: str | Path, mmap: bool = False) -> dict:
+    """The checkpoint file's payload, checked to be a driftseg checkpoint of this format version
+    (FileNotFoundError, ValueError saying what it is not). `mmap`: the tensors are mapped, not read,
+    so that a quick check of a file costs little."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or code-carrying files
-        raise ValueError(f"{path} is not a loadable driftseg checkpoint: {e}") from e
+    payload = load_plain(path, f"{path} is not a driftseg checkpoint", mmap)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a driftseg checkpoint (no 'format': {FORMAT!r} entry)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path} has format version {payload.get('format_version')}, expected {FORMAT_VERSION}"
         )
+    return payload
+
+
+def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
+    """Load and validate a checkpoint; the default checkpoint when `path` is None."""
+    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    payload = read_checkpoint_file(path)
     names = {f.name for f in fields(Checkpoint)}
     for name in names:
         if name not in payload:

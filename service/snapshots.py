@@ -24,7 +24,7 @@ import torch
 
 from driftseg.adapters.component import StreamState
 from driftseg.adapters.spec import parse_method
-from driftseg.models.checkpoint import write_atomically
+from driftseg.models.checkpoint import load_plain, write_atomically
 from driftseg.service.errors import Conflict, Unprocessable
 
 FORMAT = "driftseg-stream-state"
@@ -91,10 +91,9 @@ def encode(stream: str, state: StreamState, checkpoint: str, method: str, last_s
 def decode(data: bytes) -> dict:
     """The payload of a snapshot, its format and version checked; Unprocessable (422) saying what is wrong."""
     try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for truncated, corrupt or code-carrying files
-        raise Unprocessable(f"not a driftseg stream-state snapshot (torch.load failed: {e}); export one with "
-                            "GET /adaptation/state?format=binary") from None
+        payload = load_plain(io.BytesIO(data), "not a driftseg stream-state snapshot")
+    except ValueError as e:
+        raise Unprocessable(f"{e}; export one with GET /adaptation/state?format=binary") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise Unprocessable(f"not a driftseg stream-state snapshot: no 'format': {FORMAT!r} entry")
     if payload.get("version") != VERSION:

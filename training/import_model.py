@@ -30,7 +30,7 @@ from driftseg.data.folder import IMAGE_SUFFIXES, list_images
 from driftseg.data.transforms import pixels, to_unit
 from driftseg.models.batchnorm import adaptable_norms, foldable_pairs, other_norms
 from driftseg.models.checkpoint import Checkpoint, check_weights_fit, compact_weights, git_commit, load_checkpoint, \
-    save_checkpoint
+    load_plain, save_checkpoint
 from driftseg.models.registry import SegmentationNet, create_model, factory_module, list_architectures, trust_module
 from driftseg.training.calibrate import shift_calibration
 from driftseg.training.common import AMPLITUDE_BETA, mean_amplitude
@@ -83,11 +83,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     taken off."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"--weights {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for files that are not weights or that carry code
-        raise ValueError(f"--weights {path} cannot be read as a state dict with weights_only=True ({e}); save "
-                         "the network's weights with torch.save(model.state_dict(), path)") from None
+    state = load_plain(path, f"--weights {path} is not a state dict; save the network's weights with "
+                             "torch.save(model.state_dict(), path)")
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from driftseg.models.checkpoint import write_atomically
+from driftseg.models.checkpoint import load_plain, write_atomically
 
 FORMAT = "driftseg-training-state"
 
@@ -76,7 +76,7 @@ class TrainingState:
         """Restore every part and the RNG from `path`; the iterations done and seconds trained."""
         if not path.is_file():
             raise FileNotFoundError(f"training state {path} does not exist")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_plain(path, f"{path} is not a driftseg training state")
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError(f"{path} is not a driftseg training state (no 'format': {FORMAT!r} entry)")
         if payload["job"] != self.job:

@@ -131,10 +131,12 @@ def test_missing_file(tmp_path) -> None:
         load_checkpoint(tmp_path / "absent.pt")
 
 
-def test_garbage_file(tmp_path) -> None:
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a loadable driftseg checkpoint"):
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"# README\n\nA text file, not a checkpoint.\n"])
+def test_garbage_file(tmp_path, content) -> None:
+    (tmp_path / "junk.pt").write_bytes(content)
+    with pytest.raises(ValueError, match="junk.pt is not a driftseg checkpoint") as info:
         load_checkpoint(tmp_path / "junk.pt")
+    assert "weights_only=False" not in str(info.value)  # torch's advice to load unsafely is not passed on
 
 
 @pytest.mark.parametrize("fmt", ["other-format", None])
@@ -252,8 +254,9 @@ class _Payload:
 def test_pickled_code_is_refused_without_running(payload, tmp_path) -> None:
     marker = tmp_path / "code_ran"
     path = write({**payload, "extra": {"hook": _Payload(marker)}}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="not a loadable driftseg checkpoint"):
+    with pytest.raises(ValueError, match="is not a driftseg checkpoint") as info:
         load_checkpoint(path)
+    assert "weights_only=False" not in str(info.value)
     assert not marker.exists(), "loading the checkpoint ran code from the file"
     # the file really does carry code: an unsafe load runs it
     torch.load(path, weights_only=False)

@@ -1,5 +1,6 @@
 """Stream state: summary, export/import, reset, LRU eviction, restart, periodic snapshots, concurrency."""
 import dataclasses
+import datetime
 import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,8 @@ def test_import_refuses_other_checkpoints_methods_and_bad_files(make_settings, f
             (variant(method="ema(m=0.1)"), 409, "method"),
             (good[: len(good) // 2], 422, "snapshot"),
             (b"garbage", 422, "snapshot"),
+            (b"# README\n\nA text file.\n", 422, "not a driftseg stream-state snapshot"),
+            (variant(last_seen=datetime.datetime.now()), 422, "not a driftseg stream-state snapshot"),  # no plain value
             (variant(format="something-else"), 422, "format"),
             (variant(version=2), 422, "version"),
             (variant(state=bad_stats), 422, "shape"),
@@ -94,6 +97,7 @@ def test_import_refuses_other_checkpoints_methods_and_bad_files(make_settings, f
             r = put_state(client, "cam", data)
             assert r.status_code == status, (word, r.text)
             assert word in r.json()["detail"], r.json()["detail"]
+            assert "weights_only=False" not in r.json()["detail"]  # never the advice to load unsafely
             assert_same(exported_state(client, "cam"), before)
         assert put_state(client, "cam", good).status_code == 200
 

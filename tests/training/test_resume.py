@@ -80,6 +80,10 @@ def test_resume_refuses_a_state_of_other_arguments(toy_data, runs, tmp_path):
 def test_resume_refuses_a_file_that_is_not_a_training_state(toy_data, runs, tmp_path):
     with pytest.raises(ValueError, match="not a driftseg training state"):
         train(toy_data, tmp_path / "other.pt", "--resume", str(runs["whole"][0]))
+    (tmp_path / "README.md").write_text("# a text file\n")
+    with pytest.raises(ValueError, match="not a driftseg training state") as info:
+        train(toy_data, tmp_path / "other.pt", "--resume", str(tmp_path / "README.md"))
+    assert "weights_only=False" not in str(info.value)
 
 
 # ---------------------------------------------------------------- every process its own RNG
