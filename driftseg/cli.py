@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> None:
             return
     groups = {words[0] for words in COMMANDS if len(words) > 1}
     group = argv[0] if argv and argv[0] in groups else None
-    print(usage(group), file=sys.stderr)
     rest = argv[1:] if group else argv
     asked_for_help = rest[:1] in (["-h"], ["--help"]) or (group is not None and not rest)
+    # help asked for goes to stdout (`driftseg --help | less`), as argparse does; usage after a wrong word to stderr
+    print(usage(group), file=sys.stdout if asked_for_help else sys.stderr)
     raise SystemExit(0 if asked_for_help else 2)
 
 

@@ -23,21 +23,24 @@ def test_version(capsys):
 
 
 def test_a_group_alone_prints_its_commands_only(capsys):
-    code, _, err = run(capsys, "bench")
-    commands = [line.split()[:2] for line in err.splitlines() if line.startswith("  ")]
+    code, out, _ = run(capsys, "bench")
+    commands = [line.split()[:2] for line in out.splitlines() if line.startswith("  ")]
     assert code == 0 and commands and all(words[0] == "bench" for words in commands)
     assert {words[1] for words in commands} == {w[1] for w in cli.COMMANDS if w[0] == "bench"}
 
 
 def test_no_command_is_an_error_and_help_is_not(capsys):
-    assert run(capsys)[0] == 2
-    assert run(capsys, "nonsense")[0] == 2
-    assert run(capsys, "--help")[0] == 0
+    for argv in [(), ("nonsense",)]:
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and not out and "usage: driftseg" in err
+    for argv in [("--help",), ("-h",), ("bench", "--help")]:  # help asked for: stdout, so `driftseg --help | less` works
+        code, out, err = run(capsys, *argv)
+        assert code == 0 and "usage: driftseg" in out and not err
 
 
 def test_command_names_and_descriptions_never_run_together(capsys):
-    _, _, err = run(capsys, "--help")
-    rows = [line for line in err.splitlines() if line.startswith("  ")]
+    _, out, _ = run(capsys, "--help")
+    rows = [line for line in out.splitlines() if line.startswith("  ")]
     assert len(rows) == len(cli.COMMANDS)
     for words, (_, what) in cli.COMMANDS.items():
         name = " ".join(words)
