@@ -29,6 +29,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLIT_SLICE = re.compile(r"(?P<name>[^\[\]]+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]")
 
 
+class UnknownSplit(KeyError, ValueError):
+    """A split the folder does not have: a KeyError (a lookup that failed) and a ValueError (a bad
+    argument), whose str() is its message, not the message in quotes as a KeyError's is."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def whole_split(split: str) -> str:
     """The split that `split` names or slices: `target_dusk[31:]` -> `target_dusk`."""
     part = SPLIT_SLICE.fullmatch(split)
@@ -93,7 +101,7 @@ class FrameFolder:
         slice rules, either bound optional)."""
         name = whole_split(split)
         if name not in self.splits:
-            raise KeyError(f"split {name!r} is not in {self.root / 'splits.json'}; it has {sorted(self.splits)}")
+            raise UnknownSplit(f"split {name!r} is not in {self.root / 'splits.json'}; it has {sorted(self.splits)}")
         part = SPLIT_SLICE.fullmatch(split)
         if not part:
             return self.splits[name]

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from driftseg.data.corruptions import CORRUPTIONS, corrupt
-from driftseg.data.folder import FrameFolder, whole_split
+from driftseg.data.folder import FrameFolder, UnknownSplit, whole_split
 from driftseg.models.checkpoint import write_atomically
 
 DAY_SPLIT, DUSK_SPLIT = "source_val", "target_dusk"
@@ -124,7 +124,13 @@ def _segment(spec: str, folder: FrameFolder, start: int) -> Segment:
     close = spec.find("]") + 1  # the colon of a slice (target_dusk[:31]:fog) is not the corruption's
     split, _, corruption = spec[close:].partition(":")
     split = spec[:close] + split
-    folder.frames(split)  # raises with the available splits
+    try:
+        folder.frames(split)
+    except UnknownSplit:
+        protocol = ", ".join(dict.fromkeys([*PROTOCOL_STREAMS, *ROUNDS]))
+        raise UnknownSplit(f"unknown stream {spec!r}: name a protocol stream ({protocol}), a split of "
+                           f"{folder.root / 'splits.json'} ({', '.join(sorted(folder.splits))}) or "
+                           "SPLIT:CORRUPTION") from None
     if corruption and corruption != "night" and corruption not in CORRUPTIONS:
         raise ValueError(
             f"unknown corruption {corruption!r} in stream {spec!r}; expected 'night' or one of {list(CORRUPTIONS)}"

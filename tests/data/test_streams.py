@@ -295,10 +295,13 @@ def test_unknown_corruption(folder, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("spec", ["nope", "nope:frost"])
-def test_unknown_split_lists_available(folder, tmp_path, spec) -> None:
-    with pytest.raises(KeyError) as err:
+def test_unknown_stream_lists_the_protocol_names_and_the_splits(folder, tmp_path, spec) -> None:
+    with pytest.raises(ValueError) as err:  # a KeyError too, for callers that look a split up
         open_stream(spec, folder, cache_dir=tmp_path)
-    assert "'nope'" in err.value.args[0] and "['my_split', 'other']" in err.value.args[0]
+    assert isinstance(err.value, KeyError)
+    message = str(err.value)
+    assert message.startswith(f"unknown stream {spec!r}: name a protocol stream (day, dusk, fog,")  # no stray quotes
+    assert "continual, continual10)" in message and "(my_split, other)" in message
 
 
 @pytest.mark.parametrize(("spec", "missing"), [("day", "source_val"), ("fog", "source_val"), ("dusk", "target_dusk")])
