@@ -136,7 +136,8 @@ class Onnx:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="driftseg export onnx", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="the checkpoint file (default: the one the package ships)")
     p.add_argument("--method", default="auto", help="method spec (tent and +fda have no export)")
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     args = p.parse_args(argv)

@@ -66,5 +66,6 @@ class FrameSource:
         with av.open(str(self.path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for n, frame in enumerate(container.decode(stream)):
+            # named by the frame's number, counted from 1 as every frame number is (service/offline.py)
+            for n, frame in enumerate(container.decode(stream), start=1):
                 yield f"{n:06d}", frame.to_ndarray(format="rgb24")

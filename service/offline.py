@@ -6,6 +6,11 @@ Writes into DIR:
     overlays/NAME.jpg      the frames blended with the palette, with --save overlay
     frames.jsonl           one line per frame: frame, name, shift_score, alpha_mean, switch (the automatic
                            mode restarted from the source here), since_reset, ms
+
+Frames are numbered from 1, here as in the server: frame N is the stream's N-th frame, which is the
+stream's frame count once it is folded into the state (X-Frame-Index and the JSON summary's `frame`,
+the restarts' `switches`, and this summary's "switched domains at frames"). A video's frames are
+named by that number (000001, ...). One count, not a count and an index off by one from it.
     overlay.mp4            the overlays as a video, with --video
     state.pt               the stream's final state as a snapshot, the file PUT /adaptation/state imports
                            into a server running the same checkpoint and method
@@ -72,15 +77,15 @@ def segment(source: FrameSource, pipeline: Pipeline, out: Path, palette: np.ndar
         (out / "overlays").mkdir(parents=True, exist_ok=True)
     dtype = torch.uint8 if pipeline.num_classes <= 256 else torch.int32
     with open(out / "frames.jsonl", "w") as log:
-        for n, (name, rgb) in enumerate(tqdm(source, total=source.count, unit="frame", disable=not progress)):
+        for name, rgb in tqdm(source, total=source.count, unit="frame", disable=not progress):
             start = time.perf_counter()
             labels, (state,) = pipeline.step(imaging.to_frame(rgb).to(pipeline.device), [state])
             labels = labels[0].to(dtype).cpu().numpy()
             seconds = time.perf_counter() - start
             score, alpha = adaptation.shift_and_alpha(pipeline, state)
-            since_reset, _ = adaptation.restarts(state)
-            record = {"frame": n, "name": name, "shift_score": score, "alpha_mean": alpha,
-                      "switch": n > 0 and since_reset == 0, "since_reset": since_reset, "ms": round(1000 * seconds, 2)}
+            since_reset, switches = adaptation.restarts(state)
+            record = {"frame": state.frames, "name": name, "shift_score": score, "alpha_mean": alpha,
+                      "switch": state.frames in switches, "since_reset": since_reset, "ms": round(1000 * seconds, 2)}
             log.write(json.dumps(record) + "\n")
             if "labels" in save:
                 (out / "labels" / f"{name}.png").write_bytes(imaging.encode_labels(labels))
@@ -98,14 +103,16 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", type=Path, help="a video file or a folder of images (one stream, in name order)")
     p.add_argument("--out", type=Path, required=True, help="the folder to write into")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="the checkpoint file (default: the one the package ships)")
     p.add_argument("--method", default="auto", help="method spec (default auto, the recommended pipeline)")
     p.add_argument("--save", nargs="*", default=["labels"], choices=["labels", "overlay"],
                    help="what to write per frame (default labels; none with an empty list)")
     p.add_argument("--video", action="store_true", help="also write the overlays as DIR/overlay.mp4")
     p.add_argument("--stream", help="the stream id the state is exported under (default: the input's name)")
     p.add_argument("--max-frames", type=int, help="only the first N frames")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where the network runs (default auto: cuda where torch sees a GPU, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 

@@ -54,13 +54,13 @@ def test_segment_a_video_and_carry_its_stream_on_in_a_server(ckpt_file, make_set
                   "overlay", "--video", "--no-progress"])
 
     labels = sorted((out / "labels").glob("*.png"))
-    assert [p.stem for p in labels] == [f"{i:06d}" for i in range(8)]
+    assert [p.stem for p in labels] == [f"{i:06d}" for i in range(1, 9)]  # named by frame number, from 1
     for p in labels:
         with Image.open(p) as im:
             assert im.size == (W, H) and im.mode == "L" and np.array(im).max() < 11
     assert len(list((out / "overlays").glob("*.jpg"))) == 8
     records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
-    assert [r["frame"] for r in records] == list(range(8))
+    assert [r["frame"] for r in records] == list(range(1, 9))
     assert all(isinstance(r["shift_score"], float) and 0 <= r["alpha_mean"] <= 1 and isinstance(r["switch"], bool)
                for r in records)
     assert [r["since_reset"] for r in records if not r["switch"]][:3] == [1, 2, 3]
@@ -90,13 +90,19 @@ def test_an_image_folder_is_the_stream_a_server_would_see(ckpt_file, make_settin
     assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == [f"f{i:02d}.png" for i in range(6)]
     saved = torch.load(tmp_path / "out" / "state.pt", weights_only=True)
     assert saved["stream"] == "door"
+    records = [json.loads(line) for line in (tmp_path / "out" / "frames.jsonl").read_text().splitlines()]
     with TestClient(create_app(make_settings())) as client:
         for i, rgb in enumerate(frames):
             r = client.post("/segment", content=png(rgb), headers={"Content-Type": "image/png", "X-Stream-Id": "door"})
             assert r.status_code == 200
             with Image.open(tmp_path / "out" / "labels" / f"f{i:02d}.png") as im:
                 assert np.array_equal(np.array(Image.open(io.BytesIO(r.content))), np.array(im)), f"frame {i}"
+            # one frame numbering: frames.jsonl's frame is the server's X-Frame-Index for the same frame
+            assert int(r.headers["X-Frame-Index"]) == records[i]["frame"] == i + 1
         served = exported_state(client, "door")
+        switches = client.get("/adaptation/state", params={"stream": "door"}).json()["switches"]
+    # and the frames frames.jsonl marks as switches are the ones the server's `switches` lists
+    assert switches and [r["frame"] for r in records if r["switch"]] == switches == saved["state"]["auto"]["switches"]
     for key in saved["state"]:
         if isinstance(saved["state"][key], dict):
             for name, value in saved["state"][key].items():
