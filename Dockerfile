@@ -30,7 +30,8 @@ COPY --chown=10001:10001 models/checkpoints/camvid-lraspp.pt /opt/driftseg/check
 ENV DRIFTSEG_CHECKPOINT=/opt/driftseg/checkpoints/camvid-lraspp.pt \
     DRIFTSEG_STATE_DIR=/var/lib/driftseg/state \
     DRIFTSEG_HOST=0.0.0.0 \
-    DRIFTSEG_PORT=8000
+    DRIFTSEG_PORT=8000 \
+    DRIFTSEG_REQUIRE_STREAM_ID=true
 USER 10001:10001
 EXPOSE 8000
 VOLUME ["/var/lib/driftseg/state"]

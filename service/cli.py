@@ -1,7 +1,29 @@
 """`driftseg serve`: the HTTP service on uvicorn. Every setting of service/settings.py is a flag
 (kebab-case) as well as a DRIFTSEG_* environment variable; flags win. `--help` lists them all."""
 import copy
+import socket
 import sys
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ValueError unless `host:port` can be listened on now: checked before the model loads (uvicorn
+    binds only after the start-up, minutes later with --compile). The probe sets SO_REUSEADDR as
+    uvicorn does, so that a port whose last connections linger in TIME_WAIT, which uvicorn can bind,
+    is not taken for one in use; a port another process listens on still fails to bind."""
+    if port == 0:
+        return  # any free port: the system picks one
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}: set --host or DRIFTSEG_HOST") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}): another process may be using the "
+                             "port; pick another with --port or DRIFTSEG_PORT") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -9,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         settings = load_settings(args=sys.argv[1:] if argv is None else argv)
+        check_port_free(settings.host, settings.port)
     except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         raise SystemExit(2) from None

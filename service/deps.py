@@ -16,6 +16,8 @@ from driftseg.service.settings import Settings
 from driftseg.service.states import States
 
 DEFAULT_STREAM = "default"
+NO_STREAM = ("this server needs the stream named (DRIFTSEG_REQUIRE_STREAM_ID): send the header X-Stream-Id: <camera id> "
+             "(or ?stream=<camera id>), one id per camera")
 API_KEY_HEADER = "X-API-Key"
 
 _api_key_header = APIKeyHeader(
@@ -74,12 +76,20 @@ def get_states(engine: Annotated[Engine, Depends(get_engine)]) -> States:
 
 
 def get_stream_id(
+    request: Request,
     stream: Annotated[str | None, Query(description="stream id, 1-128 of A-Z a-z 0-9 . _ - (or header X-Stream-Id)")] = None,
-    x_stream_id: Annotated[str | None, Header(description="stream id (or query parameter stream)")] = None,
+    x_stream_id: Annotated[str | None, Header(description=f"stream id (or query parameter stream); without either the "
+                                              f"stream is {DEFAULT_STREAM!r}, shared by every such request, unless the "
+                                              "server sets DRIFTSEG_REQUIRE_STREAM_ID (the Docker image does): then "
+                                              "it answers 422")] = None,
 ) -> str:
     if stream is not None and x_stream_id is not None and stream != x_stream_id:
         raise Unprocessable(f"stream given twice, as X-Stream-Id {x_stream_id!r} and as ?stream={stream!r}: give one")
-    return check_stream_id(stream if stream is not None else x_stream_id if x_stream_id is not None else DEFAULT_STREAM)
+    if stream is None and x_stream_id is None:
+        if get_settings(request).require_stream_id:
+            raise Unprocessable(NO_STREAM)
+        return DEFAULT_STREAM
+    return check_stream_id(stream if stream is not None else x_stream_id)
 
 
 WriteAccess = Annotated[None, Depends(require_key)]

@@ -1,12 +1,14 @@
 """What the OpenAPI schema says of the routes' answers beyond their 200 body: the one error model
 (schemas.Error) with examples on every 4xx and 5xx, and the response headers the routes set."""
+from driftseg.service.deps import NO_STREAM
 from driftseg.service.schemas import Error
 from driftseg.service.stages import Stage
 
 _STRING, _INTEGER, _NUMBER = {"type": "string"}, {"type": "integer"}, {"type": "number"}
 
 HEADERS = {
-    "X-Stream-Id": {"description": "the stream the frame belongs to (X-Stream-Id or ?stream=, else 'default')",
+    "X-Stream-Id": {"description": "the stream the frame belongs to (X-Stream-Id or ?stream=, else 'default' "
+                                   "unless the server sets DRIFTSEG_REQUIRE_STREAM_ID)",
                     "schema": _STRING},
     "X-Frame-Index": {"description": "frames folded into the stream's state so far, this one included when adapted",
                       "schema": _INTEGER},
@@ -23,6 +25,7 @@ HEADERS = {
 EXAMPLES: dict[str, str | list] = {
     "key missing": "this route needs the header X-API-Key: send X-API-Key: <the server's DRIFTSEG_API_KEY>",
     "key wrong": "the header X-API-Key does not match the server's key (DRIFTSEG_API_KEY)",
+    "stream not named": NO_STREAM,
     "stream not held": "stream 'cam7' is not held: POST /segment with X-Stream-Id: cam7 starts it "
                        "(GET /adaptation/streams lists the streams held)",
     "snapshot of another method": "the snapshot was made with method 'ptbn', this server runs "

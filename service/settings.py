@@ -1,32 +1,22 @@
 """The service's settings: one pydantic-settings class, read from `driftseg serve` flags (kebab-case:
 --max-streams), DRIFTSEG_* environment variables and keyword arguments, in that order of precedence,
 validated once at start-up. `driftseg serve --help` lists every setting with its description,
-default and environment variable.
-
-torch is imported only where a value needs it (the device, the bundled checkpoint's path), so that
-`driftseg serve --help` answers at once."""
+default and environment variable."""
+from argparse import ArgumentParser
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+import torch
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
 
 from driftseg.adapters.spec import MethodSpec, parse_method, resolve_method, serve_refusal
-
-if TYPE_CHECKING:
-    import torch
+from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_file
 
 ENV_PREFIX = "DRIFTSEG_"
 PROG = "driftseg serve"
 SECRETS = {"api_key"}  # settings whose values error messages never repeat
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
-
-
-def bundled_checkpoint() -> Path:
-    """The checkpoint the package ships (models/checkpoints/)."""
-    from driftseg.models.checkpoint import DEFAULT_CHECKPOINT  # imports torch
-
-    return DEFAULT_CHECKPOINT
 
 
 def flag(name: str) -> str:
@@ -37,8 +27,8 @@ def flag(name: str) -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
-    checkpoint: Path = Field(default_factory=bundled_checkpoint, description="the checkpoint file to serve "
-                             "(bundled_checkpoint: the one the package ships, models/checkpoints/camvid-lraspp.pt)")
+    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="the checkpoint file to serve; the default is the one "
+                             "the package ships")
     method: str = Field("auto", description="adaptation method spec (adapters/spec.py); 'auto' is the recommended one")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda where torch sees a GPU, else cpu")
     host: str = Field("127.0.0.1", description="the address to listen on (0.0.0.0: every interface)")
@@ -77,13 +67,18 @@ class Settings(BaseSettings):
                                       "process's command line")
     api_key_everywhere: bool = Field(False, description="also require X-API-Key on POST /segment and GET "
                                      "/adaptation/*; /healthz, /readyz and /metrics stay open")
+    require_stream_id: bool = Field(False, description="answer 422 to a stream request that names no stream "
+                                    "(header X-Stream-Id or ?stream=) instead of adapting the shared stream "
+                                    "'default' (on in the Docker image)")
 
     @field_validator("checkpoint")
     @classmethod
     def _checkpoint_exists(cls, path: Path) -> Path:
         path = path.expanduser()
-        if not path.is_file():
-            raise ValueError(f"checkpoint {path} does not exist: pass --checkpoint FILE or set {ENV_PREFIX}CHECKPOINT")
+        try:  # the tensors mapped, not read: the server loads the file once it starts
+            read_checkpoint_file(path, mmap=True)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{e}: pass --checkpoint FILE or set {ENV_PREFIX}CHECKPOINT") from None
         return path
 
     @field_validator("method")
@@ -143,8 +138,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _device_available(self) -> "Settings":
-        import torch
-
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device 'cuda' asked for but torch sees no CUDA device: set {ENV_PREFIX}DEVICE=cpu or auto")
         return self
@@ -160,9 +153,7 @@ class Settings(BaseSettings):
         return resolve_method(self.method)
 
     @property
-    def torch_device(self) -> "torch.device":
-        import torch
-
+    def torch_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
@@ -173,8 +164,18 @@ def command_line(args: list[str]) -> CliSettingsSource:
     (--max-streams 8, --compile / --no-compile), --help listing them all; an unknown flag or a value
     outside a setting's choices exits with status 2 and the usage, as argparse does."""
     source = CliSettingsSource(Settings, cli_prog_name=PROG, cli_kebab_case=True, cli_implicit_flags=True,
-                               cli_show_env_vars=True, cli_hide_none_type=True)
+                               cli_show_env_vars=True, cli_hide_none_type=True, add_argument_method=_add_argument)
     return source(args=args)
+
+
+def _add_argument(parser: ArgumentParser, *names: str, **kwargs):
+    """ArgumentParser.add_argument with the setting's name as the placeholder of its value (--port PORT),
+    as argparse writes it, where pydantic-settings would show the Python type (--port int, --api-key
+    SecretStr); choices stay listed ({torch,onnx}) and on/off flags take no value."""
+    metavar = kwargs.get("metavar")
+    if metavar and not metavar.startswith("{") and kwargs.get("dest"):
+        kwargs["metavar"] = kwargs["dest"].upper()
+    return parser.add_argument(*names, **kwargs)
 
 
 def load_settings(args: list[str] | None = None, **overrides) -> Settings:

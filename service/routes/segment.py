@@ -33,8 +33,9 @@ _RESPONSES = {
         413: ("the body or the decoded image is over DRIFTSEG_MAX_IMAGE_BYTES or DRIFTSEG_MAX_IMAGE_PIXELS",
               "image too large"),
         415: ("the content type is not an image this server decodes, nor multipart/form-data", "not an image type"),
-        422: ("an undecodable or empty image, an invalid stream id or parameter", "undecodable image",
-              "invalid stream id", "invalid parameter"),
+        422: ("an undecodable or empty image, an invalid stream id or parameter, or no stream named where the "
+              "server requires one (DRIFTSEG_REQUIRE_STREAM_ID)", "undecodable image", "invalid stream id",
+              "stream not named", "invalid parameter"),
         503: ("the model is not loaded yet, or more requests are in flight than DRIFTSEG_MAX_PENDING (see "
               "Retry-After)", "not ready", "overloaded"),
     }),

@@ -24,7 +24,8 @@ _BINARY = {"type": "string", "format": "binary"}
                      "headers": headers("Content-Disposition")},
                **errors({401: (KEY_EVERYWHERE, "key missing", "key wrong"),
                          404: ("the stream is not held", "stream not held"),
-                         422: ("an invalid stream id or parameter", "invalid stream id", "invalid parameter"),
+                         422: ("an invalid stream id or parameter, or no stream named where the server requires one",
+                               "invalid stream id", "stream not named", "invalid parameter"),
                          503: (NOT_READY, "not ready")})},
 )
 async def get_state(
@@ -49,8 +50,8 @@ async def get_state(
     responses=errors({401: (KEY, "key missing", "key wrong"),
                       409: ("a snapshot of another checkpoint or method", "snapshot of another method"),
                       413: ("the body is over 64 MiB", "snapshot too large"),
-                      422: ("not a snapshot, its state does not fit, or an invalid stream id", "not a snapshot",
-                            "invalid stream id"),
+                      422: ("not a snapshot, its state does not fit, an invalid stream id, or no stream named "
+                            "where the server requires one", "not a snapshot", "invalid stream id", "stream not named"),
                       503: (NOT_READY, "not ready")}),
     openapi_extra={"requestBody": {"required": True, "description": "a snapshot from GET /adaptation/state?format=binary",
                                    "content": {SNAPSHOT_TYPE: {"schema": _BINARY}}}},

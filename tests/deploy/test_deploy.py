@@ -271,5 +271,7 @@ def test_dockerfile_user_health_entrypoint_files_and_settings():
         if op == "ENV":
             for name in re.findall(r"\b(DRIFTSEG_[A-Z_]+)=", args):
                 assert name in setting_names(), f"Dockerfile sets {name}, which no setting reads"
+    # in the image a request that names no stream is refused rather than adapting a shared 'default' stream
+    assert any(re.search(r"\bDRIFTSEG_REQUIRE_STREAM_ID=true\b", args) for op, args in steps if op == "ENV")
     ignored = (REPO / ".dockerignore").read_text().split()
     assert "models/" not in ignored and ".venv/" in ignored

@@ -204,6 +204,19 @@ def test_stream_from_query_header_or_default(client, frames):
     assert r.status_code == 422
 
 
+def test_a_server_that_requires_the_stream_id_refuses_a_frame_without_one(make_settings, frames):
+    with TestClient(create_app(make_settings(require_stream_id=True))) as client:
+        r = client.post("/segment", content=frames[0], headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 422 and "send the header X-Stream-Id" in r.json()["detail"]
+        assert client.get("/adaptation/streams").json()["streams"] == []  # no 'default' stream adapted
+        assert client.get("/adaptation/state").status_code == 422  # the state routes name their stream too
+        assert post(client, frames[0], "cam").status_code == 200
+        assert client.post("/segment?stream=cam2", content=frames[0], headers={"Content-Type": "image/jpeg"}).status_code == 200
+        header = next(p for p in client.get("/openapi.json").json()["paths"]["/segment"]["post"]["parameters"]
+                      if p["name"] == "x-stream-id")
+        assert "DRIFTSEG_REQUIRE_STREAM_ID" in header["description"]
+
+
 def test_health_readiness_metrics_openapi(client, frames):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")

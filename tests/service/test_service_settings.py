@@ -1,6 +1,9 @@
 """Settings validation and the `driftseg serve` command line."""
+import socket
+
 import pytest
 import torch
+from service_util import free_port
 
 from driftseg import cli as driftseg_cli
 from driftseg.service import cli
@@ -32,6 +35,7 @@ FLAG_VALUES = {
     "metrics_stream_cap": ("3", {}),
     "api_key": ("k3y-from-a-flag", {}),
     "api_key_everywhere": (True, {"api_key": "k3y"}),
+    "require_stream_id": (True, {}),
 }
 
 
@@ -84,10 +88,59 @@ def test_serve_command(capsys, monkeypatch, ckpt_file, tmp_path):
 
     ran = {}
     monkeypatch.setattr("uvicorn.run", lambda app, host, port, **kw: ran.update(host=host, port=port, app=app, **kw))
-    cli.main(["--checkpoint", str(ckpt_file), "--port", "8123", "--device", "cpu", "--state-dir", str(tmp_path)])
-    assert ran["host"] == "127.0.0.1" and ran["port"] == 8123
+    port = free_port()
+    cli.main(["--checkpoint", str(ckpt_file), "--port", str(port), "--device", "cpu", "--state-dir", str(tmp_path)])
+    assert ran["host"] == "127.0.0.1" and ran["port"] == port
     assert ran["app"].state.settings.state_dir == tmp_path
     assert ran["log_config"]["loggers"]["driftseg"]["handlers"] == ["default"]
+
+
+@pytest.mark.parametrize("content", [b"# README\n\nA text file, not a checkpoint.\n", b"PK\x03\x04 cut short"])
+def test_a_file_that_is_not_a_checkpoint_is_one_line_and_status_2(content, capsys, tmp_path, monkeypatch):
+    (tmp_path / "README.md").write_bytes(content)
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("uvicorn started"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--checkpoint", str(tmp_path / "README.md"), "--port", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "README.md is not a driftseg checkpoint" in err and "--checkpoint FILE" in err
+    assert "weights_only=False" not in err and "Traceback" not in err
+
+
+def test_a_port_in_use_is_refused_before_the_model_loads(ckpt_file, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("driftseg.service.app.create_app", lambda *a, **kw: pytest.fail("the app was built"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as e:
+            cli.main(["--checkpoint", str(ckpt_file), "--port", str(port), "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+
+
+def test_a_port_left_in_time_wait_is_not_taken_for_one_in_use():
+    """The probe binds as uvicorn does (SO_REUSEADDR): a port whose server just closed, its accepted
+    connection left in TIME_WAIT, is free to listen on again."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end waits in TIME_WAIT
+        client.close()
+    cli.check_port_free("127.0.0.1", port)
+
+
+def test_the_help_shows_names_not_python_types_as_placeholders(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "--checkpoint CHECKPOINT" in out and "--port PORT" in out and "--api-key API_KEY" in out
+    assert "--engine {torch,onnx}" in out and "--compile, --no-compile" in out
+    for python in (" Path", " str ", " int ", "SecretStr", "default factory", "bundled_checkpoint"):
+        assert python not in out, python
 
 
 def test_every_setting_is_in_the_help_with_its_description_and_variable(capsys):
