@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from fastapi_offline import FastAPIOffline
 
 from driftseg import __version__
@@ -65,6 +67,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # a client that hangs up mid-body (or is cut off by DRIFTSEG_BODY_TIMEOUT) is not a server fault:
+        # one line, not uvicorn's "Exception in ASGI application" traceback. 499 (nginx's "client closed
+        # request") is what the metrics count; nobody is left to receive it.
+        client = "%s:%d" % tuple(request.client) if request.client else "a client"
+        log.info("%s: disconnected before its request body of %s %s arrived", client, request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -25,6 +25,9 @@ FLAG_VALUES = {
     "store_retry_seconds": ("1.5", {}),
     "snapshot_every": ("7", {}),
     "max_pending": ("9", {}),
+    "max_connections": ("40", {}),
+    "header_timeout": ("2.5", {}),
+    "body_timeout": ("30", {}),
     "max_batch": ("3", {}),
     "max_batch_delay_ms": ("4.5", {}),
     "max_image_bytes": ("1000", {}),
@@ -88,6 +91,7 @@ def test_serve_command(capsys, monkeypatch, ckpt_file, tmp_path):
     assert ran["host"] == "127.0.0.1" and ran["port"] == 8123
     assert ran["app"].state.settings.state_dir == tmp_path
     assert ran["log_config"]["loggers"]["driftseg"]["handlers"] == ["default"]
+    assert ran["limit_concurrency"] == 512 and ran["http"].header_timeout == 10 and ran["http"].body_timeout == 60
 
 
 def test_every_setting_is_in_the_help_with_its_description_and_variable(capsys):
