@@ -89,6 +89,17 @@ def test_import_refuses_other_checkpoints_methods_and_bad_files(make_settings, f
             (variant(state=bad_stats), 422, "shape"),
             (variant(state=nan_stats), 422, "non-finite"),
             (variant(state={"frames": 1}), 422, "state"),
+            # bounds, named: a frame count past 2**53 - 1 (JavaScript's and float64's exact integers), a
+            # count inside a part, a tensor of another shape or dtype
+            (variant(state={**payload["state"], "frames": 10**30}), 422, "state.frames is 1" + "0" * 30),
+            (variant(state={**payload["state"], "frames": -1}), 422, "state.frames is -1"),
+            (variant(state={**payload["state"], "auto": {**payload["state"]["auto"], "switches": [3, 2**60]}}), 422,
+             "state.auto.switches[1]"),
+            (variant(state={**payload["state"], "lc": {**payload["state"]["lc"], "weight": torch.ones(12)}}), 422,
+             "state.lc.weight should be a torch.float32 tensor of shape [11], got torch.float32 [12]"),
+            (variant(state={**payload["state"], "auto": {**payload["state"]["auto"],
+                                                          "alpha": payload["state"]["auto"]["alpha"].double()}}),
+             422, "state.auto.alpha should be a torch.float32 tensor"),
         ]
         for data, status, word in cases:
             r = put_state(client, "cam", data)
