@@ -68,7 +68,7 @@ def test_the_served_schema_matches_a_live_server_under_every_check(ckpt_file, tm
             [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(HERE / "schemathesis.toml"),
              "run", f"{client.base_url}/openapi.json", "--checks", "all", "-n", str(LIVE_EXAMPLES),
              "--generation-deterministic", *(["--header", f"X-API-Key: {key}"] if key else [])],
-            env=env, capture_output=True, text=True, timeout=300)
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # its cache in tmp_path
     finally:
         client.close()
         stop(proc)

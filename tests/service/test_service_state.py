@@ -183,3 +183,22 @@ def test_concurrent_requests_on_one_stream_all_apply(make_settings, frames):
         assert all(r.status_code == 200 for r in rs)
         assert sorted(int(r.headers["X-Frame-Index"]) for r in rs) == list(range(1, 9))
         assert exported_state(client, "busy")["frames"] == 8
+
+
+def test_the_stream_list_comes_in_pages(make_settings, frames):
+    with TestClient(create_app(make_settings(max_streams=3))) as client:  # some in memory, some only stored
+        for i in range(7):
+            post(client, frames[0], f"page-{i}")
+        everything = client.get("/adaptation/streams").json()
+        assert everything["next_cursor"] is None and len(everything["streams"]) == 7
+        pages, cursor = [], None
+        while True:
+            page = client.get("/adaptation/streams", params={"limit": 3, **({"cursor": cursor} if cursor else {})}).json()
+            pages.append([row["stream"] for row in page["streams"]])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert [len(p) for p in pages] == [3, 3, 1]
+        assert sum(pages, []) == [row["stream"] for row in everything["streams"]] == [f"page-{i}" for i in range(6, -1, -1)]
+        for params in ({"limit": 0}, {"limit": 1001}, {"cursor": "not-a-cursor"}):
+            assert client.get("/adaptation/streams", params=params).status_code == 422, params
