@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path("~/.cache/driftseg/state"), description="where stream snapshots are kept")
     state_store: str | None = Field(None, description="where stream snapshots live: file:///DIR (default: the state "
                                     "dir) or redis://[:password@]host:port/db, shared by replicas")
+    state_ttl: float = Field(30 * 24 * 3600.0, ge=0, description="seconds a stream may go unseen before its snapshot "
+                             "is deleted (in Redis, the key's expiry); 0: kept until reset")
+    max_stored_streams: int = Field(10000, ge=1, description="stream snapshots kept in the state store; past it the "
+                                    "least recently seen are deleted (with Redis: of the streams this server knows)")
     store_retry_seconds: float = Field(5.0, gt=0, description="while the state store is down, how often to try it again")
     snapshot_every: int = Field(100, ge=0, description="snapshot a stream every N adapted frames; 0: only on eviction and shutdown")
     max_pending: int = Field(32, ge=1, description="/segment requests in flight at once (waiting for their stream, "

@@ -22,6 +22,8 @@ FLAG_VALUES = {
     "max_streams": ("5", {}),
     "state_dir": ("/tmp/driftseg-flag-state", {}),
     "state_store": ("redis://127.0.0.1:6390/1", {}),
+    "state_ttl": ("3600", {}),
+    "max_stored_streams": ("50", {}),
     "store_retry_seconds": ("1.5", {}),
     "snapshot_every": ("7", {}),
     "max_pending": ("9", {}),
