@@ -7,29 +7,34 @@
 # on a free port with a fresh state folder and stop it afterwards.
 #
 #   experiments/rerun-cpu.sh [PART ...]      parts: methods drift speed model model-compiled precision load
-#                                      load-compiled training (all, in that order, without arguments)
+#                                      load-concurrency load-compiled training (all, in that order, without arguments)
 # FORCE=1 and UPDATE="METHOD ..." as experiments/common.sh says. UPDATE applies to `methods` only: `drift` is there
 # for its per-frame picture, which an update cannot redraw, and reruns whole in minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source experiments/common.sh
-ALL="methods drift speed model model-compiled precision load load-compiled training"
+ALL="methods drift speed model model-compiled precision load load-concurrency load-compiled training"
 parts=${*:-$ALL}
 
-serve_and_load() {  # $1: output name, $2: extra server environment (e.g. DRIFTSEG_COMPILE=true)
+start_server() {  # $1: extra server environment (e.g. DRIFTSEG_COMPILE=true); sets URL and SERVER
     local port=8124 state
     state=$(mktemp -d)
-    env $2 DRIFTSEG_STATE_DIR="$state" $D serve --port $port > "$state/serve.log" 2>&1 &
-    local server=$!
-    until curl -sf "http://127.0.0.1:$port/readyz" > /dev/null; do
-        kill -0 $server 2> /dev/null || { cat "$state/serve.log"; return 1; }
+    env $1 DRIFTSEG_STATE_DIR="$state" $D serve --port $port > "$state/serve.log" 2>&1 &
+    SERVER=$! URL="http://127.0.0.1:$port"
+    until curl -sf "$URL/readyz" > /dev/null; do
+        kill -0 $SERVER 2> /dev/null || { cat "$state/serve.log"; return 1; }
         sleep 2
     done
-    $D bench load --url "http://127.0.0.1:$port" --streams 1 8 32 --duration 20 --raw-batch 8 --out "$R/$1.json"
+}
+
+stop_server() { kill $SERVER; wait $SERVER; }
+
+serve_and_load() {  # $1: output name, $2: extra server environment (e.g. DRIFTSEG_COMPILE=true)
+    start_server "$2" || return 1
+    $D bench load --url "$URL" --streams 1 8 32 --duration 20 --raw-batch 8 --out "$R/$1.json"
     # open loop, one camera, at rates around what this CPU serves at the checkpoint's input size
-    $D bench load --url "http://127.0.0.1:$port" --streams 1 --rate 2 4 6 8 10 --duration 20 \
-        --out "$R/${1/load/load-open}.json"
-    kill $server; wait $server
+    $D bench load --url "$URL" --streams 1 --rate 2 4 6 8 10 --duration 20 --out "$R/${1/load/load-open}.json"
+    stop_server
 }
 
 for part in $parts; do
@@ -50,6 +55,11 @@ for part in $parts; do
         --methods source auto --batches 1 8 32 --steps 20 --out $R/model-cpu-compiled.json ;;
     precision) done_already $R/precision-cpu.json || $D bench precision --out $R/precision-cpu.json ;;
     load) done_already $R/load-cpu.json || serve_and_load load-cpu "" ;;
+    # 1 camera sends its frames in a row; 2, 4 and 8 at once: whether throughput holds under concurrency
+    # (a quiet machine only: other processes on the cores make concurrency look worse than it is).
+    # LOAD_SECONDS=2 for a short check of the part.
+    load-concurrency) done_already $R/load-concurrency.json || { start_server "" && $D bench load --url "$URL" \
+        --streams 1 2 4 8 --duration "${LOAD_SECONDS:-20}" --out $R/load-concurrency.json; stop_server; } ;;
     load-compiled) done_already $R/load-cpu-compiled.json || serve_and_load load-cpu-compiled DRIFTSEG_COMPILE=true ;;
     training) done_already $R/training-cpu.json || $D bench training --threads 2 1 --out $R/training-cpu.json ;;
     *) echo "unknown part $part (parts: $ALL)" >&2; exit 2 ;;

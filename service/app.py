@@ -7,16 +7,28 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import compile_path
+from starlette.responses import Response
 from fastapi_offline import FastAPIOffline
 
 from driftseg import __version__
 from driftseg.service.engine import Engine
 from driftseg.service.errors import ServiceError
 from driftseg.service.metrics import Metrics, MetricsMiddleware
+from driftseg.service.openapi import secure_where_needed
 from driftseg.service.routes import health, segment, state, streams
 from driftseg.service.settings import Settings, load_settings
 
 log = logging.getLogger("driftseg.service")
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the schema lists for the paths matching `path` (included routers are not flat
+    Route objects to ask, and the schema is what clients read)."""
+    return sorted({method.upper() for template, operations in app.openapi()["paths"].items()
+                   if compile_path(template)[0].match(path) for method in operations})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,6 +78,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's 405 names the methods of the first route on the path only (Allow: GET on
+        # /adaptation/state, which takes PUT too): every route's on the path, as RFC 9110 asks
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # a client that hangs up mid-body (or is cut off by DRIFTSEG_BODY_TIMEOUT) is not a server fault:
+        # one line, not uvicorn's "Exception in ASGI application" traceback. 499 (nginx's "client closed
+        # request") is what the metrics count; nobody is left to receive it.
+        client = "%s:%d" % tuple(request.client) if request.client else "a client"
+        log.info("%s: disconnected before its request body of %s %s arrived", client, request.method, request.url.path)
+        return Response(status_code=499)
+
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # answered in the error model too (service/openapi.py); Starlette then re-raises it to be logged
@@ -74,4 +104,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (segment.router, state.router, streams.router, health.router):
         app.include_router(router)
+    full_schema = app.openapi
+    app.openapi = lambda: secure_where_needed(full_schema(), settings.api_key is not None, settings.api_key_everywhere)
     return app

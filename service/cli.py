@@ -1,6 +1,5 @@
 """`driftseg serve`: the HTTP service on uvicorn. Every setting of service/settings.py is a flag
 (kebab-case) as well as a DRIFTSEG_* environment variable; flags win. `--help` lists them all."""
-import copy
 import socket
 import sys
 
@@ -37,15 +36,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
     import uvicorn
-    from uvicorn.config import LOGGING_CONFIG
 
     from driftseg.service.app import create_app
+    from driftseg.service.server import log_config, protocol
 
-    # the service's own log lines (start-up, snapshots, shutdown) through uvicorn's handler and format
-    log_config = copy.deepcopy(LOGGING_CONFIG)
-    log_config["loggers"]["driftseg"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                log_config=log_config)
+                log_config=log_config(settings.log_level, key), http=protocol(settings.header_timeout, settings.body_timeout),
+                limit_concurrency=settings.max_connections)
 
 
 if __name__ == "__main__":

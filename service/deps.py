@@ -8,22 +8,25 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.security import APIKeyHeader
 
 from driftseg.service.engine import Engine
-from driftseg.service.errors import NotReady, Unauthorized, Unprocessable
+from driftseg.service.errors import NO_STREAM, NotReady, Unauthorized, Unprocessable
 from driftseg.service.metrics import Metrics
-from driftseg.service.registry import check_stream_id
+from driftseg.service.openapi import READ_SCHEME, WRITE_SCHEME
+from driftseg.service.registry import STREAM_ID, check_stream_id
 from driftseg.service.segmenter import Segmenter
 from driftseg.service.settings import Settings
 from driftseg.service.states import States
 
 DEFAULT_STREAM = "default"
-NO_STREAM = ("this server needs the stream named (DRIFTSEG_REQUIRE_STREAM_ID): send the header X-Stream-Id: <camera id> "
-             "(or ?stream=<camera id>), one id per camera")
 API_KEY_HEADER = "X-API-Key"
 
-_api_key_header = APIKeyHeader(
-    name=API_KEY_HEADER, auto_error=False, scheme_name="APIKey",
-    description="needed only where the server sets DRIFTSEG_API_KEY: always on PUT /adaptation/state and "
-                "POST /adapt/reset, and with DRIFTSEG_API_KEY_EVERYWHERE also on POST /segment and GET /adaptation/*")
+# two schemes for the one header, so that the served schema (service/openapi.py, `security`) marks the key
+# as needed exactly where this server's settings need it
+_write_key = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False, scheme_name=WRITE_SCHEME,
+    description="needed on PUT /adaptation/state and POST /adapt/reset where the server sets DRIFTSEG_API_KEY")
+_read_key = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False, scheme_name=READ_SCHEME,
+    description="needed on POST /segment and GET /adaptation/* where the server sets DRIFTSEG_API_KEY_EVERYWHERE too")
 
 
 def _check_key(request: Request, given: str | None, everywhere_only: bool) -> None:
@@ -38,12 +41,12 @@ def _check_key(request: Request, given: str | None, everywhere_only: bool) -> No
         raise Unauthorized(f"the header {API_KEY_HEADER} does not match the server's key (DRIFTSEG_API_KEY)")
 
 
-def require_key(request: Request, x_api_key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+def require_key(request: Request, x_api_key: Annotated[str | None, Depends(_write_key)]) -> None:
     """Routes that change a stream's state: 401 without the key, wherever DRIFTSEG_API_KEY is set."""
     _check_key(request, x_api_key, everywhere_only=False)
 
 
-def require_key_everywhere(request: Request, x_api_key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+def require_key_everywhere(request: Request, x_api_key: Annotated[str | None, Depends(_read_key)]) -> None:
     """The other stream routes: 401 without the key where DRIFTSEG_API_KEY_EVERYWHERE is set too."""
     _check_key(request, x_api_key, everywhere_only=True)
 
@@ -75,13 +78,18 @@ def get_states(engine: Annotated[Engine, Depends(get_engine)]) -> States:
     return engine.states
 
 
+# the rule in the schema too, so that generated clients know it; check_stream_id enforces it with its own message
+_STREAM_RULE = {"pattern": STREAM_ID.pattern}
+
+
 def get_stream_id(
     request: Request,
-    stream: Annotated[str | None, Query(description="stream id, 1-128 of A-Z a-z 0-9 . _ - (or header X-Stream-Id)")] = None,
+    stream: Annotated[str | None, Query(description="stream id, 1-128 of A-Z a-z 0-9 . _ - (or header X-Stream-Id)",
+                                        json_schema_extra=_STREAM_RULE)] = None,
     x_stream_id: Annotated[str | None, Header(description=f"stream id (or query parameter stream); without either the "
                                               f"stream is {DEFAULT_STREAM!r}, shared by every such request, unless the "
                                               "server sets DRIFTSEG_REQUIRE_STREAM_ID (the Docker image does): then "
-                                              "it answers 422")] = None,
+                                              "it answers 422", json_schema_extra=_STREAM_RULE)] = None,
 ) -> str:
     if stream is not None and x_stream_id is not None and stream != x_stream_id:
         raise Unprocessable(f"stream given twice, as X-Stream-Id {x_stream_id!r} and as ?stream={stream!r}: give one")

@@ -30,7 +30,8 @@ class Engine:
         self.fingerprint, self.method, self.device = served.fingerprint, served.method, served.pipeline.device
         self.store = open_store(settings, served.fingerprint, served.method)
         self.registry = StreamRegistry(self.store, served.pipeline.new_state, settings.max_streams,
-                                       settings.snapshot_every, on_write=metrics.snapshots.inc)
+                                       settings.snapshot_every, on_write=metrics.snapshots.inc,
+                                       ttl=settings.state_ttl, max_stored=settings.max_stored_streams)
         self.segmenter = Segmenter(settings, served, self.registry, metrics, model_thread)
         self.states = States(served, self.registry, settings.max_streams)
         self.ready = False
@@ -60,12 +61,15 @@ class Engine:
 
     async def _watch_store(self) -> None:
         """While the state store is down, try it every few seconds; once it answers, write every stream
-        whose state changed meanwhile (the registry kept them in memory)."""
+        whose state changed meanwhile (the registry kept them in memory). While it is up, delete the
+        snapshots past their retention (DRIFTSEG_STATE_TTL, DRIFTSEG_MAX_STORED_STREAMS)."""
         while True:
             await asyncio.sleep(self.settings.store_retry_seconds)
             try:
                 if not self.store.healthy and await to_thread.run_sync(self.store.ping):
                     log.info("state store back: %d stream snapshot(s) caught up", await self.registry.flush())
+                if self.store.healthy:
+                    await self.registry.prune()
             except Exception:  # the watcher must outlive whatever one attempt ran into
                 log.exception("state store catch-up failed; trying again in %s s", self.settings.store_retry_seconds)
 

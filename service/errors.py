@@ -2,6 +2,12 @@
 The app turns them into JSON {"detail": ...} (service/app.py)."""
 
 
+# a request that names no stream where the server needs one (DRIFTSEG_REQUIRE_STREAM_ID); here so that
+# deps.py, which raises it, and openapi.py, which shows it, both read it
+NO_STREAM = ("this server needs the stream named (DRIFTSEG_REQUIRE_STREAM_ID): send the header X-Stream-Id: <camera id> "
+             "(or ?stream=<camera id>), one id per camera")
+
+
 class ServiceError(Exception):
     status_code = 500
     retry_after: int | None = None  # seconds, sent as Retry-After

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from driftseg.data.transforms import pixels, to_tensor, to_unit
@@ -14,6 +14,7 @@ from driftseg.service.errors import PayloadTooLarge, Unprocessable
 
 MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 FORMATS = list(MEDIA_TYPES.values())
+EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 upright, 2-8 mirrored and/or turned
 
 
 @dataclass(frozen=True)
@@ -52,20 +53,24 @@ def _open(data: bytes, max_pixels: int, read):
 
 
 def decode(data: bytes, max_pixels: int) -> np.ndarray:
-    """RGB uint8 [H, W, 3]. Only JPEG, PNG and WebP decoders are tried; the pixel count is checked
-    from the header before any pixel is decoded."""
-    rgb = _open(data, max_pixels, lambda im: np.array(im.convert("RGB")))  # a writable copy, for torch.from_numpy
+    """RGB uint8 [H, W, 3], turned as its EXIF orientation says. Only JPEG, PNG and WebP decoders are
+    tried; the pixel count is checked from the header before any pixel is decoded."""
+    # upright as viewers show it (a phone photo's EXIF orientation applied), a writable copy for torch.from_numpy
+    rgb = _open(data, max_pixels, lambda im: np.array(ImageOps.exif_transpose(im).convert("RGB")))
     if rgb.ndim != 3 or 0 in rgb.shape:
         raise Unprocessable(f"decoded an empty image of shape {list(rgb.shape)}")
     return rgb
 
 
 def read_jpeg_header(data: bytes, max_pixels: int) -> EncodedJPEG | None:
-    """The frame as an `EncodedJPEG` when it is a colour or grey JPEG, its size read from the header
-    and checked; None for anything else (PNG, WebP, CMYK JPEG), which `decode` takes."""
+    """The frame as an `EncodedJPEG` when it is an upright colour or grey JPEG, its size read from the
+    header and checked; None for anything else (PNG, WebP, CMYK JPEG, a JPEG whose EXIF orientation
+    turns it), which `decode` takes. torchvision's batched decoder applies EXIF orientation on the CPU
+    only (not nvJPEG), so turned frames always go through PIL."""
     def header(im):
         w, h = im.size
-        return EncodedJPEG(data, h, w) if im.format == "JPEG" and im.mode in ("RGB", "L") and w * h else None
+        upright = im.getexif().get(EXIF_ORIENTATION, 1) == 1
+        return EncodedJPEG(data, h, w) if im.format == "JPEG" and im.mode in ("RGB", "L") and w * h and upright else None
 
     return _open(data, max_pixels, header)
 

@@ -1,9 +1,11 @@
 """What the OpenAPI schema says of the routes' answers beyond their 200 body: the one error model
-(schemas.Error) with examples on every 4xx and 5xx, and the response headers the routes set."""
-from driftseg.service.deps import NO_STREAM
+(schemas.Error) with examples on every 4xx and 5xx, the response headers the routes set, and the key
+marked as needed exactly where the server's settings need it."""
+from driftseg.service.errors import NO_STREAM
 from driftseg.service.schemas import Error
 from driftseg.service.stages import Stage
 
+WRITE_SCHEME, READ_SCHEME = "APIKey", "APIKeyEverywhere"  # the key on the routes that change state / on the others
 _STRING, _INTEGER, _NUMBER = {"type": "string"}, {"type": "integer"}, {"type": "number"}
 
 HEADERS = {
@@ -69,3 +71,25 @@ def errors(why: dict[int, tuple[str, ...]], model: type[Error] = Error, retry_af
 def headers(*names: str) -> dict[str, dict]:
     """The OpenAPI `headers` of a response that sets `names`."""
     return {name: HEADERS[name] for name in names}
+
+
+def secure_where_needed(schema: dict, write_key: bool, read_key: bool) -> dict:
+    """The schema with the security requirements a server does not enforce taken out (the key on the
+    routes that change state where `write_key`, on the others where `read_key` too): generated clients
+    and schema-driven tests then send the key exactly where this server needs it. Idempotent."""
+    enforced = {WRITE_SCHEME: write_key, READ_SCHEME: read_key}
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            kept = [need for need in operation.get("security", []) if all(enforced.get(name, True) for name in need)]
+            if kept:
+                operation["security"] = kept
+            else:
+                operation.pop("security", None)
+    components = schema.get("components", {})
+    schemes = components.get("securitySchemes", {})
+    for name, on in enforced.items():
+        if not on:
+            schemes.pop(name, None)
+    if not schemes:
+        components.pop("securitySchemes", None)
+    return schema

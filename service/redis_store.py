@@ -2,7 +2,8 @@
 a stream that moves to another replica (its own replica died, or the ring changed) resumes there.
 
 One hash per stream, `driftseg:<origin key>:<stream key>` (service/snapshots.py), holding the snapshot
-bytes (service/snapshots.py's format), its version and last-seen time. The version is the stream's
+bytes (service/snapshots.py's format), its version and last-seen time, expiring DRIFTSEG_STATE_TTL seconds
+after the stream was last seen (Redis deletes it, whichever replica wrote it). The version is the stream's
 frame count, and a write lands only if it is not older than the stored one (checked inside Redis by
 a script, atomically): a replica that lags behind cannot roll a stream back. A reset deletes the
 key, and an imported state is written unconditionally.
@@ -11,6 +12,7 @@ Redis down: every call raises StoreUnavailable (an OSError, which the registry a
 keeping the state in memory and retrying later) and `healthy` turns False until a call succeeds.
 """
 import logging
+import math
 from urllib.parse import urlsplit
 
 import redis
@@ -22,11 +24,13 @@ from driftseg.service.snapshots import (StoredSnapshot, check_origin, decode, en
 
 log = logging.getLogger("driftseg.service")
 
-# KEYS[1]: the stream's hash; ARGV: data, version, last_seen, force ("1" or "0"). 1 if written.
+# KEYS[1]: the stream's hash; ARGV: data, version, last_seen, force ("1" or "0"), expiry (unix seconds, "0":
+# none). 1 if written.
 _WRITE_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'version')
 if current and ARGV[4] ~= '1' and tonumber(current) > tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'data', ARGV[1], 'version', ARGV[2], 'last_seen', ARGV[3])
+if ARGV[5] ~= '0' then redis.call('EXPIREAT', KEYS[1], ARGV[5]) else redis.call('PERSIST', KEYS[1]) end
 return 1
 """
 
@@ -40,10 +44,10 @@ class RedisStore:
 
     shared = True  # other replicas write here too: a stream not held may have a snapshot at any time
 
-    def __init__(self, url: str, checkpoint: str, method: str, timeout: float = 2.0):
+    def __init__(self, url: str, checkpoint: str, method: str, timeout: float = 2.0, ttl: float = 0.0):
         parts = urlsplit(url)
         self.location = f"redis://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"  # no password in logs
-        self.checkpoint, self.method = checkpoint, method
+        self.checkpoint, self.method, self.ttl = checkpoint, method, ttl
         self.prefix = f"driftseg:{origin_key(checkpoint, method)}:"
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._write_if_newer = self.client.register_script(_WRITE_IF_NEWER)
@@ -85,8 +89,9 @@ class RedisStore:
     def write(self, stream: str, state: StreamState, last_seen: float, force: bool = False) -> bool:
         """Store the stream's snapshot unless a newer one (more frames) is there; whether it was written."""
         data = encode(stream, state, self.checkpoint, self.method, last_seen)
+        expiry = math.ceil(last_seen + self.ttl) if self.ttl else 0
         written = self._call(self._write_if_newer, [self.key(stream)],
-                             [data, state.frames, repr(last_seen), "1" if force else "0"])
+                             [data, state.frames, repr(last_seen), "1" if force else "0", expiry])
         if not written:
             log.info("stream %r: a newer snapshot than frame %d is in %s; kept it", stream, state.frames, self.location)
         return bool(written)

@@ -52,9 +52,11 @@ class _Slot:
 
 class StreamRegistry:
     def __init__(self, store: SnapshotStore, new_state: Callable[[], StreamState], max_streams: int,
-                 snapshot_every: int, on_write: Callable[[], None] = lambda: None):
+                 snapshot_every: int, on_write: Callable[[], None] = lambda: None, ttl: float = 0.0,
+                 max_stored: int | None = None):
         self.store, self.new_state, self.on_write = store, new_state, on_write
         self.max_streams, self.snapshot_every = max_streams, snapshot_every
+        self.ttl, self.max_stored = ttl, max_stored  # retention of snapshots: idle seconds (0: none), how many
         self.entries: OrderedDict[str, StreamEntry] = OrderedDict()  # in memory, least recently used first
         self.stored: dict[str, StoredSnapshot] = {}  # streams with a usable snapshot in the store
         self._slots: dict[str, _Slot] = {}  # streams in use or waited for
@@ -63,6 +65,31 @@ class StreamRegistry:
         """Check the store and list its snapshots; their states are read when their streams come back."""
         await to_thread.run_sync(self.store.prepare)
         self.stored = await to_thread.run_sync(self.store.scan)
+        await self.prune()
+
+    async def prune(self) -> list[str]:
+        """Delete the snapshots of streams not in memory that were last seen over `ttl` seconds ago, then the
+        least recently seen past `max_stored`; the streams whose snapshots went."""
+        # neither streams in memory nor those in use or waited for (an eviction writing one holds its lock)
+        now = time.time()
+        idle = [(d.last_seen, s) for s, d in self.stored.items() if s not in self.entries and s not in self._slots]
+        expired = {s for seen, s in idle if self.ttl and now - seen > self.ttl}
+        excess = len(self.stored) - len(expired) - (self.max_stored or len(self.stored))
+        expired |= {s for _, s in sorted(x for x in idle if x[1] not in expired)[:max(0, excess)]}
+        gone = []
+        for stream in sorted(expired):
+            async with self._locked(stream):
+                if stream in self.entries or self.stored.pop(stream, None) is None:
+                    continue  # came back, or was reset, while we waited
+                try:
+                    await to_thread.run_sync(self.store.delete, stream)
+                except OSError as e:
+                    log.error("cannot delete the expired snapshot of stream %r from %s: %s", stream, self.store.location, e)
+                    continue
+                gone.append(stream)
+        if gone:
+            log.info("%d stream snapshot(s) deleted (DRIFTSEG_STATE_TTL, DRIFTSEG_MAX_STORED_STREAMS)", len(gone))
+        return gone
 
     @asynccontextmanager
     async def _locked(self, stream: str) -> AsyncIterator[None]:
@@ -144,6 +171,8 @@ class StreamRegistry:
         entry.unsaved, entry.dirty = 0, False
         self.stored[entry.stream] = StoredSnapshot(entry.state.frames, entry.last_seen)
         self.on_write()
+        if self.max_stored is not None and len(self.stored) > self.max_stored:
+            await self.prune()
 
     async def commit(self, entry: StreamEntry, state: StreamState, score: float | None) -> None:
         """Store a stream's new state (call inside `use`); snapshot it every `snapshot_every` adapted frames."""

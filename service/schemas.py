@@ -91,7 +91,8 @@ class StreamInfo(BaseModel):
 
 
 class StreamList(BaseModel):
-    streams: list[StreamInfo]
+    streams: list[StreamInfo] = Field(description="a page, most recently seen first")
+    next_cursor: str | None = Field(description="pass as cursor= for the next page; null on the last")
     in_memory: int
     on_disk: int = Field(description="streams with a snapshot in the state store (a folder or Redis)")
     max_streams: int

@@ -52,10 +52,22 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path("~/.cache/driftseg/state"), description="where stream snapshots are kept")
     state_store: str | None = Field(None, description="where stream snapshots live: file:///DIR (default: the state "
                                     "dir) or redis://[:password@]host:port/db, shared by replicas")
+    state_ttl: float = Field(30 * 24 * 3600.0, ge=0, description="seconds a stream may go unseen before its snapshot "
+                             "is deleted (in Redis, the key's expiry); 0: kept until reset")
+    max_stored_streams: int = Field(10000, ge=1, description="stream snapshots kept in the state store; past it the "
+                                    "least recently seen are deleted (with Redis: of the streams this server knows)")
     store_retry_seconds: float = Field(5.0, gt=0, description="while the state store is down, how often to try it again")
     snapshot_every: int = Field(100, ge=0, description="snapshot a stream every N adapted frames; 0: only on eviction and shutdown")
     max_pending: int = Field(32, ge=1, description="/segment requests in flight at once (waiting for their stream, "
                              "decoding, queued for the model); beyond it a request is answered 503 with Retry-After")
+    max_connections: int = Field(512, ge=1, description="open HTTP connections (and requests in progress) beyond "
+                                 "which a new request is answered 503; with the read deadlines below it bounds the "
+                                 "file descriptors clients can hold")
+    header_timeout: float = Field(10.0, gt=0, description="seconds from a connection's opening, or a request's first "
+                                  "byte, to its last header; past it the connection is closed (with a 408 if part of "
+                                  "a request came)")
+    body_timeout: float = Field(60.0, gt=0, description="seconds from a request's headers to the end of its body; past "
+                                "it the client gets a 408 and the connection is closed")
     max_batch: int = Field(8, ge=1, description="most frames (of different streams) in one batch through the network")
     max_batch_delay_ms: float = Field(2.0, ge=0, description="how long the first frame of a batch waits for others to join")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body of /segment")

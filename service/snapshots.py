@@ -30,6 +30,7 @@ from driftseg.service.errors import Conflict, Unprocessable
 FORMAT = "driftseg-stream-state"
 VERSION = 1
 SUFFIX = ".pt"
+MAX_COUNT = 2**53 - 1  # frame counts beyond it break clients that read X-Frame-Index as a float64 (JavaScript)
 log = logging.getLogger("driftseg.service")
 
 
@@ -77,6 +78,25 @@ def _non_finite(value, where: str = "state") -> str | None:
         found = _non_finite(v, f"{where}.{k}")
         if found:
             return found
+    return None
+
+
+def _misfit(value, template, where: str = "state") -> str | None:
+    """What first breaks the bounds of a fresh state's dict `template` in a snapshot's: a tensor of another
+    shape or dtype, a count (int) outside 0..MAX_COUNT; None if everything fits."""
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_COUNT:
+        return f"{where} is {value}, outside 0..{MAX_COUNT}"
+    if isinstance(template, torch.Tensor):
+        if not isinstance(value, torch.Tensor):
+            return f"{where} should be a tensor, got {type(value).__name__}"
+        if value.shape != template.shape or value.dtype != template.dtype:
+            return (f"{where} should be a {template.dtype} tensor of shape {list(template.shape)}, got "
+                    f"{value.dtype} {list(value.shape)}")
+    if isinstance(value, dict):
+        nested = template if isinstance(template, dict) else {}
+        return next((bad for k, v in value.items() if (bad := _misfit(v, nested.get(k), f"{where}.{k}"))), None)
+    if isinstance(value, list):
+        return next((bad for i, v in enumerate(value) if (bad := _misfit(v, None, f"{where}[{i}]"))), None)
     return None
 
 
@@ -129,11 +149,15 @@ def stream_payload(data: bytes, stream: str, checkpoint: str, method: str, where
 
 
 def restore(payload: dict, new_state: Callable[[], StreamState]) -> StreamState:
-    """A fresh state loaded with the snapshot's state dict; Unprocessable (422) if it does not fit."""
+    """A fresh state loaded with the snapshot's state dict; Unprocessable (422) saying which entry does not
+    fit (another shape or dtype than this server's, a count out of bounds, a non-finite value)."""
     bad = _non_finite(payload["state"])
     if bad:
         raise Unprocessable(f"the snapshot's {bad} holds non-finite values")
     state = new_state()
+    misfit = _misfit(payload["state"], state.state_dict())
+    if misfit:
+        raise Unprocessable(f"the snapshot's state does not fit this server's model and method: {misfit}")
     try:
         state.load_state_dict(payload["state"])
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:

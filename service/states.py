@@ -1,11 +1,18 @@
 """What the state routes do to the streams a server holds: describe a stream's state (GET
 /adaptation/state), export it as a snapshot and import one (PUT), reset streams, list them."""
+import re
+
 from anyio import to_thread
 
 from driftseg.service import snapshots
 from driftseg.service.adaptation import Served, describe_method_state, shift_and_alpha
 from driftseg.service.errors import NotFound
 from driftseg.service.registry import StreamEntry, StreamRegistry, check_stream_id
+
+
+MAX_PAGE = 1000  # streams per page of GET /adaptation/streams
+# a page's end: the last stream's last-seen time and id (keyset paging: pages stay right while streams come and go)
+CURSOR = re.compile(r"^([0-9]+(?:\.[0-9]+)?)~([A-Za-z0-9._-]{1,128})$")
 
 
 class States:
@@ -55,12 +62,19 @@ class States:
     async def reset_all(self) -> list[str]:
         return await self.registry.reset_all()
 
-    def listing(self) -> dict:
-        """What GET /adaptation/streams answers (service.schemas.StreamList)."""
-        rows = [{"stream": s, "frames": f, "last_seen": t, "in_memory": m, "on_disk": d}
-                for s, f, t, m, d in self.registry.streams()]
+    def listing(self, limit: int = MAX_PAGE, cursor: str | None = None) -> dict:
+        """A page of what GET /adaptation/streams answers (service.schemas.StreamList): `limit` streams,
+        most recently seen first, after `cursor` (a CURSOR: the last row of the previous page)."""
+        rows = sorted(self.registry.streams(), key=lambda r: (-r[2], r[0]))
+        if cursor is not None:
+            seen, stream = CURSOR.match(cursor).groups()
+            rows = [r for r in rows if (-r[2], r[0]) > (-float(seen), stream)]
+        page = rows[:limit]
         in_memory, stored = self.registry.counts()
-        return {"streams": rows, "in_memory": in_memory, "on_disk": stored, "max_streams": self.max_streams}
+        return {"streams": [{"stream": s, "frames": f, "last_seen": t, "in_memory": m, "on_disk": d}
+                            for s, f, t, m, d in page],
+                "next_cursor": f"{page[-1][2]!r}~{page[-1][0]}" if len(rows) > limit else None,
+                "in_memory": in_memory, "on_disk": stored, "max_streams": self.max_streams}
 
     def counts(self) -> tuple[int, int]:
         """Streams in memory, streams with a snapshot in the store."""

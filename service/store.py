@@ -49,6 +49,6 @@ def open_store(settings: Settings, checkpoint: str, method: str) -> SnapshotStor
     folder (file:///DIR; default: DRIFTSEG_STATE_DIR)."""
     url = settings.state_store
     if url is not None and url.startswith(("redis://", "rediss://")):
-        return RedisStore(url, checkpoint, method)
+        return RedisStore(url, checkpoint, method, ttl=settings.state_ttl)
     directory = Path(url.removeprefix("file://")) if url is not None else settings.state_dir
     return FolderStore(directory, checkpoint, method)

@@ -5,9 +5,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from driftseg.service.body import read_body
 from driftseg.service.deps import ReadAccess, StatesDep, StreamId, WriteAccess
-from driftseg.service.errors import Unprocessable
 from driftseg.service.openapi import KEY, KEY_EVERYWHERE, NOT_READY, errors, headers
-from driftseg.service.registry import check_stream_id
 from driftseg.service.schemas import ResetResult, StreamStateSummary
 
 router = APIRouter(tags=["adaptation state"])
@@ -66,23 +64,16 @@ async def put_state(_access: WriteAccess, request: Request, states: StatesDep, s
 @router.post("/adapt/reset", operation_id="reset_streams", response_model=ResetResult,
              responses=errors({401: (KEY, "key missing", "key wrong"),
                                404: ("the stream is not held", "stream not held"),
-                               422: ("no stream named, both a stream and all=true, an invalid stream id or "
-                                     "parameter", "invalid stream id", "invalid parameter"),
+                               422: ("an invalid stream id or parameter", "invalid stream id", "invalid parameter"),
                                503: (NOT_READY, "not ready")}))
 async def reset(
     _access: WriteAccess,
     states: StatesDep,
-    stream: Annotated[str | None, Query(description="the stream to reset (or header X-Stream-Id)")] = None,
-    x_stream_id: Annotated[str | None, Header()] = None,
-    all_: Annotated[bool, Query(alias="all", description="reset every stream held")] = False,
+    stream: StreamId,
+    all_: Annotated[bool, Query(alias="all", description="reset every stream held (the stream named among them)")] = False,
 ) -> ResetResult:
-    """Drop a stream's state (or every stream's), in memory and its snapshot on disk: its next frame
-    starts from the source model."""
+    """Drop a stream's state (or with all=true every stream's), in memory and its snapshot in the store:
+    its next frame starts from the source model."""
     if all_:
-        if stream is not None:
-            raise Unprocessable("give either stream=ID or all=true, not both")
         return ResetResult(reset=await states.reset_all())
-    target = stream if stream is not None else x_stream_id
-    if target is None:
-        raise Unprocessable("say what to reset: stream=ID (or header X-Stream-Id) or all=true")
-    return ResetResult(reset=await states.reset(check_stream_id(target)))
+    return ResetResult(reset=await states.reset(stream))

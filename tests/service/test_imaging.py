@@ -87,3 +87,24 @@ def test_gpu_decode_never_writes_memory_queued_kernels_still_read(camvid_jpegs):
         assert all(f.device.type == "cuda" for f in frames)  # a frame PIL decoded joins them there
         torch.cuda.synchronize()
         assert all(s.item() == value * 3 * 360 * 480 for s in sums), f"a queued reduction read decoded pixels ({value})"
+
+
+def turned_jpeg(rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG of `rgb` as stored, with an EXIF orientation tag telling viewers how to turn it."""
+    exif = Image.Exif()
+    exif[imaging.EXIF_ORIENTATION] = orientation
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="JPEG", quality=95, exif=exif)
+    return out.getvalue()
+
+
+def test_exif_orientation_is_applied_and_turned_jpegs_skip_the_batched_decoder():
+    stored = np.zeros((6, 10, 3), dtype=np.uint8)
+    stored[:2, :, 0] = 255  # a red band along the stored top
+    data = turned_jpeg(stored, 6)  # 6: shown turned 90 degrees clockwise
+    as_stored = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+    upright = imaging.decode(data, 100)
+    assert upright.shape == (10, 6, 3) and np.array_equal(upright, np.rot90(as_stored, k=-1))
+    assert upright[:, -2:, 0].min() > 200 and upright[:, :2, 0].max() < 50  # the band is now on the right
+    assert imaging.read_jpeg_header(data, 100) is None  # PIL decodes it, upright, on every decode setting
+    assert imaging.read_jpeg_header(turned_jpeg(stored, 1), 100).shape == (1, 3, 6, 10)

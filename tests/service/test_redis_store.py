@@ -82,3 +82,16 @@ def test_serves_from_memory_while_redis_is_down_and_catches_up(make_settings, fr
             server.stop()
         with pytest.raises(StoreUnavailable):
             store.read("cam")
+
+
+def test_snapshots_expire_state_ttl_after_their_stream_was_last_seen(redis_server):
+    store = RedisStore(redis_server.url, "c" * 64, "source", ttl=100)
+    store.prepare()
+    now = time.time()
+    assert store.write("fresh", StreamState(frames=1), now)
+    assert 95 <= store.client.ttl(store.key("fresh")) <= 101
+    assert store.write("stale", StreamState(frames=1), now - 200)  # unseen for longer than the TTL: gone at once
+    assert store.read("stale") is None and set(store.scan()) == {"fresh"}
+    forever = RedisStore(redis_server.url, "c" * 64, "source", ttl=0)
+    assert forever.write("fresh", StreamState(frames=2), now)
+    assert forever.client.ttl(forever.key("fresh")) == -1  # no expiry

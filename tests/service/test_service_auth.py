@@ -105,17 +105,22 @@ def test_key_is_checked_before_readiness_and_the_body(make_settings):
     assert client.get("/healthz").status_code == 200
 
 
-def test_openapi_declares_the_key(make_settings):
-    spec = TestClient(create_app(make_settings(api_key=KEY))).get("/openapi.json").json()
-    assert spec["components"]["securitySchemes"]["APIKey"] == {
-        **spec["components"]["securitySchemes"]["APIKey"], "type": "apiKey", "in": "header", "name": "X-API-Key"}
-    paths = spec["paths"]
-    for path, method in (("/adapt/reset", "post"), ("/adaptation/state", "put"), ("/segment", "post"),
-                         ("/adaptation/state", "get"), ("/adaptation/streams", "get")):
-        assert paths[path][method]["security"] == [{"APIKey": []}], (path, method)
-        assert "401" in paths[path][method]["responses"]
-    for path in ("/healthz", "/readyz", "/metrics"):
-        assert "security" not in paths[path]["get"]
+def test_openapi_declares_the_key_where_the_settings_need_it(make_settings):
+    writes = (("/adapt/reset", "post"), ("/adaptation/state", "put"))
+    reads = (("/segment", "post"), ("/adaptation/state", "get"), ("/adaptation/streams", "get"))
+    for everywhere in (False, True):
+        spec = TestClient(create_app(make_settings(api_key=KEY, api_key_everywhere=everywhere))).get("/openapi.json").json()
+        schemes = spec["components"]["securitySchemes"]
+        assert set(schemes) == ({"APIKey", "APIKeyEverywhere"} if everywhere else {"APIKey"})
+        for scheme in schemes.values():
+            assert scheme == {**scheme, "type": "apiKey", "in": "header", "name": "X-API-Key"}
+        paths = spec["paths"]
+        for path, method in writes + reads:
+            wanted = [{"APIKey": []}] if (path, method) in writes else [{"APIKeyEverywhere": []}] if everywhere else None
+            assert paths[path][method].get("security") == wanted, (path, method, everywhere)
+            assert "401" in paths[path][method]["responses"]
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert "security" not in paths[path]["get"]
 
 
 def test_key_settings(ckpt_file, monkeypatch):

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from driftseg.service.app import create_app
+from driftseg.service.imaging import EXIF_ORIENTATION
 from service_util import assert_same, exported_state
 
 
@@ -43,3 +44,26 @@ def test_a_broken_jpeg_in_a_batch_fails_alone(make_settings, camvid_jpegs):
         metrics = dict(line.rsplit(" ", 1) for line in client.get("/metrics").text.splitlines()
                        if line.startswith(("driftseg_batch_size_count", "driftseg_batch_size_sum")))
         assert float(metrics["driftseg_batch_size_count"]) == 2 and float(metrics["driftseg_batch_size_sum"]) == 4
+
+
+def test_a_phone_photo_is_segmented_upright_on_both_decoders(make_settings, frames, tmp_path):
+    """A JPEG stored sideways with EXIF orientation 6: its labels are those of the picture turned as a viewer
+    shows it (np.rot90 of the stored pixels, sent as a lossless PNG), on the PIL and the batched decoder."""
+    stored = np.array(Image.open(io.BytesIO(frames[0])).convert("RGB"))
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    out = io.BytesIO()
+    Image.fromarray(stored).save(out, format="JPEG", quality=95, exif=exif)
+    turned = out.getvalue()
+    as_stored = np.array(Image.open(io.BytesIO(turned)).convert("RGB"))
+    upright = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(np.rot90(as_stored, k=-1))).save(upright, format="PNG")
+    for decode in ("pil", "batched"):
+        with TestClient(create_app(make_settings(state_dir=tmp_path / decode, decode=decode))) as client:
+            got = post(client, "phone", turned, adapt="false")
+            want = client.post("/segment", content=upright.getvalue(), params={"adapt": "false"},
+                               headers={"Content-Type": "image/png", "X-Stream-Id": "phone"})
+            assert got.status_code == want.status_code == 200, got.text
+            labels = np.array(Image.open(io.BytesIO(got.content)))
+            assert labels.shape == stored.shape[1::-1]  # height and width swapped
+            assert np.array_equal(labels, np.array(Image.open(io.BytesIO(want.content)))), decode

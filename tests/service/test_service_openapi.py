@@ -130,3 +130,25 @@ def test_v2_health_aliases(client, make_settings):
     r = loading.get("/v2/health/ready")
     assert r.status_code == 503 and r.json()["ready"] is False and Error.model_validate(r.json())
     assert loading.get("/readyz").status_code == 503
+
+
+def test_without_a_key_no_route_asks_for_one(spec):
+    # test_service_auth.py: where a key is set, the schema asks for it exactly where the server does
+    assert not [op for _, _, op in operations(spec) if op.get("security")]
+    assert "securitySchemes" not in spec.get("components", {})
+
+
+def test_a_405_allows_every_method_of_the_path(client):
+    r = client.delete("/adaptation/state")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, PUT"
+    Error.model_validate(r.json())
+
+
+def test_the_stream_id_rule_is_in_the_schema(spec):
+    import re
+
+    for _, path, op in operations(spec):
+        for param in op.get("parameters", []):
+            if param["name"].lower() in ("stream", "x-stream-id"):
+                pattern = re.compile(param["schema"]["pattern"])  # beside anyOf [string, null]: strings only
+                assert pattern.match("cam-7.a_b") and not pattern.match("") and not pattern.match("x" * 129), path

@@ -1,12 +1,21 @@
-"""A bounded schemathesis run: requests generated from the service's own OpenAPI schema (valid and
-invalid images, stream ids, query values, keys) never get a 5xx, and every 4xx is in the error model."""
+"""Bounded schemathesis runs: requests generated from the service's own OpenAPI schema (valid and
+invalid images, stream ids, query values, keys) never get a 5xx and every 4xx is in the error model;
+and against a live `driftseg serve`, the schema passes every check schemathesis has."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
 from driftseg.service.app import create_app
 from driftseg.service.schemas import Error
+from service_util import start, stop
 
+HERE = Path(__file__).parent
 EXAMPLES = 40  # per operation
 
 
@@ -38,3 +47,30 @@ def test_no_generated_request_gets_a_server_error(make_settings):
                     Error.model_validate(response.json())
 
             no_server_error()
+
+
+LIVE_EXAMPLES = 30  # per operation and phase: about 15 s against the tiny checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [None, "k3y-for-schemathesis"], ids=["open", "keyed"])
+def test_the_served_schema_matches_a_live_server_under_every_check(ckpt_file, tmp_path, key):
+    """`schemathesis run --checks all` against `driftseg serve` (open, and with DRIFTSEG_API_KEY set): the
+    schema says what the server takes and answers: stream ids, where the key is needed, error bodies, headers,
+    the Allow header of a 405. tests/service/schemathesis.toml and schemathesis_hooks.py say what it cannot."""
+    settings = {"DRIFTSEG_CHECKPOINT": str(ckpt_file), "DRIFTSEG_MAX_STREAMS": "4"}
+    if key:
+        settings["DRIFTSEG_API_KEY"] = key
+    proc, client = start(tmp_path / "state", tmp_path / "serve.log", **settings)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(HERE), "SCHEMATHESIS_HOOKS": "schemathesis_hooks"}
+        run = subprocess.run(
+            [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(HERE / "schemathesis.toml"),
+             "run", f"{client.base_url}/openapi.json", "--checks", "all", "-n", str(LIVE_EXAMPLES),
+             "--generation-deterministic", *(["--header", f"X-API-Key: {key}"] if key else [])],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # its cache in tmp_path
+    finally:
+        client.close()
+        stop(proc)
+    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-6000:]
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()

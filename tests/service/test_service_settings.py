@@ -25,9 +25,14 @@ FLAG_VALUES = {
     "max_streams": ("5", {}),
     "state_dir": ("/tmp/driftseg-flag-state", {}),
     "state_store": ("redis://127.0.0.1:6390/1", {}),
+    "state_ttl": ("3600", {}),
+    "max_stored_streams": ("50", {}),
     "store_retry_seconds": ("1.5", {}),
     "snapshot_every": ("7", {}),
     "max_pending": ("9", {}),
+    "max_connections": ("40", {}),
+    "header_timeout": ("2.5", {}),
+    "body_timeout": ("30", {}),
     "max_batch": ("3", {}),
     "max_batch_delay_ms": ("4.5", {}),
     "max_image_bytes": ("1000", {}),
@@ -93,6 +98,7 @@ def test_serve_command(capsys, monkeypatch, ckpt_file, tmp_path):
     assert ran["host"] == "127.0.0.1" and ran["port"] == port
     assert ran["app"].state.settings.state_dir == tmp_path
     assert ran["log_config"]["loggers"]["driftseg"]["handlers"] == ["default"]
+    assert ran["limit_concurrency"] == 512 and ran["http"].header_timeout == 10 and ran["http"].body_timeout == 60
 
 
 @pytest.mark.parametrize("content", [b"# README\n\nA text file, not a checkpoint.\n", b"PK\x03\x04 cut short"])

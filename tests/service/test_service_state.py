@@ -92,6 +92,17 @@ def test_import_refuses_other_checkpoints_methods_and_bad_files(make_settings, f
             (variant(state=bad_stats), 422, "shape"),
             (variant(state=nan_stats), 422, "non-finite"),
             (variant(state={"frames": 1}), 422, "state"),
+            # bounds, named: a frame count past 2**53 - 1 (JavaScript's and float64's exact integers), a
+            # count inside a part, a tensor of another shape or dtype
+            (variant(state={**payload["state"], "frames": 10**30}), 422, "state.frames is 1" + "0" * 30),
+            (variant(state={**payload["state"], "frames": -1}), 422, "state.frames is -1"),
+            (variant(state={**payload["state"], "auto": {**payload["state"]["auto"], "switches": [3, 2**60]}}), 422,
+             "state.auto.switches[1]"),
+            (variant(state={**payload["state"], "lc": {**payload["state"]["lc"], "weight": torch.ones(12)}}), 422,
+             "state.lc.weight should be a torch.float32 tensor of shape [11], got torch.float32 [12]"),
+            (variant(state={**payload["state"], "auto": {**payload["state"]["auto"],
+                                                          "alpha": payload["state"]["auto"]["alpha"].double()}}),
+             422, "state.auto.alpha should be a torch.float32 tensor"),
         ]
         for data, status, word in cases:
             r = put_state(client, "cam", data)
@@ -161,7 +172,7 @@ def test_reset_all_and_unknown(make_settings, frames, tmp_path):
         post(client, frames[0], "a")
         post(client, frames[0], "b")  # a goes to disk
         assert client.post("/adapt/reset?stream=zzz").status_code == 404
-        assert client.post("/adapt/reset").status_code == 422
+        assert client.post("/adapt/reset").status_code == 404  # like every stream route: the stream "default"
         assert client.post("/adapt/reset?stream=a%2Fb").status_code == 422
         assert client.post("/adapt/reset?all=true").json() == {"reset": ["a", "b"]}
         assert client.get("/adaptation/streams").json()["streams"] == []
@@ -176,3 +187,22 @@ def test_concurrent_requests_on_one_stream_all_apply(make_settings, frames):
         assert all(r.status_code == 200 for r in rs)
         assert sorted(int(r.headers["X-Frame-Index"]) for r in rs) == list(range(1, 9))
         assert exported_state(client, "busy")["frames"] == 8
+
+
+def test_the_stream_list_comes_in_pages(make_settings, frames):
+    with TestClient(create_app(make_settings(max_streams=3))) as client:  # some in memory, some only stored
+        for i in range(7):
+            post(client, frames[0], f"page-{i}")
+        everything = client.get("/adaptation/streams").json()
+        assert everything["next_cursor"] is None and len(everything["streams"]) == 7
+        pages, cursor = [], None
+        while True:
+            page = client.get("/adaptation/streams", params={"limit": 3, **({"cursor": cursor} if cursor else {})}).json()
+            pages.append([row["stream"] for row in page["streams"]])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert [len(p) for p in pages] == [3, 3, 1]
+        assert sum(pages, []) == [row["stream"] for row in everything["streams"]] == [f"page-{i}" for i in range(6, -1, -1)]
+        for params in ({"limit": 0}, {"limit": 1001}, {"cursor": "not-a-cursor"}):
+            assert client.get("/adaptation/streams", params=params).status_code == 422, params
