@@ -36,6 +36,8 @@ def test_site_builds_strict(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-5000:]
     page = (tmp_path / "site" / "results" / "online.html").read_text()
     assert "--8&lt;--" not in page and page.count("<tr>") > 10  # the tables were included, not quoted
+    for html in (tmp_path / "site").rglob("*.html"):  # read offline: no script, style or font from the network
+        assert not re.findall(r'<(?:script|link)[^>]*(?:src|href)="(?:https?:)?//', html.read_text()), html
 
 
 def test_readme_blocks_are_current() -> None:
