@@ -8,7 +8,7 @@ several rounds (`continual10`) one per round, `continual10/round<r>`, and one pe
 """
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,9 +30,11 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
-def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int) -> tuple[dict, dict]:
+def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int,
+               on_frame: Callable[[int, np.ndarray, torch.Tensor], None] | None = None) -> tuple[dict, dict]:
     """Scores of one method on one stream (the whole stream and, for multi-segment streams, each
-    segment), and its trace over frames: per-frame confusion matrices and the auto mode's state."""
+    segment), and its trace over frames: per-frame confusion matrices and the auto mode's state.
+    `on_frame(index, image, labels)`, if given, sees each frame and its label map (the README's picture)."""
     state = pipeline.new_state()
     frame_cms, shift, alpha = [], [], []
     seconds = 0.0
@@ -47,6 +49,8 @@ def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int) -> tuple[d
         cm = ConfusionMatrix(pipeline.num_classes, ignore_index)
         cm.update(torch.from_numpy(label), labels[0].cpu())
         frame_cms.append(cm.mat)
+        if on_frame is not None:
+            on_frame(len(frame_cms) - 1, image, labels[0])
         score, alpha_mean = pipeline.shift(state)
         if score is not None:
             shift.append(score)

@@ -1,5 +1,6 @@
 """Pictures: a multi-segment stream (rolling mIoU per method over frames, the automatic mode's
-shift score and mean alpha, its detected switches, and the true domain boundaries), a stream of
+shift score and mean alpha, its detected switches, and the true domain boundaries), the README's
+picture (a frame's overlay beside the automatic mode's shift score and alpha), a stream of
 several rounds (mIoU per round, and per segment over the rounds: where a method drifts or collapses),
 and the latency of an open-loop load test over its run."""
 import math
@@ -32,27 +33,58 @@ def plot_stream(name: str, trace: dict, out: Path, window: int = 20) -> None:
     for i, (method, t) in enumerate(trace["methods"].items()):
         top.plot(rolling_miou(t["confusion"], window), label=method, lw=1.3, color=colours(i))
     for method, t in shifted.items():
-        bottom.plot(t["shift"], label=f"shift score ({method})", lw=1.2)
-        bottom.plot(t["alpha"], label=f"mean alpha ({method})", lw=1.2, ls="--")
-        for frame in t["switches"]:
-            bottom.axvline(frame - 1, color="red", lw=0.8, ls=":")
-    for ax in filter(None, (top, bottom)):
-        for segment, start in trace["segments"]:
-            ax.axvline(start, color="grey", lw=0.8)
-    for segment, start in trace["segments"]:
-        top.text(start + 1, 1.0, segment, transform=top.get_xaxis_transform(), va="top", fontsize=9)
+        plot_shift(bottom, method, t)
+    _mark_segments(top, trace["segments"], label=True)
+    if bottom is not None:
+        _mark_segments(bottom, trace["segments"])
     top.set_ylabel(f"mIoU over the last {window} frames (%)")
     top.legend(fontsize=8, ncol=3, loc="lower left")
     top.set_title(f"stream `{name}`: grey lines are domain boundaries"
                   + (", red dotted lines the switches auto detected" if shifted else ""))
     (bottom or top).set_xlabel("frame")
-    if bottom is not None:
-        bottom.set_ylabel("auto (symlog scale)")
-        bottom.set_yscale("symlog", linthresh=1)
-        bottom.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_shift(ax, method: str, t: dict) -> None:
+    """The automatic mode's per-frame shift score and mean alpha, and the switches it detected (red)."""
+    ax.plot(t["shift"], label=f"shift score ({method})", lw=1.2)
+    ax.plot(t["alpha"], label=f"mean alpha ({method})", lw=1.2, ls="--")
+    for frame in t["switches"]:
+        ax.axvline(frame - 1, color="red", lw=0.8, ls=":")
+    ax.set_ylabel("auto (symlog scale)")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.legend(fontsize=8, loc="upper left")
+
+
+def _mark_segments(ax, segments: list[tuple[str, int]], label: bool = False) -> None:
+    """A grey line at each domain boundary, with the segment's name on top if `label`."""
+    for segment, start in segments:
+        ax.axvline(start, color="grey", lw=0.8)
+        if label:
+            ax.text(start + 1, 1.0, segment, transform=ax.get_xaxis_transform(), va="top", fontsize=9)
+
+
+def plot_face(name: str, trace: dict, method: str, frame: int, overlay, caption: str, out: Path) -> None:
+    """The README's picture: one frame's colour overlay beside `method`'s shift score and alpha over the
+    stream (`trace` as for plot_stream), the frame shown marked on the plot."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2), width_ratios=(1, 1.45))
+    left.imshow(overlay)
+    left.set_axis_off()
+    left.set_title(caption, fontsize=10)
+    plot_shift(right, method, trace["methods"][method])
+    _mark_segments(right, trace["segments"], label=True)
+    right.axvline(frame, color="black", lw=1.2, ls="--")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    right.set_xlabel("frame (dashed black: the frame on the left)")
+    right.set_title(f"stream `{name}`: grey lines are domain boundaries, red dotted lines the switches "
+                    f"{method} detected", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
 
 
