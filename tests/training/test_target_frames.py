@@ -14,7 +14,7 @@ from PIL import Image
 
 from driftseg import cli
 from driftseg.models.checkpoint import load_checkpoint
-from driftseg.training import self_training
+from driftseg.training import adversarial, self_training
 from driftseg.training.resume import difference
 from driftseg.training.target_folder import TargetFolder
 
@@ -149,6 +149,15 @@ def test_a_folder_job_records_the_folder_and_the_recipe(toy_source, frames, tmp_
     log = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log] == list(range(1, ITERS + 1)) and {"seg", "pseudo", "kept"} <= log[-1].keys()
     assert any(not torch.equal(w, parent.weights[k]) for k, w in ckpt.weights.items() if w.is_floating_point())
+
+
+def test_every_adaptation_job_takes_a_folder(toy_source, frames, tmp_path) -> None:
+    """The folder is finetune.py's, shared by the jobs: the adversarial one adapts to it as well."""
+    out = tmp_path / "adv.pt"
+    adversarial.main(folder_job(toy_source, frames, out))
+    ckpt = load_checkpoint(out)
+    assert ckpt.config["job"] == "adversarial" and ckpt.data["target_frames"] == 3
+    assert ckpt.config["target_folder"]["sha256"] == fingerprint(frames)[1]
 
 
 @pytest.mark.parametrize("change, message", [
