@@ -58,8 +58,11 @@ class FrameSource:
 
     def _images(self):
         for path in self.files:
-            with Image.open(path) as im:
-                yield path.stem, np.array(im.convert("RGB"))
+            try:
+                with Image.open(path) as im:
+                    yield path.stem, np.array(im.convert("RGB"))
+            except OSError as e:  # PIL's "cannot identify image file", "image file is truncated"...
+                raise ValueError(f"{path} is not a readable image: {e}") from None
 
     def _video(self):
         av = import_av()

@@ -1,5 +1,7 @@
 """Frames as the networks take them: uint8 HxWx3 arrays (as PIL decodes them) to tensors [3, H, W]
-or [1, 3, H, W], float in [0, 1]; and a whole split of a frame folder, resized, on a device."""
+or [1, 3, H, W], float in [0, 1]; and a whole split of a frame folder (or any frames), resized, on a device."""
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 from torchvision.transforms import v2
@@ -26,13 +28,18 @@ def to_tensor(image: np.ndarray, batch: bool = True) -> torch.Tensor:
     return to_unit(chw[None] if batch else chw)
 
 
+def stack_resized(images: Iterable[np.ndarray], size: tuple[int, int], device) -> torch.Tensor:
+    """uint8 HxWx3 arrays of any sizes as one uint8 tensor [N, 3, H, W] at `size`, on `device`."""
+    resized = [v2.functional.resize(pixels(image), list(size), antialias=True) for image in images]
+    return torch.stack(resized).to(device)
+
+
 def load_frames(folder: FrameFolder, split: str, size: tuple[int, int], device, labels: bool = True):
     """A split's frames as uint8 tensors [N, 3, H, W] (and labels [N, H, W]) at `size`, on `device`."""
-    images, targets = [], []
-    for name in folder.check_split(split) if labels else folder.frames(split):
-        images.append(v2.functional.resize(pixels(folder.read_image(name)), list(size), antialias=True))
-        if labels:
-            label = torch.from_numpy(folder.read_label(name))[None]
-            targets.append(v2.functional.resize(label, list(size), v2.InterpolationMode.NEAREST)[0])
-    images = torch.stack(images).to(device)
-    return (images, torch.stack(targets).to(device)) if labels else images
+    names = folder.check_split(split) if labels else folder.frames(split)
+    images = stack_resized((folder.read_image(name) for name in names), size, device)
+    if not labels:
+        return images
+    targets = [v2.functional.resize(torch.from_numpy(folder.read_label(name))[None], list(size),
+                                    v2.InterpolationMode.NEAREST)[0] for name in names]
+    return images, torch.stack(targets).to(device)

@@ -40,6 +40,19 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def difference(old: Any, new: Any, shown: int = 5) -> str:
+    """How a fixed argument changed; for two mappings (a folder's files and their fingerprints), the
+    keys added, removed and changed rather than both whole."""
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return f"{old!r} there, {new!r} now"
+
+    def some(keys: list) -> str:
+        return ", ".join(map(str, keys[:shown])) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+    parts = {"added": [k for k in new if k not in old], "removed": [k for k in old if k not in new],
+             "changed": [k for k in new if k in old and new[k] != old[k]]}
+    return "; ".join(f"{what} {some(keys)}" for what, keys in parts.items() if keys)
+
+
 class TrainingState:
     """Saves and restores `parts` at iteration boundaries.
 
@@ -83,7 +96,7 @@ class TrainingState:
             raise ValueError(f"{path} was written by the {payload['job']!r} job, not {self.job!r}")
         differ = {k: (payload["fixed"].get(k), v) for k, v in self.fixed.items() if payload["fixed"].get(k) != v}
         if differ:
-            told = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differ.items())
+            told = ", ".join(f"{k}: {difference(old, new)}" for k, (old, new) in differ.items())
             raise ValueError(f"{path} was written with other arguments; resume with the same ones ({told})")
         rank, world = _distributed()
         written = payload.get("world_size")  # None: a file of before the per-process RNG, whose processes shared one
