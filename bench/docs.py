@@ -15,31 +15,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from driftseg.adapters.spec import method_table
 from driftseg.bench.report import add_common_arguments, table
 
 RESULTS = Path("experiments/results")
 HEADLINE_METHODS = ("source", "ptbn", "tent", "auto")
 
-# (spec, what it does, adapts by backprop, paper): the rows of the README's methods table
-METHOD_CARDS = (
-    ("source", "the frozen model, BN folded into the convolutions", False, ""),
-    ("ptbn", "each frame normalised with its own BN statistics: `ema(m=1,alpha=0)`", False, "Nado et al. 2020"),
-    ("ema(m,alpha)", "EMA of each BN layer's input statistics, alpha-blended with the source's (mixture variance)",
-     False, "TTN's blend, Lim et al. 2023"),
-    ("lc", "label calibration: running soft-label prototypes, nearest one per pixel", False,
-     "Bohdal, Li, Hospedales 2023"),
-    ("fda(beta,mode)", "the frame's low-frequency amplitude moved toward the source's", False, "Yang & Soatto 2020"),
-    ("auto", "per-layer alpha from a calibrated shift score, restart at domain switches, `+lc`", False,
-     "this project"),
-    ("tent", "one Adam step per frame on the BN affine parameters (entropy)", True, "Wang et al. 2021"),
-    ("diga", "`mixbn(lam=0.8)+proto`: fixed source/frame BN mix, class prototypes", False, "Wang et al. 2023"),
-    ("dua", "BN statistics from 16 augmented copies of each frame", False, "Mirza et al. 2022"),
-    ("lame", "the frozen model's output smoothed over a kNN graph of its features", False, "Boudiaf et al. 2022"),
-    ("norm_alpha", "`mixbn(lam=0.9)`: 9 parts source, 1 part frame statistics", False, "Schneider et al. 2020"),
-    ("rbn", "`ema(m=0.05)`: a slow EMA from the source statistics", False, "RoTTA's robust BN"),
-    ("cotta", "mean teacher on augmented views, stochastic restore to the source weights", True,
-     "Wang et al. 2022"),
-)
+# What each name of adapters/spec.py's method_table() does, in words, and its paper: the one thing the
+# methods table needs that the code cannot say. Which names exist, what an alias stands for, backprop,
+# served and exported come from method_table(), so a new method shows up (and fails here without a card).
+METHOD_CARDS = {
+    "source": ("the frozen model, BN folded into the convolutions", ""),
+    "ema": ("EMA of each BN layer's input statistics, alpha-blended with the source's (mixture variance)",
+            "TTN's blend, Lim et al. 2023"),
+    "auto": ("per-layer alpha from a calibrated shift score, restart at domain switches", "this project"),
+    "mixbn": ("a fixed mix of source and frame BN statistics, nothing kept", "Schneider et al. 2020"),
+    "dua": ("BN statistics from 16 augmented copies of each frame", "Mirza et al. 2022"),
+    "tent": ("one Adam step per frame on the BN affine parameters (entropy)", "Wang et al. 2021"),
+    "cotta": ("mean teacher on augmented views, stochastic restore to the source weights", "Wang et al. 2022"),
+    "proto": ("class prototypes of the classifier's features, mixed into the scores", "DIGA, Wang et al. 2023"),
+    "lame": ("the output smoothed over a kNN graph of the classifier's features", "Boudiaf et al. 2022"),
+    "lc": ("label calibration: running soft-label prototypes, nearest one per pixel", "Bohdal, Li, Hospedales 2023"),
+    "fda": ("the frame's low-frequency amplitude moved toward the source's", "Yang & Soatto 2020"),
+    "ptbn": ("each frame normalised with its own BN statistics", "Nado et al. 2020"),
+    "norm_alpha": ("9 parts source, 1 part frame statistics", "Schneider et al. 2020"),
+    "rbn": ("a slow EMA from the source statistics", "RoTTA's robust BN"),
+    "diga": ("fixed source/frame BN mix and class prototypes", "Wang et al. 2023"),
+}
 
 
 def headline(results: Path = RESULTS) -> str:
@@ -55,15 +57,24 @@ def headline(results: Path = RESULTS) -> str:
 
 
 def methods_table(results: Path = RESULTS) -> str:
-    """METHOD_CARDS with each method's cost against the frozen model from `speed-peers.json`."""
+    """Every name of method_table() with its card and its cost against the frozen model from
+    `speed-peers.json`."""
     speed = json.loads((results / "speed-peers.json").read_text())["methods"]
-    rows = [[f"`{spec}`", what, "yes" if backprop else "no", paper,
-             f"{speed[spec]['x_source']:.2f}" if spec in speed else ""]
-            for spec, what, backprop, paper in METHOD_CARDS]
-    return (table(["spec", "what it does", "backprop", "paper", "x source"], rows) + "\n\n"
-            "`x source`: median time per frame against the frozen model, `driftseg bench speed` round robin on "
-            "the 2-core CPU, from `experiments/results/speed-peers.json` (blank: not timed on its own); "
-            "`driftseg bench readme` writes this block.")
+    missing = [row.name for row in method_table() if row.name not in METHOD_CARDS]
+    if missing:
+        raise KeyError(f"no card in bench/docs.py METHOD_CARDS for {', '.join(missing)}")
+    rows = []
+    for row in method_table():
+        what, paper = METHOD_CARDS[row.name]
+        rows.append([f"`{row.name}`", f"`{row.stands_for}`: {what}" if row.stands_for else what, row.stage,
+                     "yes" if row.backprop else "no", "yes" if row.served else "no", "yes" if row.exported else "no",
+                     paper, f"{speed[row.name]['x_source']:.2f}" if row.name in speed else ""])
+    return (table(["name", "what it does", "stage", "backprop", "served", "ONNX", "paper", "x source"], rows) + "\n\n"
+            "A spec joins one network component with input and output ones (`ema(m=0.1,alpha=0.5)+lc`); an alias "
+            "stands for the spec shown. Names, stages, `served` and `ONNX` from `adapters/spec.py`'s "
+            "`method_table()`; `x source`: median time per frame against the frozen model, `driftseg bench speed` "
+            "round robin on the 2-core CPU, from `experiments/results/speed-peers.json` (blank: not timed on its "
+            "own); `driftseg bench readme` writes this block.")
 
 
 BLOCKS = {"headline": headline, "methods": methods_table}

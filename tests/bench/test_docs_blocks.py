@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from driftseg.adapters.spec import method_table
 from driftseg.bench import docs
 from driftseg.cli import main
 from driftseg.models.checkpoint import save_checkpoint
@@ -44,6 +45,18 @@ def test_methods_table_takes_the_cost_from_speed_peers(tmp_path) -> None:
             if line.startswith("| `")}
     assert rows["| `auto`"] == "1.23 |" and rows["| `source`"] == "1.00 |" and rows["| `tent`"] == " |"
     assert len(rows) == len(docs.METHOD_CARDS)
+
+
+def test_methods_table_lists_every_name_of_the_method_table_with_its_flags(tmp_path, monkeypatch) -> None:
+    write_results(tmp_path)
+    cells = {line.split(" | ")[0][3:-1]: line.split(" | ")[1:] for line in docs.methods_table(tmp_path).splitlines()
+             if line.startswith("| `")}
+    assert list(cells) == [row.name for row in method_table()]
+    assert cells["tent"][1:4] == ["network", "yes", "no"]  # stage, backprop, served
+    assert cells["ptbn"][0].startswith("`ema(m=1,alpha=0)`: ") and cells["lame"][4] == "no"  # not exported
+    monkeypatch.delitem(docs.METHOD_CARDS, "lame")
+    with pytest.raises(KeyError, match="lame"):
+        docs.methods_table(tmp_path)
 
 
 def test_readme_check_fails_on_a_stale_block_and_the_command_mends_it(tmp_path) -> None:
