@@ -56,10 +56,13 @@ for part in $parts; do
     precision) done_already $R/precision-cpu.json || $D bench precision --out $R/precision-cpu.json ;;
     load) done_already $R/load-cpu.json || serve_and_load load-cpu "" ;;
     # 1 camera sends its frames in a row; 2, 4 and 8 at once: whether throughput holds under concurrency
-    # (a quiet machine only: other processes on the cores make concurrency look worse than it is).
-    # LOAD_SECONDS=2 for a short check of the part.
-    load-concurrency) done_already $R/load-concurrency.json || { start_server "" && $D bench load --url "$URL" \
-        --streams 1 2 4 8 --duration "${LOAD_SECONDS:-20}" --out $R/load-concurrency.json; stop_server; } ;;
+    # (a quiet machine only: other processes on the cores make concurrency look worse than it is), with the
+    # default batches and again with one frame a batch (-batch1). LOAD_SECONDS=2 for a short check of the part.
+    load-concurrency) for batch in "" 1; do
+        out=$R/load-concurrency${batch:+-batch$batch}.json
+        done_already $out || { start_server "${batch:+DRIFTSEG_MAX_BATCH=$batch}" && $D bench load --url "$URL" \
+            --streams 1 2 4 8 --duration "${LOAD_SECONDS:-20}" --out $out; stop_server; }
+    done ;;
     load-compiled) done_already $R/load-cpu-compiled.json || serve_and_load load-cpu-compiled DRIFTSEG_COMPILE=true ;;
     training) done_already $R/training-cpu.json || $D bench training --threads 2 1 --out $R/training-cpu.json ;;
     *) echo "unknown part $part (parts: $ALL)" >&2; exit 2 ;;
