@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("DRIFTSEG_API_KEY is not set: every route is open")
         else:
             log.info("X-API-Key required on %s", "every stream route" if settings.api_key_everywhere
-                     else "PUT /adaptation/state and POST /adapt/reset")
+                     else "PUT /adaptation/state, POST /adapt/reset and DELETE /adaptation/recording")
         try:
             yield
         finally:

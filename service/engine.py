@@ -15,6 +15,7 @@ from anyio import to_thread
 
 from driftseg.service.adaptation import Served, load_pipeline
 from driftseg.service.metrics import Metrics
+from driftseg.service.recorder import Recorder
 from driftseg.service.registry import StreamRegistry
 from driftseg.service.segmenter import Segmenter
 from driftseg.service.settings import Settings
@@ -32,8 +33,10 @@ class Engine:
         self.registry = StreamRegistry(self.store, served.pipeline.new_state, settings.max_streams,
                                        settings.snapshot_every, on_write=metrics.snapshots.inc,
                                        ttl=settings.state_ttl, max_stored=settings.max_stored_streams)
-        self.segmenter = Segmenter(settings, served, self.registry, metrics, model_thread)
-        self.states = States(served, self.registry, settings.max_streams)
+        self.recorder = (Recorder(settings.recordings, settings.record, settings.record_max_frames,
+                                  settings.record_max_bytes) if settings.record != "off" else None)
+        self.segmenter = Segmenter(settings, served, self.registry, metrics, model_thread, self.recorder)
+        self.states = States(served, self.registry, settings.max_streams, self.recorder)
         self.ready = False
         metrics.model_loaded(served.fingerprint, served.method, settings.engine)
 
@@ -62,7 +65,8 @@ class Engine:
     async def _watch_store(self) -> None:
         """While the state store is down, try it every few seconds; once it answers, write every stream
         whose state changed meanwhile (the registry kept them in memory). While it is up, delete the
-        snapshots past their retention (DRIFTSEG_STATE_TTL, DRIFTSEG_MAX_STORED_STREAMS)."""
+        snapshots past their retention (DRIFTSEG_STATE_TTL, DRIFTSEG_MAX_STORED_STREAMS), and recordings
+        whose newest frame is older than DRIFTSEG_STATE_TTL."""
         while True:
             await asyncio.sleep(self.settings.store_retry_seconds)
             try:
@@ -70,6 +74,8 @@ class Engine:
                     log.info("state store back: %d stream snapshot(s) caught up", await self.registry.flush())
                 if self.store.healthy:
                     await self.registry.prune()
+                if self.recorder is not None:
+                    await to_thread.run_sync(self.recorder.prune, self.settings.state_ttl)
             except Exception:  # the watcher must outlive whatever one attempt ran into
                 log.exception("state store catch-up failed; trying again in %s s", self.settings.store_retry_seconds)
 

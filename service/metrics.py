@@ -14,6 +14,7 @@
     driftseg_queue_wait_seconds                       histogram of a frame's wait for its batch
     driftseg_frames_adapted_total                     frames folded into their stream's state
     driftseg_snapshots_written_total                  stream snapshots written to the state dir
+    driftseg_frames_recorded_total                    frames kept by recording (DRIFTSEG_RECORD)
     driftseg_streams_held{where}                      streams in memory / with a snapshot on disk
     driftseg_shift_score{stream}                      shift score of the `metrics_stream_cap` most recently
                                                       seen streams in memory; the highest of the others under
@@ -71,6 +72,8 @@ class Metrics:
         self.queue_wait = Histogram("driftseg_queue_wait_seconds", "A frame's wait for its batch",
                                     buckets=LATENCY_BUCKETS, registry=self.registry)
         self.snapshots = Counter("driftseg_snapshots_written", "Stream snapshots written", registry=self.registry)
+        self.frames_recorded = Counter("driftseg_frames_recorded", "Frames kept by recording (DRIFTSEG_RECORD)",
+                                       registry=self.registry)
         for stage in Stage:
             self.stage_seconds.labels(stage)  # every series exists from the start
         for adapted in ("true", "false"):

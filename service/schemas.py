@@ -72,6 +72,8 @@ class StreamStateSummary(BaseModel):
     last_seen: float = Field(description="unix time")
     in_memory: bool
     on_disk: bool = Field(description=STORED)
+    recorded_frames: int = Field(description="frames kept by recording (DRIFTSEG_RECORD; 0 when off)")
+    recorded_bytes: int
     shift_score: float | None
     alpha_mean: float | None
     since_reset: int | None
@@ -96,6 +98,11 @@ class StreamList(BaseModel):
     in_memory: int
     on_disk: int = Field(description="streams with a snapshot in the state store (a folder or Redis)")
     max_streams: int
+
+
+class RecordingDeleted(BaseModel):
+    stream: str
+    deleted: int = Field(description="recorded frames deleted (0 where none were kept)")
 
 
 class ResetResult(BaseModel):

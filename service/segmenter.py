@@ -2,7 +2,7 @@
 
     admission -> stream lock (arrival order) -> decode (batched decoding: read the JPEG's header) ->
     batcher (frames of other streams join; batched JPEGs are decoded together) -> encode -> commit
-    the new state
+    the new state -> record the frame (DRIFTSEG_RECORD, service/recorder.py)
 
 run off the event loop: decoding and encoding in worker threads, the network in the model thread
 (service/batcher.py). A stream's new state is stored only once decode, step and encode all
@@ -23,6 +23,7 @@ from driftseg.service.admission import Admission
 from driftseg.service.batcher import Batcher
 from driftseg.service.formats import Segmented
 from driftseg.service.metrics import Metrics
+from driftseg.service.recorder import Recorder
 from driftseg.service.registry import StreamRegistry
 from driftseg.service.settings import Settings
 from driftseg.service.stages import Stage
@@ -37,8 +38,8 @@ def _timed(fn, *args):
 
 class Segmenter:
     def __init__(self, settings: Settings, served: Served, registry: StreamRegistry, metrics: Metrics,
-                 model_thread: Executor | None = None):
-        self.served, self.pipeline, self.registry = served, served.pipeline, registry
+                 model_thread: Executor | None = None, recorder: Recorder | None = None):
+        self.served, self.pipeline, self.registry, self.recorder = served, served.pipeline, registry, recorder
         self.class_names = served.class_names
         self.metrics, self.max_image_pixels = metrics, settings.max_image_pixels
         self.device = self.pipeline.device
@@ -63,6 +64,10 @@ class Segmenter:
             out, t_encode = await to_thread.run_sync(_timed, self.encode, fmt, rgb, labels)
             score, alpha = shift_and_alpha(self.served.pipeline, state)
             await self.registry.commit(entry, state, score)
+            # under the stream's lock, so a stream's frames are recorded in the order they were applied
+            if self.recorder is not None and self.recorder.wants(score):
+                if await to_thread.run_sync(self.recorder.record, stream, data):
+                    self.metrics.frames_recorded.inc()
         seconds = {Stage.WAIT: waited, Stage.DECODE: t_decode, Stage.MODEL: t_model, Stage.ENCODE: t_encode}
         for stage, value in seconds.items():
             self.metrics.stage_seconds.labels(stage).observe(value)

@@ -74,11 +74,21 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest decoded image, width x height")
     metrics_stream_cap: int = Field(32, ge=0, description="streams with their own driftseg_shift_score series; the rest go under stream=\"_other\"")
     api_key: SecretStr | None = Field(None, description="when set, the routes that change a stream's state (PUT "
-                                      "/adaptation/state, POST /adapt/reset) need header X-API-Key equal to it; "
+                                      "/adaptation/state, POST /adapt/reset, DELETE /adaptation/recording) need header X-API-Key "
+                                      "equal to it; "
                                       "prefer the environment variable: other users of the machine can read a "
                                       "process's command line")
     api_key_everywhere: bool = Field(False, description="also require X-API-Key on POST /segment and GET "
                                      "/adaptation/*; /healthz, /readyz and /metrics stay open")
+    record: Literal["off", "drifted", "all"] = Field("off", description="keep each stream's recent frames as posted "
+                                                    "(camera footage: off by default), for adaptation jobs: all of "
+                                                    "them, or those of a stream whose shift score says it has left the "
+                                                    "source domain (drifted; method auto)")
+    record_dir: Path | None = Field(None, description="where recorded frames are kept, a folder per stream "
+                                    "(<stream>.frames); default: <state dir>/recordings")
+    record_max_frames: int = Field(500, ge=1, description="recorded frames kept per stream; past it the oldest are deleted")
+    record_max_bytes: int = Field(200 * 1024 * 1024, ge=1, description="bytes of recorded frames kept per stream; "
+                                  "past it the oldest are deleted")
     require_stream_id: bool = Field(False, description="answer 422 to a stream request that names no stream "
                                     "(header X-Stream-Id or ?stream=) instead of adapting the shared stream "
                                     "'default' (on in the Docker image)")
@@ -108,7 +118,7 @@ class Settings(BaseSettings):
             raise ValueError(f"state store {url!r} is neither file:///DIR nor redis://host:port/db")
         return url
 
-    @field_validator("state_dir", "onnx_model")
+    @field_validator("state_dir", "onnx_model", "record_dir")
     @classmethod
     def _expand(cls, path: Path | None) -> Path | None:
         return path.expanduser() if path is not None else None
@@ -149,6 +159,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _drifted_needs_a_shift_score(self) -> "Settings":
+        if self.record == "drifted" and self.spec.network != "auto":
+            raise ValueError(f"{ENV_PREFIX}RECORD=drifted records while the shift score of method auto says a stream "
+                             f"has drifted; method {self.method!r} measures none: serve auto, or record all")
+        return self
+
+    @model_validator(mode="after")
     def _device_available(self) -> "Settings":
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device 'cuda' asked for but torch sees no CUDA device: set {ENV_PREFIX}DEVICE=cpu or auto")
@@ -169,6 +186,11 @@ class Settings(BaseSettings):
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    @property
+    def recordings(self) -> Path:
+        """Where recorded frames are kept: DRIFTSEG_RECORD_DIR, else <state dir>/recordings."""
+        return self.record_dir if self.record_dir is not None else self.state_dir / "recordings"
 
 
 def command_line(args: list[str]) -> CliSettingsSource:

@@ -7,6 +7,7 @@ from anyio import to_thread
 from driftseg.service import snapshots
 from driftseg.service.adaptation import Served, describe_method_state, shift_and_alpha
 from driftseg.service.errors import NotFound
+from driftseg.service.recorder import Recorder
 from driftseg.service.registry import StreamEntry, StreamRegistry, check_stream_id
 
 
@@ -16,8 +17,8 @@ CURSOR = re.compile(r"^([0-9]+(?:\.[0-9]+)?)~([A-Za-z0-9._-]{1,128})$")
 
 
 class States:
-    def __init__(self, served: Served, registry: StreamRegistry, max_streams: int):
-        self.served, self.registry, self.max_streams = served, registry, max_streams
+    def __init__(self, served: Served, registry: StreamRegistry, max_streams: int, recorder: Recorder | None = None):
+        self.served, self.registry, self.max_streams, self.recorder = served, registry, max_streams, recorder
 
     async def summary(self, stream: str) -> dict:
         """What GET /adaptation/state answers (service.schemas.StreamStateSummary)."""
@@ -28,9 +29,11 @@ class States:
             return await to_thread.run_sync(self._summary, entry, list(entry.scores), stored)
 
     def _summary(self, entry: StreamEntry, scores: list, stored: bool) -> dict:
+        recorded, recorded_bytes = self.recorder.usage(entry.stream) if self.recorder is not None else (0, 0)
         return {
             "stream": entry.stream, "checkpoint": self.served.fingerprint, "frames": entry.state.frames,
             "last_seen": entry.last_seen, "in_memory": True, "on_disk": stored,
+            "recorded_frames": recorded, "recorded_bytes": recorded_bytes,
             "shift_history": [{"frame": f, "score": s} for f, s in scores],
             **describe_method_state(self.served, entry.state),
         }
@@ -58,6 +61,11 @@ class States:
         if not await self.registry.reset(stream):
             raise _unknown(stream)
         return [stream]
+
+    async def delete_recording(self, stream: str) -> int:
+        """Delete the stream's recorded frames (held or not: footage outlives a stream's state); how many."""
+        check_stream_id(stream)
+        return await to_thread.run_sync(self.recorder.delete, stream) if self.recorder is not None else 0
 
     async def reset_all(self) -> list[str]:
         return await self.registry.reset_all()

@@ -1,4 +1,5 @@
-"""A stream's adaptation state: read it (JSON summary or snapshot file), import a snapshot, reset it."""
+"""A stream's adaptation state: read it (JSON summary or snapshot file), import a snapshot, reset it;
+and delete the frames recorded of it."""
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -6,7 +7,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from driftseg.service.body import read_body
 from driftseg.service.deps import ReadAccess, StatesDep, StreamId, WriteAccess
 from driftseg.service.openapi import KEY, KEY_EVERYWHERE, NOT_READY, errors, headers
-from driftseg.service.schemas import ResetResult, StreamStateSummary
+from driftseg.service.schemas import RecordingDeleted, ResetResult, StreamStateSummary
 
 router = APIRouter(tags=["adaptation state"])
 
@@ -77,3 +78,14 @@ async def reset(
     if all_:
         return ResetResult(reset=await states.reset_all())
     return ResetResult(reset=await states.reset(stream))
+
+
+@router.delete("/adaptation/recording", operation_id="delete_recording", response_model=RecordingDeleted,
+               responses=errors({401: (KEY, "key missing", "key wrong"),
+                                 422: ("an invalid stream id, or no stream named where the server requires one",
+                                       "invalid stream id", "stream not named"),
+                                 503: (NOT_READY, "not ready")}))
+async def delete_recording(_access: WriteAccess, states: StatesDep, stream: StreamId) -> RecordingDeleted:
+    """Delete the frames recorded of the stream (DRIFTSEG_RECORD): camera footage, kept until deleted
+    here, pushed out by newer frames past the caps, or pruned after DRIFTSEG_STATE_TTL. Its state stays."""
+    return RecordingDeleted(stream=stream, deleted=await states.delete_recording(stream))

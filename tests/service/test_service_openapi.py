@@ -13,6 +13,7 @@ OPERATIONS = {
     ("get", "/adaptation/state"): "get_stream_state",
     ("put", "/adaptation/state"): "put_stream_state",
     ("post", "/adapt/reset"): "reset_streams",
+    ("delete", "/adaptation/recording"): "delete_recording",
     ("get", "/adaptation/streams"): "list_streams",
     ("get", "/healthz"): "healthz",
     ("get", "/readyz"): "readyz",

@@ -41,6 +41,10 @@ FLAG_VALUES = {
     "api_key": ("k3y-from-a-flag", {}),
     "api_key_everywhere": (True, {"api_key": "k3y"}),
     "require_stream_id": (True, {}),
+    "record": ("drifted", {}),
+    "record_dir": ("/tmp/driftseg-recordings", {}),
+    "record_max_frames": ("20", {}),
+    "record_max_bytes": ("123456", {}),
 }
 
 
