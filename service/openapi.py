@@ -1,6 +1,7 @@
 """What the OpenAPI schema says of the routes' answers beyond their 200 body: the one error model
 (schemas.Error) with examples on every 4xx and 5xx, the response headers the routes set, and the key
 marked as needed exactly where the server's settings need it."""
+from driftseg.adapters.spec import RECOMMENDED
 from driftseg.service.errors import NO_STREAM
 from driftseg.service.schemas import Error
 from driftseg.service.stages import Stage
@@ -30,9 +31,8 @@ EXAMPLES: dict[str, str | list] = {
     "stream not named": NO_STREAM,
     "stream not held": "stream 'cam7' is not held: POST /segment with X-Stream-Id: cam7 starts it "
                        "(GET /adaptation/streams lists the streams held)",
-    "snapshot of another method": "the snapshot was made with method 'ptbn', this server runs "
-                                  "'auto(m=1,floor=0.2,switch=2,layers=12)+lc': import it into a server running "
-                                  "that method",
+    "snapshot of another method": f"the snapshot was made with method 'ptbn', this server runs {RECOMMENDED!r}: "
+                                  "import it into a server running that method",
     "image too large": "the image is over the limit of 20971520 bytes (DRIFTSEG_MAX_IMAGE_BYTES): send a smaller one",
     "snapshot too large": "the snapshot is over the limit of 67108864 bytes: send a smaller one",
     "not an image type": "content type 'text/plain' is not accepted: send image/jpeg, image/png, image/webp as the "
