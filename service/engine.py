@@ -66,7 +66,7 @@ class Engine:
         """While the state store is down, try it every few seconds; once it answers, write every stream
         whose state changed meanwhile (the registry kept them in memory). While it is up, delete the
         snapshots past their retention (DRIFTSEG_STATE_TTL, DRIFTSEG_MAX_STORED_STREAMS), and recordings
-        whose newest frame is older than DRIFTSEG_STATE_TTL."""
+        not written to for DRIFTSEG_STATE_TTL."""
         while True:
             await asyncio.sleep(self.settings.store_retry_seconds)
             try:

@@ -94,15 +94,15 @@ class Recorder:
         return count
 
     def prune(self, ttl: float, now: float | None = None) -> list[str]:
-        """Delete the recordings whose newest frame is older than `ttl` seconds (0: keep all); their streams."""
+        """Delete the recordings not written to for `ttl` seconds (0: keep all); their streams. A folder's
+        modification time is its last write (each frame is renamed into it): one stat a stream."""
         if ttl <= 0 or not self.root.is_dir():
             return []
         cutoff = (time.time() if now is None else now) - ttl
         stale = []
         for folder in self.root.glob(f"*{FOLDER_SUFFIX}"):
-            stream = folder.name.removesuffix(FOLDER_SUFFIX)
-            names = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
-            if max((int(n.split(".")[0]) / 1e9 for n in names if n.split(".")[0].isdigit()), default=0) < cutoff:
+            if folder.stat().st_mtime < cutoff:
+                stream = folder.name.removesuffix(FOLDER_SUFFIX)
                 self.delete(stream)
                 stale.append(stream)
         return stale

@@ -1,6 +1,6 @@
 """Retention of stream snapshots on a running `driftseg serve`: past DRIFTSEG_MAX_STORED_STREAMS the least
 recently seen snapshots are deleted, and past DRIFTSEG_STATE_TTL (shortened here to seconds) every idle
-one is, files and listing and the streams-stored metric alike."""
+one is, files and listing and the streams-stored metric alike, and the frames recorded of it."""
 import re
 import time
 
@@ -18,7 +18,8 @@ def test_snapshots_past_the_cap_and_the_ttl_are_deleted(ckpt_file, frames, tmp_p
     state = tmp_path / "state"
     proc, client = start(state, tmp_path / "serve.log", DRIFTSEG_CHECKPOINT=str(ckpt_file), DRIFTSEG_MAX_STREAMS="1",
                          DRIFTSEG_MAX_STORED_STREAMS=str(CAP), DRIFTSEG_STATE_TTL=str(TTL),
-                         DRIFTSEG_STORE_RETRY_SECONDS="0.3")
+                         DRIFTSEG_STORE_RETRY_SECONDS="0.3", DRIFTSEG_RECORD="all",
+                         DRIFTSEG_RECORD_DIR=str(tmp_path / "rec"))
     try:
         streams = [f"ret-{i}" for i in range(6)]
         for stream in streams:  # one in memory at a time: each new stream evicts (snapshots) the one before
@@ -29,12 +30,16 @@ def test_snapshots_past_the_cap_and_the_ttl_are_deleted(ckpt_file, frames, tmp_p
         assert [(row["stream"], row["on_disk"]) for row in listing["streams"]] == \
             [("ret-5", False), ("ret-4", True), ("ret-3", True), ("ret-2", True)]  # the 3 newest snapshots kept
         assert len(list(state.glob("*.pt"))) == CAP and stored_metric(client) == CAP
+        assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == [f"{s}.frames" for s in streams]
         assert time.monotonic() - posted < TTL  # still within the TTL: the checks above saw the cap alone
 
         deadline = posted + TTL + 10
         while list(state.glob("*.pt")) and time.monotonic() < deadline:
             time.sleep(0.3)
         assert not list(state.glob("*.pt")) and time.monotonic() - posted > TTL - 1
+        while list((tmp_path / "rec").iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not list((tmp_path / "rec").iterdir())  # the footage goes with the snapshots
         assert [row["stream"] for row in client.get("/adaptation/streams").json()["streams"]] == ["ret-5"]
         assert stored_metric(client) == 0
         r = client.get("/adaptation/state", params={"stream": "ret-2"})
