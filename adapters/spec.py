@@ -109,6 +109,11 @@ def method_table() -> list[MethodInfo]:
     return rows
 
 
+def measures_shift(spec: MethodSpec) -> bool:
+    """Whether the method measures a stream's shift score (its network component is auto's)."""
+    return spec.network == "auto"
+
+
 def serve_refusal(spec: MethodSpec, engine: str = "torch") -> str | None:
     """Why a server cannot serve the method on `engine` (torch or onnx: DRIFTSEG_ENGINE), or None."""
     if spec.backprop:

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
 
-from driftseg.adapters.spec import MethodSpec, parse_method, resolve_method, serve_refusal
+from driftseg.adapters.spec import MethodSpec, measures_shift, parse_method, resolve_method, serve_refusal
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_file
 
 ENV_PREFIX = "DRIFTSEG_"
@@ -160,7 +160,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _drifted_needs_a_shift_score(self) -> "Settings":
-        if self.record == "drifted" and self.spec.network != "auto":
+        if self.record == "drifted" and not measures_shift(self.spec):
             raise ValueError(f"{ENV_PREFIX}RECORD=drifted records while the shift score of method auto says a stream "
                              f"has drifted; method {self.method!r} measures none: serve auto, or record all")
         return self
