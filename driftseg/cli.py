@@ -26,12 +26,14 @@ COMMANDS = {
     ("bench", "picture"): ("driftseg.bench.docs:picture_main", "the README's picture: a frame's overlay beside auto's shift score over `continual`"),
     ("export", "onnx"): ("driftseg.adapters.onnx_engine:main", "export the adapted function, stream states as graph inputs, to ONNX"),
     ("serve",): ("driftseg.service.cli:main", "serve segmentation over HTTP, adapting per stream"),
+    ("models", "add"): ("driftseg.service.model_store:add_main", "put a checkpoint into the model store streams are bound from"),
+    ("models", "list"): ("driftseg.service.model_store:list_main", "the model store's models with their provenance"),
 }
 
 
 # the extra that installs what each command group imports beyond the core (pyproject.toml)
 EXTRAS = {"train": "train", "calibrate": "train", "import": "models", "segment": "video", "bench": "bench",
-          "export": "serve", "serve": "serve"}
+          "export": "serve", "serve": "serve", "models": "serve"}
 
 
 def usage(group: str | None = None) -> str:

@@ -8,7 +8,9 @@
     admission.py  at most DRIFTSEG_MAX_PENDING requests in flight, else 503 with Retry-After
     formats.py    what /segment answers (Segmented): png | overlay | json, chosen, encoded, sent with its headers
     stages.py     the request's stage names (wait, decode, model, encode), defined once
-    states.py     the state routes' operations: describe, export, import, reset, list
+    states.py     the state routes' operations: describe, export, import, reset, list, bind a model, roll back
+    model_store.py the model store (checkpoints by sha256) and the models resident in memory
+    recorder.py   recording: each stream's recent frames as posted, for adaptation jobs
     batcher.py    cross-stream micro-batching: frames of different streams through the network together
     registry.py   streams held in memory (LRU, per-stream locks), snapshotted to the state store
     store.py      the SnapshotStore protocol and open_store (a folder, or Redis shared by replicas)
@@ -18,6 +20,6 @@
     body.py       size-limited request bodies, raw or multipart images
     metrics.py    Prometheus metrics and middleware
     deps.py       what routes get (Annotated dependencies): settings, segmenter, states, API key, stream id
-    routes/       one APIRouter per resource: segment, state, streams, health
+    routes/       one APIRouter per resource: segment, state, streams, models, health
     cli.py        `driftseg serve`
 """

@@ -5,6 +5,7 @@ methods, StreamState's parts, how the onnx engine plugs in), this file follows i
 service does not. Which methods and engines a server refuses is the registry's to say
 (adapters/spec.py: serve_refusal), which the settings ask."""
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -31,12 +32,14 @@ class Served:
     fingerprint: str
 
 
-def load_pipeline(settings: Settings) -> Served:
-    """Load the checkpoint and build the pipeline on the settings' device, engine and precision (the
-    onnx engine: a file exported for this checkpoint and method, or one exported now into the state dir)."""
-    ckpt = load_checkpoint(settings.checkpoint)
+def load_pipeline(settings: Settings, checkpoint: Path | None = None) -> Served:
+    """Load the checkpoint (default: the settings') and build the pipeline on the settings' device, engine
+    and precision (the onnx engine: a file exported for this checkpoint and method, or one exported now
+    into the state dir)."""
+    checkpoint = checkpoint or settings.checkpoint
+    ckpt = load_checkpoint(checkpoint)
     spec, method = settings.spec, settings.method_string
-    fingerprint = file_sha256(settings.checkpoint)
+    fingerprint = file_sha256(checkpoint)
     onnx_file = settings.onnx_model or settings.state_dir / "onnx" / f"{origin_key(fingerprint, method)}.onnx"
     backend = create_backend("compiled" if settings.compile else settings.engine, onnx_file,
                              onnx_metadata(fingerprint, method))

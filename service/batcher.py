@@ -1,11 +1,12 @@
 """Cross-stream micro-batching: frames of different streams that arrive close together go through
 the network as one batch.
 
-    await batcher.submit(frame, state, adapt) -> (labels, new state, seconds the batch took)
+    await batcher.submit(frame, state, adapt, model) -> (labels, new state, seconds the batch took)
 
 One worker task takes the first waiting frame, then whatever else arrives within `max_delay`
-seconds (at most `max_batch` frames), groups them by frame size (a batch is one tensor) and runs
-each group as one step of the adapted function in the model thread, one group at a time. A stream
+seconds (at most `max_batch` frames), groups them by model and frame size (a batch is one tensor
+through one network) and runs each group as one step of the adapted function in the model thread,
+one group at a time. A stream
 never has two frames in a batch: the engine holds a stream's lock from decode to commit, so a
 stream has at most one frame waiting, and a frame whose request was cancelled is dropped before it
 is batched. `prepare` first turns the group's frames into tensors (decoding JPEGs in one batch on a
@@ -33,8 +34,9 @@ import torch
 from driftseg.adapters.component import StreamState
 from driftseg.service.errors import NotReady
 
-# frames [B, 3, H, W] and their streams' states -> labels per frame and the new states
-Step = Callable[[torch.Tensor, list[StreamState]], tuple[list[np.ndarray], list[StreamState]]]
+# frames [B, 3, H, W], their streams' states and the model they are served by (None: the base) -> labels
+# per frame and the new states
+Step = Callable[[torch.Tensor, list[StreamState], str | None], tuple[list[np.ndarray], list[StreamState]]]
 # the frames of one group as submitted (anything with the `shape` of a [1, 3, H, W] frame) -> a
 # [1, 3, H, W] tensor or the exception that frame's request fails with, for each
 Prepare = Callable[[list], list]
@@ -45,6 +47,7 @@ class _Request:
     frame: object  # a [1, 3, H, W] tensor, or what `prepare` makes one of
     state: StreamState
     adapt: bool
+    model: str | None
     arrived: float
     future: asyncio.Future
 
@@ -78,21 +81,23 @@ class Batcher:
             if not request.future.done():
                 request.future.set_exception(NotReady("the server is shutting down: retry on another replica"))
 
-    async def submit(self, frame, state: StreamState, adapt: bool) -> tuple[np.ndarray, StreamState, float]:
-        """The labels of one stream's frame ([1, 3, H, W], or what `prepare` makes one of), the stream's
-        new state (`state` itself when not adapting) and the seconds its batch took."""
+    async def submit(self, frame, state: StreamState, adapt: bool,
+                     model: str | None = None) -> tuple[np.ndarray, StreamState, float]:
+        """The labels of one stream's frame ([1, 3, H, W], or what `prepare` makes one of) under `model`
+        (None: the base), the stream's new state (`state` itself when not adapting) and the seconds its
+        batch took."""
         if self._worker is None:
             raise NotReady("the model is not serving: wait for GET /readyz to answer 200")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Request(frame, state, adapt, time.perf_counter(), future))
+        await self._queue.put(_Request(frame, state, adapt, model, time.perf_counter(), future))
         return await future
 
     async def _work(self) -> None:
         while True:
             batch = await self._collect()
-            groups: dict[tuple[int, ...], list[_Request]] = {}
+            groups: dict[tuple, list[_Request]] = {}
             for request in batch:
-                groups.setdefault(tuple(request.frame.shape), []).append(request)
+                groups.setdefault((request.model, tuple(request.frame.shape)), []).append(request)
             for group in groups.values():
                 await self._run(group)
 
@@ -131,7 +136,9 @@ class Batcher:
             if not group:
                 return
             frames, states = [frame for _, frame in ready], [r.state for r in group]
-            labels, states = await loop.run_in_executor(self.model_thread, lambda: self.step(torch.cat(frames), states))
+            model = group[0].model
+            labels, states = await loop.run_in_executor(self.model_thread,
+                                                        lambda: self.step(torch.cat(frames), states, model))
             if len(labels) != len(group) or len(states) != len(group):
                 raise RuntimeError(f"the step answered {len(labels)} label maps and {len(states)} states "
                                    f"for {len(group)} frames")

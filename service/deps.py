@@ -23,8 +23,8 @@ API_KEY_HEADER = "X-API-Key"
 # as needed exactly where this server's settings need it
 _write_key = APIKeyHeader(
     name=API_KEY_HEADER, auto_error=False, scheme_name=WRITE_SCHEME,
-    description="needed on PUT /adaptation/state, POST /adapt/reset and DELETE /adaptation/recording where "
-                "the server sets DRIFTSEG_API_KEY")
+    description="needed on the routes that change a stream's state, model or recording (PUT, POST /adapt/reset, "
+                "POST /adaptation/model/rollback, DELETE) where the server sets DRIFTSEG_API_KEY")
 _read_key = APIKeyHeader(
     name=API_KEY_HEADER, auto_error=False, scheme_name=READ_SCHEME,
     description="needed on POST /segment and GET /adaptation/* where the server sets DRIFTSEG_API_KEY_EVERYWHERE too")

@@ -15,6 +15,7 @@ from anyio import to_thread
 
 from driftseg.service.adaptation import Served, load_pipeline
 from driftseg.service.metrics import Metrics
+from driftseg.service.model_store import Models, ModelStore
 from driftseg.service.recorder import Recorder
 from driftseg.service.registry import StreamRegistry
 from driftseg.service.segmenter import Segmenter
@@ -30,13 +31,17 @@ class Engine:
         self.settings, self.served, self.metrics = settings, served, metrics
         self.fingerprint, self.method, self.device = served.fingerprint, served.method, served.pipeline.device
         self.store = open_store(settings, served.fingerprint, served.method)
-        self.registry = StreamRegistry(self.store, served.pipeline.new_state, settings.max_streams,
+        self.models = Models(served, ModelStore(settings.models_dir), settings.max_models,
+                             lambda checkpoint: load_pipeline(settings, checkpoint), settings.checkpoint,
+                             refusal=settings.binding_refusal)
+        self.registry = StreamRegistry(self.store, lambda model: self.models.get(model).pipeline.new_state(),
+                                       settings.max_streams,
                                        settings.snapshot_every, on_write=metrics.snapshots.inc,
                                        ttl=settings.state_ttl, max_stored=settings.max_stored_streams)
         self.recorder = (Recorder(settings.recordings, settings.record, settings.record_max_frames,
                                   settings.record_max_bytes) if settings.record != "off" else None)
-        self.segmenter = Segmenter(settings, served, self.registry, metrics, model_thread, self.recorder)
-        self.states = States(served, self.registry, settings.max_streams, self.recorder)
+        self.segmenter = Segmenter(settings, self.models, self.registry, metrics, model_thread, self.recorder)
+        self.states = States(self.models, self.registry, settings.max_streams, self.recorder)
         self.ready = False
         metrics.model_loaded(served.fingerprint, served.method, settings.engine)
 

@@ -47,6 +47,15 @@ EXAMPLES: dict[str, str | list] = {
     "model not loaded": "the model is not loaded yet, or the server is shutting down",
     "overloaded": "32 frames are in flight, the most this server takes (DRIFTSEG_MAX_PENDING); retry in 2 s",
     "a bug": "internal error (RuntimeError): the server log has the traceback",
+    "model not stored": "model 3f2a9c0d1e8b7a65... is not in the model store /var/lib/driftseg/models: add it with "
+                        "`driftseg models add CHECKPOINT` (GET /adaptation/models lists the store)",
+    "body not json": "There was an error parsing the body",
+    "not a model id": "model 'latest' is not a sha256 (64 lowercase hex digits)",
+    "model of another architecture": "model 3f2a9c0d1e8b7a65... differs from the served model in arch, class_names "
+                                     "(deeplabv3_resnet50, 19 classes, input [512, 1024]): only models adapted "
+                                     "from it serve beside it",
+    "nothing to roll back": "stream 'cam7' is on the base model and was never bound to another: nothing to roll "
+                            "back to",
 }
 KEY = "X-API-Key missing or wrong (where DRIFTSEG_API_KEY is set)"
 KEY_EVERYWHERE = "X-API-Key missing or wrong (only where DRIFTSEG_API_KEY_EVERYWHERE is set)"

@@ -86,9 +86,10 @@ class RedisStore:
             return False
         return True
 
-    def write(self, stream: str, state: StreamState, last_seen: float, force: bool = False) -> bool:
+    def write(self, stream: str, state: StreamState, last_seen: float, force: bool = False,
+              models: list[str] = ()) -> bool:
         """Store the stream's snapshot unless a newer one (more frames) is there; whether it was written."""
-        data = encode(stream, state, self.checkpoint, self.method, last_seen)
+        data = encode(stream, state, self.checkpoint, self.method, last_seen, models)
         expiry = math.ceil(last_seen + self.ttl) if self.ttl else 0
         written = self._call(self._write_if_newer, [self.key(stream)],
                              [data, state.frames, repr(last_seen), "1" if force else "0", expiry])

@@ -42,6 +42,12 @@ class StreamEntry:
     scores: deque = field(default_factory=lambda: deque(maxlen=SCORE_HISTORY))  # (frame, shift score)
     unsaved: int = 0  # adapted frames since the last snapshot
     dirty: bool = False  # the state differs from the stream's snapshot (or it has none)
+    models: list[str] = field(default_factory=list)  # the models it was bound to, the serving one last; []: the base
+
+    @property
+    def model(self) -> str | None:
+        """The sha256 of the model serving the stream; None for the base."""
+        return self.models[-1] if self.models else None
 
 
 @dataclass
@@ -51,9 +57,11 @@ class _Slot:
 
 
 class StreamRegistry:
-    def __init__(self, store: SnapshotStore, new_state: Callable[[], StreamState], max_streams: int,
+    def __init__(self, store: SnapshotStore, new_state: Callable[[str | None], StreamState], max_streams: int,
                  snapshot_every: int, on_write: Callable[[], None] = lambda: None, ttl: float = 0.0,
                  max_stored: int | None = None):
+        # new_state(model): a stream's state at the source of that model (None: the base); it may load the
+        # model, so it runs in a worker thread unless model is None
         self.store, self.new_state, self.on_write = store, new_state, on_write
         self.max_streams, self.snapshot_every = max_streams, snapshot_every
         self.ttl, self.max_stored = ttl, max_stored  # retention of snapshots: idle seconds (0: none), how many
@@ -135,15 +143,17 @@ class StreamRegistry:
             try:
                 payload = await to_thread.run_sync(self.store.read, stream)
                 if payload is not None:
-                    state = await to_thread.run_sync(restore, payload, self.new_state)
+                    models = payload["models"]
+                    model = models[-1] if models else None
+                    state = await to_thread.run_sync(restore, payload, lambda: self.new_state(model))
                     last_seen = float(payload.get("last_seen", time.time()))
                     self.stored[stream] = StoredSnapshot(state.frames, last_seen)
-                    return StreamEntry(stream, state, last_seen=last_seen)
+                    return StreamEntry(stream, state, last_seen=last_seen, models=models)
             except Exception as e:  # a damaged snapshot must not take the stream down: it starts afresh
                 log.warning("cannot resume stream %r from %s (%s); it starts from the source state",
                             stream, self.store.where(stream), getattr(e, "detail", e))
             self.stored.pop(stream, None)
-        return StreamEntry(stream, self.new_state()) if create else None
+        return StreamEntry(stream, self.new_state(None)) if create else None
 
     async def _evict(self) -> None:
         """Snapshot and drop the least recently used streams not in use until at most max_streams are held."""
@@ -167,7 +177,7 @@ class StreamRegistry:
 
     async def _write(self, entry: StreamEntry, force: bool = False) -> None:
         """Snapshot the stream (a shared store keeps a newer snapshot than this one, unless `force`)."""
-        await to_thread.run_sync(self.store.write, entry.stream, entry.state, entry.last_seen, force)
+        await to_thread.run_sync(self.store.write, entry.stream, entry.state, entry.last_seen, force, entry.models)
         entry.unsaved, entry.dirty = 0, False
         self.stored[entry.stream] = StoredSnapshot(entry.state.frames, entry.last_seen)
         self.on_write()
@@ -190,8 +200,12 @@ class StreamRegistry:
                 except OSError as e:  # the frame was served; the state is still in memory
                     log.error("cannot snapshot stream %r to %s: %s", entry.stream, self.store.location, e)
 
-    async def replace(self, entry: StreamEntry, state: StreamState, score: float | None) -> None:
-        """Put an imported state in place (call inside `use`) and snapshot it at once."""
+    async def replace(self, entry: StreamEntry, state: StreamState, score: float | None,
+                      models: list[str] | None = None) -> None:
+        """Put an imported state in place (call inside `use`), with the models the stream was bound to if
+        given (binding and rollback: a fresh state of the model now serving it), and snapshot it at once."""
+        if models is not None:
+            entry.models = list(models)
         entry.state, entry.last_seen, entry.dirty = state, time.time(), True
         entry.scores.clear()
         if score is not None:
@@ -199,9 +213,15 @@ class StreamRegistry:
         await self._write(entry, force=True)  # an import may have fewer frames than what it replaces
 
     async def reset(self, stream: str) -> bool:
-        """Forget the stream, in memory and in the store: its next frame starts from the source state.
-        False if it was not held."""
+        """Forget the stream's adaptation, in memory and in the store: its next frame starts from the source
+        state of its model. A stream bound to a model stays bound (its fresh state is snapshotted); any
+        other is forgotten. False if it was not held."""
         check_stream_id(stream)
+        async with self.use(stream, create=False) as entry:
+            if entry is not None and entry.models:
+                state = await to_thread.run_sync(self.new_state, entry.model)
+                await self.replace(entry, state, None)
+                return True
         async with self._locked(stream):
             held = self.entries.pop(stream, None) is not None
             held = self.stored.pop(stream, None) is not None or held

@@ -66,7 +66,11 @@ class FDAInfo(BaseModel):
 
 class StreamStateSummary(BaseModel):
     stream: str
-    checkpoint: str = Field(description="sha256 of the checkpoint file served")
+    checkpoint: str = Field(description="sha256 of the base checkpoint the server serves")
+    model: str = Field(description="sha256 of the model serving this stream: the base's, or one of the model store "
+                                   "it was bound to (PUT /adaptation/model)")
+    previous_models: list[str] = Field(description="the models it was on before, the most recent last "
+                                                   "(POST /adaptation/model/rollback returns to it)")
     method: MethodInfo
     frames: int
     last_seen: float = Field(description="unix time")
@@ -98,6 +102,24 @@ class StreamList(BaseModel):
     in_memory: int
     on_disk: int = Field(description="streams with a snapshot in the state store (a folder or Redis)")
     max_streams: int
+
+
+class ModelBinding(BaseModel):
+    model: str = Field(description="sha256 of a model in the model store (GET /adaptation/models), or of the base",
+                       pattern="^[0-9a-f]{64}$")
+
+
+class StoredModel(BaseModel):
+    sha256: str
+    resident: bool = Field(description="held in memory now")
+    provenance: dict = Field(description="where it came from: when it was added, from which file, its parent, the "
+                                         "job that made it")
+
+
+class ModelList(BaseModel):
+    base: str = Field(description="sha256 of the base checkpoint, which every stream starts on")
+    max_models: int = Field(description="models besides the base held in memory at once (DRIFTSEG_MAX_MODELS)")
+    models: list[StoredModel] = Field(description="the model store, the most recently added first")
 
 
 class RecordingDeleted(BaseModel):

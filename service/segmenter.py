@@ -23,6 +23,7 @@ from driftseg.service.admission import Admission
 from driftseg.service.batcher import Batcher
 from driftseg.service.formats import Segmented
 from driftseg.service.metrics import Metrics
+from driftseg.service.model_store import Models
 from driftseg.service.recorder import Recorder
 from driftseg.service.registry import StreamRegistry
 from driftseg.service.settings import Settings
@@ -37,10 +38,11 @@ def _timed(fn, *args):
 
 
 class Segmenter:
-    def __init__(self, settings: Settings, served: Served, registry: StreamRegistry, metrics: Metrics,
+    def __init__(self, settings: Settings, models: Models, registry: StreamRegistry, metrics: Metrics,
                  model_thread: Executor | None = None, recorder: Recorder | None = None):
-        self.served, self.pipeline, self.registry, self.recorder = served, served.pipeline, registry, recorder
-        self.class_names = served.class_names
+        self.models, self.registry, self.recorder = models, registry, recorder
+        self.pipeline = models.base.pipeline  # the base model's: device, input size, batching as every model's
+        self.class_names = models.base.class_names
         self.metrics, self.max_image_pixels = metrics, settings.max_image_pixels
         self.device = self.pipeline.device
         self.batched_decode = settings.decode == "batched" or (settings.decode == "auto" and self.device.type == "cuda")
@@ -59,10 +61,13 @@ class Segmenter:
         async with self.registry.use(stream) as entry:
             waited = time.perf_counter() - arrived
             (rgb, frame), t_decode = await to_thread.run_sync(_timed, self.decode, data, fmt)
-            labels, state, t_model = await self.batcher.submit(frame, entry.state, adapt)
+            # a bound stream's model, loaded now if it is not resident (the base costs nothing here)
+            model = None if entry.model in (None, self.models.base.fingerprint) else entry.model
+            served = self.models.base if model is None else await to_thread.run_sync(self.models.get, model)
+            labels, state, t_model = await self.batcher.submit(frame, entry.state, adapt, model)
             self.admission.observe_batch(t_model)
-            out, t_encode = await to_thread.run_sync(_timed, self.encode, fmt, rgb, labels)
-            score, alpha = shift_and_alpha(self.served.pipeline, state)
+            out, t_encode = await to_thread.run_sync(_timed, self.encode, fmt, rgb, labels, served)
+            score, alpha = shift_and_alpha(served.pipeline, state)
             await self.registry.commit(entry, state, score)
             # under the stream's lock, so a stream's frames are recorded in the order they were applied
             if self.recorder is not None and self.recorder.wants(score):
@@ -98,15 +103,17 @@ class Segmenter:
     def prepare(self, items: list) -> list:
         return imaging.decode_batch(items, self.max_image_pixels, self.device)
 
-    def step(self, frames: torch.Tensor, states: list[StreamState]) -> tuple[list[np.ndarray], list[StreamState]]:
-        """One batch of frames of different streams: label maps and new states (the batcher hands the
-        old state back to a request that does not adapt; the labels are the same either way)."""
-        labels, new = self.pipeline.step(frames, states)
+    def step(self, frames: torch.Tensor, states: list[StreamState],
+             model: str | None = None) -> tuple[list[np.ndarray], list[StreamState]]:
+        """One batch of frames of different streams on one model (None: the base): label maps and new
+        states (the batcher hands the old state back to a request that does not adapt; the labels are
+        the same either way)."""
+        labels, new = self.models.get(model).pipeline.step(frames, states)
         dtype = torch.uint8 if self.pipeline.num_classes <= 256 else torch.int32
         return list(labels.to(dtype).cpu().numpy()), new
 
-    def encode(self, fmt: str, rgb: np.ndarray | None, labels: np.ndarray):
-        return formats.encode(fmt, rgb, labels, self.served.palette, len(self.class_names))
+    def encode(self, fmt: str, rgb: np.ndarray | None, labels: np.ndarray, served: Served):
+        return formats.encode(fmt, rgb, labels, served.palette, len(self.class_names))
 
     def warm_up(self) -> None:
         """One mid-grey frame at the network's input size through decode, step and encode, state

@@ -73,13 +73,18 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body of /segment")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest decoded image, width x height")
     metrics_stream_cap: int = Field(32, ge=0, description="streams with their own driftseg_shift_score series; the rest go under stream=\"_other\"")
-    api_key: SecretStr | None = Field(None, description="when set, the routes that change a stream's state (PUT "
-                                      "/adaptation/state, POST /adapt/reset, DELETE /adaptation/recording) need header X-API-Key "
-                                      "equal to it; "
-                                      "prefer the environment variable: other users of the machine can read a "
-                                      "process's command line")
+    api_key: SecretStr | None = Field(None, description="when set, the routes that change a stream's state or "
+                                      "footage (PUT /adaptation/state, POST /adapt/reset, PUT /adaptation/model, POST "
+                                      "/adaptation/model/rollback, DELETE /adaptation/recording) need header X-API-Key "
+                                      "equal to it; prefer the environment variable: other users of the machine can "
+                                      "read a process's command line")
     api_key_everywhere: bool = Field(False, description="also require X-API-Key on POST /segment and GET "
                                      "/adaptation/*; /healthz, /readyz and /metrics stay open")
+    model_store: Path | None = Field(None, description="the folder of models streams can be bound to, each named by "
+                                     "its sha256 (`driftseg models add`); shared by replicas at scale; default: "
+                                     "<state dir>/models")
+    max_models: int = Field(4, ge=1, description="models besides the base held in memory at once; the least "
+                            "recently used is dropped (and loaded again when a stream needs it)")
     record: Literal["off", "drifted", "all"] = Field("off", description="keep each stream's recent frames as posted "
                                                     "(camera footage: off by default), for adaptation jobs: all of "
                                                     "them, or those of a stream whose shift score says it has left the "
@@ -118,7 +123,7 @@ class Settings(BaseSettings):
             raise ValueError(f"state store {url!r} is neither file:///DIR nor redis://host:port/db")
         return url
 
-    @field_validator("state_dir", "onnx_model", "record_dir")
+    @field_validator("state_dir", "onnx_model", "record_dir", "model_store")
     @classmethod
     def _expand(cls, path: Path | None) -> Path | None:
         return path.expanduser() if path is not None else None
@@ -186,6 +191,19 @@ class Settings(BaseSettings):
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    @property
+    def models_dir(self) -> Path:
+        """The model store: DRIFTSEG_MODEL_STORE, else <state dir>/models."""
+        return self.model_store if self.model_store is not None else self.state_dir / "models"
+
+    @property
+    def binding_refusal(self) -> str | None:
+        """Why streams of this server cannot be bound to other models than the base, or None."""
+        if self.engine != "torch" or self.compile:
+            return (f"binding a stream to another model needs the eager torch engine ({ENV_PREFIX}ENGINE=torch, "
+                    f"{ENV_PREFIX}COMPILE=false): the compiled and ONNX engines hold one model's graph")
+        return None
 
     @property
     def recordings(self) -> Path:

@@ -4,7 +4,10 @@ store, one file per stream (a SnapshotStore, service/store.py).
 A snapshot is `torch.save` bytes of
 
     {"format": "driftseg-stream-state", "version": 1, "checkpoint": <sha256 of the checkpoint file>,
-     "method": <method spec>, "stream": <stream id>, "last_seen": <unix time>, "state": StreamState.state_dict()}
+     "method": <method spec>, "stream": <stream id>, "last_seen": <unix time>, "state": StreamState.state_dict(),
+     "models": [<sha256 of each model the stream was bound to, the one serving it last>]}
+
+(`checkpoint` is the base model the server serves; `models` empty or absent: the stream is on it.)
 
 read back with `torch.load(weights_only=True)`. A file is named by the sha256 hex of its stream id
 (ids never reach the file system raw) and written atomically: a temporary file in the same folder,
@@ -30,6 +33,7 @@ from driftseg.service.errors import Conflict, Unprocessable
 FORMAT = "driftseg-stream-state"
 VERSION = 1
 SUFFIX = ".pt"
+MAX_MODELS = 64  # a stream's binding history kept in its snapshot (rollback goes back this far)
 MAX_COUNT = 2**53 - 1  # frame counts beyond it break clients that read X-Frame-Index as a float64 (JavaScript)
 log = logging.getLogger("driftseg.service")
 
@@ -100,9 +104,11 @@ def _misfit(value, template, where: str = "state") -> str | None:
     return None
 
 
-def encode(stream: str, state: StreamState, checkpoint: str, method: str, last_seen: float) -> bytes:
+def encode(stream: str, state: StreamState, checkpoint: str, method: str, last_seen: float,
+           models: list[str] = ()) -> bytes:
     payload = {"format": FORMAT, "version": VERSION, "checkpoint": checkpoint, "method": method,
-               "stream": stream, "last_seen": float(last_seen), "state": _to_cpu(state.state_dict())}
+               "stream": stream, "last_seen": float(last_seen), "state": _to_cpu(state.state_dict()),
+               "models": list(models)}
     out = io.BytesIO()
     torch.save(payload, out)
     return out.getvalue()
@@ -121,6 +127,10 @@ def decode(data: bytes) -> dict:
     for key, kind in (("checkpoint", str), ("method", str), ("stream", str), ("state", dict)):
         if not isinstance(payload.get(key), kind):
             raise Unprocessable(f"snapshot field {key!r} should be a {kind.__name__}, got {type(payload.get(key)).__name__}")
+    models = payload.setdefault("models", [])
+    if not isinstance(models, list) or len(models) > MAX_MODELS or not all(
+            isinstance(m, str) and len(m) == 64 and all(c in "0123456789abcdef" for c in m) for m in models):
+        raise Unprocessable(f"snapshot field 'models' should be a list of at most {MAX_MODELS} sha256 hex strings")
     return payload
 
 
@@ -194,9 +204,10 @@ class FolderStore:
     def where(self, stream: str) -> str:
         return str(self.path(stream))
 
-    def write(self, stream: str, state: StreamState, last_seen: float, force: bool = False) -> bool:
+    def write(self, stream: str, state: StreamState, last_seen: float, force: bool = False,
+              models: list[str] = ()) -> bool:
         """Replace the stream's snapshot (one writer, so always: `force` is for the shared store)."""
-        data = encode(stream, state, self.checkpoint, self.method, last_seen)
+        data = encode(stream, state, self.checkpoint, self.method, last_seen, models)
         write_atomically(self.path(stream), lambda f: f.write(data), private=True)
         _fsync_dir(self.directory)
         return True

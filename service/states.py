@@ -1,12 +1,14 @@
 """What the state routes do to the streams a server holds: describe a stream's state (GET
-/adaptation/state), export it as a snapshot and import one (PUT), reset streams, list them."""
+/adaptation/state), export it as a snapshot and import one (PUT), reset streams, list them, bind a stream
+to a model of the model store and roll that back."""
 import re
 
 from anyio import to_thread
 
 from driftseg.service import snapshots
-from driftseg.service.adaptation import Served, describe_method_state, shift_and_alpha
-from driftseg.service.errors import NotFound
+from driftseg.service.adaptation import describe_method_state, shift_and_alpha
+from driftseg.service.errors import Conflict, NotFound
+from driftseg.service.model_store import Models
 from driftseg.service.recorder import Recorder
 from driftseg.service.registry import StreamEntry, StreamRegistry, check_stream_id
 
@@ -17,8 +19,9 @@ CURSOR = re.compile(r"^([0-9]+(?:\.[0-9]+)?)~([A-Za-z0-9._-]{1,128})$")
 
 
 class States:
-    def __init__(self, served: Served, registry: StreamRegistry, max_streams: int, recorder: Recorder | None = None):
-        self.served, self.registry, self.max_streams, self.recorder = served, registry, max_streams, recorder
+    def __init__(self, models: Models, registry: StreamRegistry, max_streams: int, recorder: Recorder | None = None):
+        self.models, self.registry, self.max_streams, self.recorder = models, registry, max_streams, recorder
+        self.served = models.base
 
     async def summary(self, stream: str) -> dict:
         """What GET /adaptation/state answers (service.schemas.StreamStateSummary)."""
@@ -30,12 +33,14 @@ class States:
 
     def _summary(self, entry: StreamEntry, scores: list, stored: bool) -> dict:
         recorded, recorded_bytes = self.recorder.usage(entry.stream) if self.recorder is not None else (0, 0)
+        served = self.models.get(entry.model)
         return {
-            "stream": entry.stream, "checkpoint": self.served.fingerprint, "frames": entry.state.frames,
-            "last_seen": entry.last_seen, "in_memory": True, "on_disk": stored,
+            "stream": entry.stream, "checkpoint": self.served.fingerprint, "model": served.fingerprint,
+            "previous_models": [self.served.fingerprint, *entry.models][-len(entry.models) - 1:-1],
+            "frames": entry.state.frames, "last_seen": entry.last_seen, "in_memory": True, "on_disk": stored,
             "recorded_frames": recorded, "recorded_bytes": recorded_bytes,
             "shift_history": [{"frame": f, "score": s} for f, s in scores],
-            **describe_method_state(self.served, entry.state),
+            **describe_method_state(served, entry.state),
         }
 
     async def export(self, stream: str) -> bytes:
@@ -44,7 +49,7 @@ class States:
             if entry is None:
                 raise _unknown(stream)
             return await to_thread.run_sync(snapshots.encode, stream, entry.state, self.served.fingerprint,
-                                            self.served.method, entry.last_seen)
+                                            self.served.method, entry.last_seen, entry.models)
 
     async def import_state(self, stream: str, data: bytes) -> dict:
         """Replace the stream's state with a snapshot's, all checks passed first: Unprocessable (422) for a
@@ -52,10 +57,49 @@ class States:
         check_stream_id(stream)
         payload = await to_thread.run_sync(snapshots.decode, data)
         snapshots.check_origin(payload, self.served.fingerprint, self.served.method)
-        state = await to_thread.run_sync(snapshots.restore, payload, self.served.pipeline.new_state)
+        models = payload["models"]
+        for model in set(models):
+            await to_thread.run_sync(self.models.check, model)  # every model it names is here and fits
+        served = await to_thread.run_sync(self.models.get, models[-1] if models else None)
+        state = await to_thread.run_sync(snapshots.restore, payload, served.pipeline.new_state)
         async with self.registry.use(stream) as entry:
-            await self.registry.replace(entry, state, shift_and_alpha(self.served.pipeline, state)[0] if state.frames else None)
+            await self.registry.replace(entry, state, shift_and_alpha(served.pipeline, state)[0] if state.frames else None,
+                                        models)
         return await self.summary(stream)
+
+    async def bind(self, stream: str, model: str) -> dict:
+        """Serve the stream with `model` (a sha256 of the model store, or the base's) from its next frame on,
+        at that model's source state; the model it was on is kept for rollback."""
+        check_stream_id(stream)
+        await to_thread.run_sync(self.models.check, model)
+        served = await to_thread.run_sync(self.models.get, model)
+        async with self.registry.use(stream) as entry:
+            if served.fingerprint != self.models.get(entry.model).fingerprint:
+                history = [*entry.models, model][-snapshots.MAX_MODELS:]
+                await self.registry.replace(entry, served.pipeline.new_state(), None, history)
+        return await self.summary(stream)
+
+    async def rollback(self, stream: str) -> dict:
+        """Serve the stream with the model it was on before its last binding, at that model's source state."""
+        check_stream_id(stream)
+        async with self.registry.use(stream, create=False) as entry:
+            if entry is None:
+                raise _unknown(stream)
+            if not entry.models:
+                raise Conflict(f"stream {stream!r} is on the base model and was never bound to another: nothing to "
+                               "roll back to")
+            history = entry.models[:-1]
+            served = await to_thread.run_sync(self.models.get, history[-1] if history else None)
+            await self.registry.replace(entry, served.pipeline.new_state(), None, history)
+        return await self.summary(stream)
+
+    def model_list(self) -> dict:
+        """What GET /adaptation/models answers: the base, the store's models with their provenance, which
+        are in memory."""
+        resident = set(self.models.resident())
+        return {"base": self.served.fingerprint, "max_models": self.models.max_models,
+                "models": [{"sha256": record["sha256"], "resident": record["sha256"] in resident, "provenance": record}
+                           for record in self.models.store.list()]}
 
     async def reset(self, stream: str) -> list[str]:
         if not await self.registry.reset(stream):

@@ -28,8 +28,10 @@ class SnapshotStore(Protocol):
     def ping(self) -> bool:
         """Whether the store answers now (and `healthy` set accordingly)."""
 
-    def write(self, stream: str, state: StreamState, last_seen: float, force: bool = False) -> bool:
-        """Store the stream's snapshot; False where a shared store kept a newer one (more frames), unless `force`."""
+    def write(self, stream: str, state: StreamState, last_seen: float, force: bool = False,
+              models: list[str] = ()) -> bool:
+        """Store the stream's snapshot with the models it was bound to (service/snapshots.py); False where a
+        shared store kept a newer one (more frames), unless `force`."""
 
     def read(self, stream: str) -> dict | None:
         """The stream's snapshot payload (service/snapshots.py), checked; None if there is none."""

@@ -24,11 +24,13 @@ class FakeStep:
 
     def __init__(self, fail_on: float | None = None):
         self.batches: list[list[float]] = []
+        self.models: list[str | None] = []
         self.fail_on = fail_on
 
-    def __call__(self, frames, states):
+    def __call__(self, frames, states, model=None):
         ids = [float(f[0, 0, 0]) for f in frames]
         self.batches.append(ids)
+        self.models.append(model)
         if self.fail_on in ids:
             raise ValueError("bad frame")
         return [np.full((1, 1), i) for i in ids], [s + 1 for s in states]
@@ -102,7 +104,7 @@ def test_a_failed_batch_answers_each_request_and_the_worker_goes_on():
 
 
 def test_a_step_that_answers_too_few_fails_every_request():
-    def short_step(frames, states):
+    def short_step(frames, states, model):
         return [np.zeros((1, 1))], states[:1]  # one answer for two frames
 
     async def main():
@@ -130,6 +132,20 @@ def test_a_cancelled_request_never_reaches_the_network():
     assert run(main()).batches == [[1.0]]
 
 
+def test_frames_of_different_models_never_share_a_batch():
+    async def main():
+        step = FakeStep()
+        batcher = await _started(step)
+        await asyncio.gather(*[batcher.submit(frame(v), 0, True, model) for v, model in
+                               ((1, None), (2, "a" * 64), (3, None), (4, "a" * 64), (5, "b" * 64))])
+        await batcher.stop()
+        return step
+
+    step = run(main())
+    assert sorted(zip(step.models, step.batches), key=str) == sorted(
+        [(None, [1.0, 3.0]), ("a" * 64, [2.0, 4.0]), ("b" * 64, [5.0])], key=str)
+
+
 def test_not_started_or_stopped_is_not_ready():
     async def main():
         batcher = Batcher(FakeStep(), 4, 0.0)
@@ -150,9 +166,9 @@ def test_the_network_runs_in_one_thread_that_is_not_the_event_loops():
 
     step = FakeStep()
 
-    def recording_step(frames, states):
+    def recording_step(frames, states, model):
         threads.append(threading.get_ident())
-        return step(frames, states)
+        return step(frames, states, model)
 
     async def main():
         batcher = Batcher(recording_step, 2, 0.0, prepare=prepare)

@@ -41,6 +41,8 @@ FLAG_VALUES = {
     "api_key": ("k3y-from-a-flag", {}),
     "api_key_everywhere": (True, {"api_key": "k3y"}),
     "require_stream_id": (True, {}),
+    "model_store": ("/tmp/driftseg-models", {}),
+    "max_models": ("2", {}),
     "record": ("drifted", {}),
     "record_dir": ("/tmp/driftseg-recordings", {}),
     "record_max_frames": ("20", {}),
