@@ -11,6 +11,7 @@
     states.py     the state routes' operations: describe, export, import, reset, list, bind a model, roll back
     model_store.py the model store (checkpoints by sha256) and the models resident in memory
     recorder.py   recording: each stream's recent frames as posted, for adaptation jobs
+    jobs.py       adaptation jobs: a stream's recording -> self-training -> gate.py -> promoted to serve it, or not
     batcher.py    cross-stream micro-batching: frames of different streams through the network together
     registry.py   streams held in memory (LRU, per-stream locks), snapshotted to the state store
     store.py      the SnapshotStore protocol and open_store (a folder, or Redis shared by replicas)
@@ -20,6 +21,6 @@
     body.py       size-limited request bodies, raw or multipart images
     metrics.py    Prometheus metrics and middleware
     deps.py       what routes get (Annotated dependencies): settings, segmenter, states, API key, stream id
-    routes/       one APIRouter per resource: segment, state, streams, models, health
+    routes/       one APIRouter per resource: segment, state, streams, models, jobs, health
     cli.py        `driftseg serve`
 """

@@ -18,7 +18,7 @@ from driftseg.service.engine import Engine
 from driftseg.service.errors import ServiceError
 from driftseg.service.metrics import Metrics, MetricsMiddleware
 from driftseg.service.openapi import secure_where_needed
-from driftseg.service.routes import health, models, segment, state, streams
+from driftseg.service.routes import health, jobs, models, segment, state, streams
 from driftseg.service.settings import Settings, load_settings
 
 log = logging.getLogger("driftseg.service")
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}): the server log has the traceback"},
                             status_code=500)
 
-    for router in (segment.router, state.router, streams.router, models.router, health.router):
+    for router in (segment.router, state.router, streams.router, models.router, jobs.router, health.router):
         app.include_router(router)
     full_schema = app.openapi
     app.openapi = lambda: secure_where_needed(full_schema(), settings.api_key is not None, settings.api_key_everywhere)

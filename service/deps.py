@@ -9,6 +9,7 @@ from fastapi.security import APIKeyHeader
 
 from driftseg.service.engine import Engine
 from driftseg.service.errors import NO_STREAM, NotReady, Unauthorized, Unprocessable
+from driftseg.service.jobs import Jobs
 from driftseg.service.metrics import Metrics
 from driftseg.service.openapi import READ_SCHEME, WRITE_SCHEME
 from driftseg.service.registry import STREAM_ID, check_stream_id
@@ -79,6 +80,10 @@ def get_states(engine: Annotated[Engine, Depends(get_engine)]) -> States:
     return engine.states
 
 
+def get_jobs(engine: Annotated[Engine, Depends(get_loaded_engine)]) -> Jobs:
+    return engine.jobs
+
+
 # the rule in the schema too, so that generated clients know it; check_stream_id enforces it with its own message
 _STREAM_RULE = {"pattern": STREAM_ID.pattern}
 
@@ -108,4 +113,5 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 LoadedEngine = Annotated[Engine | None, Depends(get_loaded_engine)]
 SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
 StatesDep = Annotated[States, Depends(get_states)]
+JobsDep = Annotated[Jobs, Depends(get_jobs)]
 StreamId = Annotated[str, Depends(get_stream_id)]

@@ -14,6 +14,7 @@ from concurrent.futures import Executor
 from anyio import to_thread
 
 from driftseg.service.adaptation import Served, load_pipeline
+from driftseg.service.jobs import Jobs
 from driftseg.service.metrics import Metrics
 from driftseg.service.model_store import Models, ModelStore
 from driftseg.service.recorder import Recorder
@@ -42,6 +43,8 @@ class Engine:
                                   settings.record_max_bytes) if settings.record != "off" else None)
         self.segmenter = Segmenter(settings, self.models, self.registry, metrics, model_thread, self.recorder)
         self.states = States(self.models, self.registry, settings.max_streams, self.recorder)
+        self.jobs = Jobs(settings, self.states, self.recorder,
+                         on_outcome=lambda outcome: metrics.adaptation_jobs.labels(outcome).inc())
         self.ready = False
         metrics.model_loaded(served.fingerprint, served.method, settings.engine)
 
@@ -59,11 +62,13 @@ class Engine:
     async def start(self) -> None:
         await self.registry.open()
         self.segmenter.batcher.start()
+        await self.jobs.start()
         self._store_watch = asyncio.get_running_loop().create_task(self._watch_store())
 
     async def stop(self) -> int:
         """Stop serving frames and snapshot every stream whose state changed; the number written."""
         self._store_watch.cancel()
+        await self.jobs.stop()
         await self.segmenter.batcher.stop()
         return await self.registry.flush()
 

@@ -15,6 +15,7 @@
     driftseg_frames_adapted_total                     frames folded into their stream's state
     driftseg_snapshots_written_total                  stream snapshots written to the state dir
     driftseg_frames_recorded_total                    frames kept by recording (DRIFTSEG_RECORD)
+    driftseg_adaptation_jobs_total{outcome}           adaptation jobs finished: promoted, rejected, failed
     driftseg_streams_held{where}                      streams in memory / with a snapshot on disk
     driftseg_shift_score{stream}                      shift score of the `metrics_stream_cap` most recently
                                                       seen streams in memory; the highest of the others under
@@ -72,6 +73,10 @@ class Metrics:
         self.queue_wait = Histogram("driftseg_queue_wait_seconds", "A frame's wait for its batch",
                                     buckets=LATENCY_BUCKETS, registry=self.registry)
         self.snapshots = Counter("driftseg_snapshots_written", "Stream snapshots written", registry=self.registry)
+        self.adaptation_jobs = Counter("driftseg_adaptation_jobs", "Adaptation jobs finished, by outcome", ["outcome"],
+                                       registry=self.registry)
+        for outcome in ("promoted", "rejected", "failed"):
+            self.adaptation_jobs.labels(outcome)
         self.frames_recorded = Counter("driftseg_frames_recorded", "Frames kept by recording (DRIFTSEG_RECORD)",
                                        registry=self.registry)
         for stage in Stage:

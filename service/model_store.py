@@ -87,6 +87,7 @@ class Models:
                  refusal: str | None = None):
         """`refusal`: why this server cannot serve other models (its engine), or None."""
         self.base, self.store, self.max_models, self._load, self.refusal = base, store, max_models, load, refusal
+        self.base_checkpoint = Path(base_checkpoint)
         self._signature = signature(base_checkpoint)
         self._resident: OrderedDict[str, object] = OrderedDict()  # sha256 -> Served, least recently used first
         self._lock = threading.Lock()
@@ -123,6 +124,10 @@ class Models:
                 log.info("model %s... dropped from memory (DRIFTSEG_MAX_MODELS=%d)", dropped[:16], self.max_models)
         log.info("model %s... loaded", sha[:16])
         return served
+
+    def path(self, sha: str) -> Path:
+        """The checkpoint file of model `sha`: the base's, or the store's."""
+        return self.base_checkpoint if sha == self.base.fingerprint else self.store.find(sha)
 
     def resident(self) -> list[str]:
         with self._lock:

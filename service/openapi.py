@@ -49,6 +49,13 @@ EXAMPLES: dict[str, str | list] = {
     "a bug": "internal error (RuntimeError): the server log has the traceback",
     "model not stored": "model 3f2a9c0d1e8b7a65... is not in the model store /var/lib/driftseg/models: add it with "
                         "`driftseg models add CHECKPOINT` (GET /adaptation/models lists the store)",
+    "no source data": "adaptation jobs need the labelled source data: set DRIFTSEG_SOURCE_DATA to a folder in the "
+                      "project's data layout (images/, labels/, splits.json)",
+    "job active": "stream 'cam7' has a job running already: GET /adaptation/jobs/5f0c7d2e9a8b4c1d3e6f7a8b9c0d1e2f",
+    "too few frames": "stream 'cam7' has 4 recorded frames; a job needs at least 10 (DRIFTSEG_RECORD keeps them as "
+                      "the stream posts frames)",
+    "job not known": "job '5f0c7d2e9a8b4c1d3e6f7a8b9c0d1e2f' is not known to this server (POST "
+                     "/adaptation/jobs?stream=ID starts one)",
     "body not json": "There was an error parsing the body",
     "not a model id": "model 'latest' is not a sha256 (64 lowercase hex digits)",
     "model of another architecture": "model 3f2a9c0d1e8b7a65... differs from the served model in arch, class_names "

@@ -122,6 +122,26 @@ class ModelList(BaseModel):
     models: list[StoredModel] = Field(description="the model store, the most recently added first")
 
 
+class JobQueued(BaseModel):
+    id: str
+    status: str = Field(description="queued")
+
+
+class JobInfo(BaseModel):
+    id: str
+    stream: str
+    parent: str = Field(description="sha256 of the model serving the stream when the job was asked for")
+    iters: int
+    status: str = Field(description="queued | running | promoted | rejected | failed")
+    created: float = Field(description="unix time")
+    updated: float = Field(description="unix time")
+    progress: float = Field(description="training iterations done / iters")
+    message: str
+    frames: dict = Field(description="recorded frames it trained on (train) and held back for the gate (held_back)")
+    report: dict | None = Field(description="the gate's checks with their figures (service/gate.py), once judged")
+    model: str | None = Field(description="sha256 of the candidate once promoted (it is in the model store)")
+
+
 class RecordingDeleted(BaseModel):
     stream: str
     deleted: int = Field(description="recorded frames deleted (0 where none were kept)")

@@ -85,6 +85,13 @@ class Settings(BaseSettings):
                                      "<state dir>/models")
     max_models: int = Field(4, ge=1, description="models besides the base held in memory at once; the least "
                             "recently used is dropped (and loaded again when a stream needs it)")
+    source_data: Path | None = Field(None, description="the labelled source data, a folder in the project's data layout "
+                                     "(images/, labels/, splits.json): adaptation jobs train on it beside a stream's "
+                                     "recorded frames and the gate validates on it; without it jobs are refused")
+    adapt_iters: int = Field(300, ge=1, description="training iterations of an adaptation job (300: about a quarter "
+                             "of an hour on two CPU cores at the default checkpoint's size)")
+    job_threads: int = Field(1, ge=1, description="CPU threads of an adaptation job's processes, which run at the "
+                             "lowest priority so that serving keeps its latency")
     record: Literal["off", "drifted", "all"] = Field("off", description="keep each stream's recent frames as posted "
                                                     "(camera footage: off by default), for adaptation jobs: all of "
                                                     "them, or those of a stream whose shift score says it has left the "
@@ -123,7 +130,7 @@ class Settings(BaseSettings):
             raise ValueError(f"state store {url!r} is neither file:///DIR nor redis://host:port/db")
         return url
 
-    @field_validator("state_dir", "onnx_model", "record_dir", "model_store")
+    @field_validator("state_dir", "onnx_model", "record_dir", "model_store", "source_data")
     @classmethod
     def _expand(cls, path: Path | None) -> Path | None:
         return path.expanduser() if path is not None else None

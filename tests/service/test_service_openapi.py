@@ -17,6 +17,8 @@ OPERATIONS = {
     ("put", "/adaptation/model"): "bind_stream_model",
     ("post", "/adaptation/model/rollback"): "rollback_stream_model",
     ("get", "/adaptation/models"): "list_models",
+    ("post", "/adaptation/jobs"): "start_adaptation_job",
+    ("get", "/adaptation/jobs/{job_id}"): "get_adaptation_job",
     ("get", "/adaptation/streams"): "list_streams",
     ("get", "/healthz"): "healthz",
     ("get", "/readyz"): "readyz",
