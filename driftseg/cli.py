@@ -22,6 +22,7 @@ COMMANDS = {
     ("bench", "precision"): ("driftseg.bench.precision:main", "labels, mIoU and time of the network in bf16/fp16 against fp32"),
     ("bench", "training"): ("driftseg.bench.training:main", "seconds per training iteration under speed-only settings (memory format, bf16, compile, threads)"),
     ("bench", "load"): ("driftseg.bench.load:main", "closed-loop load test of a running server: frames/s, latency, errors"),
+    ("bench", "loop"): ("driftseg.bench.loop:main", "the self-improving loop end to end on a running server: record, adapt, gate, score"),
     ("bench", "readme"): ("driftseg.bench.docs:readme_main", "write the README's generated tables from the committed results"),
     ("bench", "picture"): ("driftseg.bench.docs:picture_main", "the README's picture: a frame's overlay beside auto's shift score over `continual`"),
     ("export", "onnx"): ("driftseg.adapters.onnx_engine:main", "export the adapted function, stream states as graph inputs, to ONNX"),
