@@ -41,10 +41,11 @@ class Engine:
                                        ttl=settings.state_ttl, max_stored=settings.max_stored_streams)
         self.recorder = (Recorder(settings.recordings, settings.record, settings.record_max_frames,
                                   settings.record_max_bytes) if settings.record != "off" else None)
-        self.segmenter = Segmenter(settings, self.models, self.registry, metrics, model_thread, self.recorder)
         self.states = States(self.models, self.registry, settings.max_streams, self.recorder)
         self.jobs = Jobs(settings, self.states, self.recorder,
                          on_outcome=lambda outcome: metrics.adaptation_jobs.labels(outcome).inc())
+        self.segmenter = Segmenter(settings, self.models, self.registry, metrics, model_thread, self.recorder,
+                                   after_recorded=self.jobs.after_recorded if settings.auto_adapt else None)
         self.ready = False
         metrics.model_loaded(served.fingerprint, served.method, settings.engine)
 

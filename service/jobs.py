@@ -95,6 +95,7 @@ class Jobs:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._child: asyncio.subprocess.Process | None = None
+        self._last_job: dict[str, int] = {}  # stream -> when its last job was asked for (ns), for auto_adapt
 
     def refusal(self) -> str | None:
         """Why this server cannot run adaptation jobs, or None."""
@@ -107,6 +108,7 @@ class Jobs:
 
     async def start(self) -> None:
         for job in self.store.all():
+            self._last_job[job.stream] = max(self._last_job.get(job.stream, 0), int(job.created * 1e9))
             if job.status in ACTIVE:
                 job.status, job.message = "queued", "queued again after a restart of the server"
                 self.store.write(job)
@@ -134,9 +136,24 @@ class Jobs:
             raise Unprocessable(f"stream {stream!r} has {summary['recorded_frames']} recorded frames; a job needs at "
                                 f"least {MIN_FRAMES} (DRIFTSEG_RECORD keeps them as the stream posts frames)")
         job = Job(uuid.uuid4().hex, stream, summary["model"], self.settings.adapt_iters)
+        self._last_job[stream] = int(job.created * 1e9)
         self.store.write(job)
         self._queue.put_nowait(job.id)
         return job
+
+    async def after_recorded(self, stream: str) -> None:
+        """DRIFTSEG_AUTO_ADAPT: queue a job for the stream once it has recorded auto_adapt_frames frames
+        since its last job was asked for (a rejected or failed job is tried again only on new frames)."""
+        since = self._last_job.get(stream, 0)
+        if self.recorder.count_since(stream, since) < self.settings.auto_adapt_frames:
+            return
+        self._last_job[stream] = time.time_ns()  # before any await: one job however many frames are in flight
+        try:
+            job = await self.submit(stream)
+        except (Conflict, Unprocessable, NotFound) as e:
+            log.info("stream %r: no automatic adaptation job: %s", stream, e.detail)
+            return
+        log.info("stream %r: adaptation job %s queued by itself (DRIFTSEG_AUTO_ADAPT)", stream, job.id)
 
     def get(self, job_id: str) -> Job:
         return self.store.read(job_id)

@@ -85,6 +85,16 @@ class Recorder:
             frames = self._index(stream)
             return len(frames), sum(frames.values())
 
+    def count_since(self, stream: str, since_ns: int) -> int:
+        """The stream's recorded frames that arrived after `since_ns` (time.time_ns())."""
+        with self._lock:
+            count = 0
+            for name in reversed(self._index(stream)):  # newest first: stops at the first older frame
+                if int(name.split(".")[0]) <= since_ns:
+                    break
+                count += 1
+            return count
+
     def delete(self, stream: str) -> int:
         """Delete the stream's recording; the number of frames deleted."""
         with self._lock:

@@ -9,6 +9,7 @@ run off the event loop: decoding and encoding in worker threads, the network in 
 succeeded, so a failed request leaves the stream as it was."""
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
 import numpy as np
@@ -39,8 +40,9 @@ def _timed(fn, *args):
 
 class Segmenter:
     def __init__(self, settings: Settings, models: Models, registry: StreamRegistry, metrics: Metrics,
-                 model_thread: Executor | None = None, recorder: Recorder | None = None):
-        self.models, self.registry, self.recorder = models, registry, recorder
+                 model_thread: Executor | None = None, recorder: Recorder | None = None,
+                 after_recorded: Callable[[str], Awaitable[None]] | None = None):
+        self.models, self.registry, self.recorder, self.after_recorded = models, registry, recorder, after_recorded
         self.pipeline = models.base.pipeline  # the base model's: device, input size, batching as every model's
         self.class_names = models.base.class_names
         self.metrics, self.max_image_pixels = metrics, settings.max_image_pixels
@@ -57,7 +59,7 @@ class Segmenter:
             return await self._segment(stream, data, adapt, fmt)
 
     async def _segment(self, stream: str, data: bytes, adapt: bool, fmt: str) -> Segmented:
-        arrived = time.perf_counter()
+        arrived, recorded = time.perf_counter(), False
         async with self.registry.use(stream) as entry:
             waited = time.perf_counter() - arrived
             (rgb, frame), t_decode = await to_thread.run_sync(_timed, self.decode, data, fmt)
@@ -71,8 +73,11 @@ class Segmenter:
             await self.registry.commit(entry, state, score)
             # under the stream's lock, so a stream's frames are recorded in the order they were applied
             if self.recorder is not None and self.recorder.wants(score):
-                if await to_thread.run_sync(self.recorder.record, stream, data):
+                recorded = await to_thread.run_sync(self.recorder.record, stream, data)
+                if recorded:
                     self.metrics.frames_recorded.inc()
+        if recorded and self.after_recorded is not None:  # outside the lock: a job reads the stream's state
+            await self.after_recorded(stream)
         seconds = {Stage.WAIT: waited, Stage.DECODE: t_decode, Stage.MODEL: t_model, Stage.ENCODE: t_encode}
         for stage, value in seconds.items():
             self.metrics.stage_seconds.labels(stage).observe(value)

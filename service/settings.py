@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDic
 
 from driftseg.adapters.spec import MethodSpec, measures_shift, parse_method, resolve_method, serve_refusal
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_file
+from driftseg.service.jobs import MIN_FRAMES
 
 ENV_PREFIX = "DRIFTSEG_"
 PROG = "driftseg serve"
@@ -90,6 +91,11 @@ class Settings(BaseSettings):
                                      "recorded frames and the gate validates on it; without it jobs are refused")
     adapt_iters: int = Field(300, ge=1, description="training iterations of an adaptation job (300: about a quarter "
                              "of an hour on two CPU cores at the default checkpoint's size)")
+    auto_adapt: bool = Field(False, description="start an adaptation job for a stream by itself once it has recorded "
+                             "auto_adapt_frames frames since its last job (with record=drifted: frames posted while "
+                             "it had drifted); needs recording and the source data")
+    auto_adapt_frames: int = Field(200, ge=MIN_FRAMES, description="recorded frames since a stream's last job that start the "
+                                   "next one under auto_adapt")
     job_threads: int = Field(1, ge=1, description="CPU threads of an adaptation job's processes, which run at the "
                              "lowest priority so that serving keeps its latency")
     record: Literal["off", "drifted", "all"] = Field("off", description="keep each stream's recent frames as posted "
@@ -175,6 +181,13 @@ class Settings(BaseSettings):
         if self.record == "drifted" and not measures_shift(self.spec):
             raise ValueError(f"{ENV_PREFIX}RECORD=drifted records while the shift score of method auto says a stream "
                              f"has drifted; method {self.method!r} measures none: serve auto, or record all")
+        return self
+
+    @model_validator(mode="after")
+    def _auto_adapt_can_run_jobs(self) -> "Settings":
+        if self.auto_adapt and (self.record == "off" or self.source_data is None):
+            raise ValueError(f"{ENV_PREFIX}AUTO_ADAPT trains on a stream's recorded frames with the labelled source "
+                             f"data: set {ENV_PREFIX}RECORD to drifted or all and {ENV_PREFIX}SOURCE_DATA too")
         return self
 
     @model_validator(mode="after")

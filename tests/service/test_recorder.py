@@ -122,3 +122,13 @@ def test_a_disk_that_fails_skips_the_frame_with_a_warning(tmp_path, caplog) -> N
     with caplog.at_level(logging.WARNING, logger="driftseg.service"):
         assert not recorder.record("cam1", encoded("JPEG"))
     assert "frame not recorded" in caplog.text
+
+
+def test_count_since_counts_the_frames_that_arrived_after_a_time(tmp_path) -> None:
+    recorder = Recorder(tmp_path, "all", max_frames=10, max_bytes=10**9)
+    for seed in range(3):
+        recorder.record("cam1", encoded("JPEG", seed))
+    middle = int(sorted(recorder.folder("cam1").iterdir())[1].stem)
+    assert recorder.count_since("cam1", 0) == 3
+    assert recorder.count_since("cam1", middle) == 1  # the frame at `middle` arrived at, not after, it
+    assert recorder.count_since("cam1", 2**63) == 0 and recorder.count_since("nobody", 0) == 0

@@ -134,3 +134,30 @@ def test_a_job_in_flight_at_a_stop_is_queued_again_at_the_start(make_settings, t
         job = wait_for(client, "a" * 32)  # taken up again: it fails, the stream having no recording, but says so
         assert job["status"] == "failed" and "recorded frames" in job["message"]
         assert client.get(f"/adaptation/jobs/{'b' * 32}").json()["status"] == "rejected"  # finished jobs stay
+
+
+def test_auto_adapt_queues_a_job_once_enough_frames_are_recorded_and_again_only_on_new_ones(make_settings, dusk_frames,
+                                                                                         tmp_path):
+    (tmp_path / "no-data").mkdir()  # the jobs fail at once: what is tested is when they are asked for
+    settings = job_settings(make_settings, source_data=tmp_path / "no-data", auto_adapt=True,
+                            auto_adapt_frames=MIN_FRAMES)
+    store = JobStore(settings.state_dir / "jobs")
+    with TestClient(create_app(settings)) as client:
+        for frame in dusk_frames[:-1]:
+            post(client, "cam1", frame)
+        assert store.all() == []
+        post(client, "cam1", dusk_frames[-1])
+        [first] = store.all()
+        assert first.stream == "cam1" and wait_for(client, first.id)["status"] == "failed"
+        for frame in dusk_frames[:-1]:
+            post(client, "cam1", frame)
+        assert len(store.all()) == 1  # a failed job is tried again only once as many new frames are recorded
+        post(client, "cam1", dusk_frames[-1])
+        assert len(store.all()) == 2
+
+
+def test_auto_adapt_needs_recording_and_source_data(make_settings) -> None:
+    with pytest.raises(ValueError, match="DRIFTSEG_AUTO_ADAPT .* DRIFTSEG_RECORD"):
+        job_settings(make_settings, record="off", auto_adapt=True)
+    with pytest.raises(ValueError, match="DRIFTSEG_SOURCE_DATA"):
+        job_settings(make_settings, source_data=None, auto_adapt=True)
