@@ -27,6 +27,7 @@ COMMANDS = {
     ("bench", "picture"): ("driftseg.bench.docs:picture_main", "the README's picture: a frame's overlay beside auto's shift score over `continual`"),
     ("export", "onnx"): ("driftseg.adapters.onnx_engine:main", "export the adapted function, stream states as graph inputs, to ONNX"),
     ("serve",): ("driftseg.service.cli:main", "serve segmentation over HTTP, adapting per stream"),
+    ("worker",): ("driftseg.service.job_queues:worker_main", "run adaptation jobs from the Redis job queue (DRIFTSEG_JOB_QUEUE)"),
     ("models", "add"): ("driftseg.service.model_store:add_main", "put a checkpoint into the model store streams are bound from"),
     ("models", "list"): ("driftseg.service.model_store:list_main", "the model store's models with their provenance"),
 }

@@ -11,7 +11,9 @@
     states.py     the state routes' operations: describe, export, import, reset, list, bind a model, roll back
     model_store.py the model store (checkpoints by sha256) and the models resident in memory
     recorder.py   recording: each stream's recent frames as posted, for adaptation jobs
-    jobs.py       adaptation jobs: a stream's recording -> self-training -> gate.py -> promoted to serve it, or not
+    jobs.py       adaptation jobs: started for a stream (by request or by itself), the frames they take, records
+    job_runner.py what a job does: self-training -> gate.py (WiSE-FT if need be) -> promoted to serve it, or not
+    job_queues.py where jobs run: in the server, or on `driftseg worker` machines through Redis (RQ)
     batcher.py    cross-stream micro-batching: frames of different streams through the network together
     registry.py   streams held in memory (LRU, per-stream locks), snapshotted to the state store
     store.py      the SnapshotStore protocol and open_store (a folder, or Redis shared by replicas)

@@ -14,7 +14,9 @@ from concurrent.futures import Executor
 from anyio import to_thread
 
 from driftseg.service.adaptation import Served, load_pipeline
-from driftseg.service.jobs import Jobs
+from driftseg.service.job_queues import EmbeddedQueue, RedisQueue
+from driftseg.service.job_runner import JobRunner
+from driftseg.service.jobs import Jobs, JobStore
 from driftseg.service.metrics import Metrics
 from driftseg.service.model_store import Models, ModelStore
 from driftseg.service.recorder import Recorder
@@ -42,8 +44,13 @@ class Engine:
         self.recorder = (Recorder(settings.recordings, settings.record, settings.record_max_frames,
                                   settings.record_max_bytes) if settings.record != "off" else None)
         self.states = States(self.models, self.registry, settings.max_streams, self.recorder)
-        self.jobs = Jobs(settings, self.states, self.recorder,
-                         on_outcome=lambda outcome: metrics.adaptation_jobs.labels(outcome).inc())
+        jobs = JobStore(settings.jobs_folder)
+        if settings.job_queue == "embedded":
+            queue = EmbeddedQueue(jobs, JobRunner(settings, jobs, self.models.store, bind=self.states.bind,
+                                                  on_outcome=lambda outcome: metrics.adaptation_jobs.labels(outcome).inc()))
+        else:
+            queue = RedisQueue(settings.job_queue, jobs)
+        self.jobs = Jobs(settings, self.states, self.recorder, jobs, queue)
         self.segmenter = Segmenter(settings, self.models, self.registry, metrics, model_thread, self.recorder,
                                    after_recorded=self.jobs.after_recorded if settings.auto_adapt else None)
         self.ready = False

@@ -1,32 +1,25 @@
 """Adaptation jobs: a stream's recorded frames (service/recorder.py) turned into a model for that camera,
-judged by a label-free gate (service/gate.py) and served to the stream only if it passes.
+judged by a label-free gate and served to the stream only if it passes (what a job does: service/job_runner.py).
 
     POST /adaptation/jobs?stream=ID -> queued -> running -> promoted | rejected | failed
 
-A job takes the stream's recorded frames in arrival order, holds one in HOLD_BACK_EVERY back for the gate
-and copies the rest into its folder; then `driftseg train self-training --target-frames` (its default
-recipe) adapts the model serving the stream, with the labelled source data (DRIFTSEG_SOURCE_DATA) and
-DRIFTSEG_ADAPT_ITERS iterations; the gate judges the candidate against that model; a candidate that passes
-goes into the model store and the stream is bound to it (PUT /adaptation/model's path), one that does not
-changes nothing. Training and gate run as child processes at the lowest CPU priority with
-DRIFTSEG_JOB_THREADS threads, so that serving keeps the cores it needs; one job runs at a time.
+Asked for, a job takes the stream's recorded frames in arrival order into its folder, one in
+HOLD_BACK_EVERY held back for the gate and the rest to train on, so that whoever runs it needs the jobs
+folder and not the recording; its parent, the model serving the stream, is put in the model store (the
+base model too) so that it is found by sha256 wherever the job runs. Then a queue (service/job_queues.py)
+runs it: in the server by default, or on `driftseg worker` machines through Redis.
 
-Each job is a JSON record in `<state dir>/jobs/<id>.json`, written atomically at every change. A server
-that starts finds the jobs that were queued or running when it stopped and queues them again: training
-goes on from its state file (written every tenth of its iterations), so a restart loses little work and
-never a job.
-Written by hand over asyncio and subprocesses: the embedded queue has one worker on one machine, which a
-job-queue library would only wrap (at scale, see docs/deploy.md)."""
-import asyncio
+Each job is a JSON record in the jobs folder (DRIFTSEG_JOBS_DIR, default <state dir>/jobs; shared with the
+workers at scale), written atomically at every change, with the job's own folder beside it."""
 import json
 import logging
-import os
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from anyio import to_thread
 
 from driftseg.models.checkpoint import write_atomically
 from driftseg.service.errors import Conflict, NotFound, Unprocessable
@@ -37,7 +30,6 @@ HOLD_BACK_EVERY = 5  # one recorded frame in 5 (the 5th, 10th, ...) is kept from
 MIN_FRAMES = 2 * HOLD_BACK_EVERY  # fewer recorded frames than this make no job
 ACTIVE = ("queued", "running")
 OUTCOMES = ("promoted", "rejected", "failed")
-LOG_TAIL = 1500  # characters of a failed child's output kept in the job's message
 
 
 @dataclass
@@ -87,19 +79,17 @@ class JobStore:
 
 
 class Jobs:
-    """The embedded queue: submit, look up, and the worker that runs them one at a time."""
+    """What the routes and the segmenter ask of jobs: start one for a stream (by request, or by itself under
+    DRIFTSEG_AUTO_ADAPT) and look one up. `queue` runs them (service/job_queues.py)."""
 
-    def __init__(self, settings, states, recorder, on_outcome=lambda outcome: None):
-        self.settings, self.states, self.recorder, self.on_outcome = settings, states, recorder, on_outcome
-        self.store = JobStore(settings.state_dir / "jobs")
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._worker: asyncio.Task | None = None
-        self._child: asyncio.subprocess.Process | None = None
+    def __init__(self, settings, states, recorder, store: JobStore, queue):
+        self.settings, self.states, self.recorder, self.store, self.queue = settings, states, recorder, store, queue
         self._last_job: dict[str, int] = {}  # stream -> when its last job was asked for (ns), for auto_adapt
+        self._starting: set[str] = set()  # streams whose job is being written
 
     def refusal(self) -> str | None:
-        """Why this server cannot run adaptation jobs, or None."""
-        if self.settings.source_data is None:
+        """Why this server cannot start adaptation jobs, or None."""
+        if self.settings.job_queue == "embedded" and self.settings.source_data is None:
             return ("adaptation jobs need the labelled source data: set DRIFTSEG_SOURCE_DATA to a folder in the "
                     "project's data layout (images/, labels/, splits.json)")
         if self.recorder is None:
@@ -109,20 +99,10 @@ class Jobs:
     async def start(self) -> None:
         for job in self.store.all():
             self._last_job[job.stream] = max(self._last_job.get(job.stream, 0), int(job.created * 1e9))
-            if job.status in ACTIVE:
-                job.status, job.message = "queued", "queued again after a restart of the server"
-                self.store.write(job)
-                self._queue.put_nowait(job.id)
-        self._worker = asyncio.get_running_loop().create_task(self._work(), name="driftseg-jobs")
+        await self.queue.start()
 
     async def stop(self) -> None:
-        """Stop the worker and the child it runs; a job in flight stays `running` on disk and is queued
-        again when a server starts on this state dir."""
-        if self._child is not None and self._child.returncode is None:
-            self._child.kill()
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+        await self.queue.stop()
 
     async def submit(self, stream: str) -> Job:
         refusal = self.refusal()
@@ -130,15 +110,25 @@ class Jobs:
             raise Conflict(refusal)
         summary = await self.states.summary(stream)  # NotFound for a stream this server does not hold
         active = [j for j in self.store.all() if j.stream == stream and j.status in ACTIVE]
-        if active:
-            raise Conflict(f"stream {stream!r} has a job {active[0].status} already: GET /adaptation/jobs/{active[0].id}")
+        if active or stream in self._starting:
+            where = f": GET /adaptation/jobs/{active[0].id}" if active else ""
+            raise Conflict(f"stream {stream!r} has a job {active[0].status if active else 'starting'} already{where}")
         if summary["recorded_frames"] < MIN_FRAMES:
             raise Unprocessable(f"stream {stream!r} has {summary['recorded_frames']} recorded frames; a job needs at "
                                 f"least {MIN_FRAMES} (DRIFTSEG_RECORD keeps them as the stream posts frames)")
         job = Job(uuid.uuid4().hex, stream, summary["model"], self.settings.adapt_iters)
         self._last_job[stream] = int(job.created * 1e9)
-        self.store.write(job)
-        self._queue.put_nowait(job.id)
+        self._starting.add(stream)  # from here to the record's write a second request would not see this job
+        try:
+            models = self.states.models
+            if not models.store.path(job.parent).is_file():  # the base: stored once, found by sha256 as the others
+                await to_thread.run_sync(models.store.add, models.path(job.parent),
+                                         {"note": "the base model, a job's parent"})
+            await to_thread.run_sync(self._take_frames, job)
+            self.store.write(job)
+        finally:
+            self._starting.discard(stream)
+        await self.queue.put(job)
         return job
 
     async def after_recorded(self, stream: str) -> None:
@@ -158,97 +148,19 @@ class Jobs:
     def get(self, job_id: str) -> Job:
         return self.store.read(job_id)
 
-    async def _work(self) -> None:
-        while True:
-            job = self.store.read(await self._queue.get())
-            try:
-                await self._run(job)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the worker outlives a job that breaks
-                log.exception("adaptation job %s of stream %r failed", job.id, job.stream)
-                self._finish(job, "failed", f"{type(e).__name__}: {getattr(e, 'detail', e)}")
-
-    def _finish(self, job: Job, status: str, message: str) -> None:
-        job.status, job.message = status, message
-        self.store.write(job)
-        self.on_outcome(status)
-        log.info("adaptation job %s of stream %r: %s (%s)", job.id, job.stream, status, message)
-
-    async def _run(self, job: Job) -> None:
-        folder = self.store.folder(job.id)
-        train, held_back = folder / "train", folder / "held_back"
-        if not train.is_dir():  # a job queued again after a restart keeps the frames it took first
-            self._split(job, train, held_back)
-        job.status, job.message = "running", "training"
-        self.store.write(job)
-        candidate = folder / "candidate.pt"
-        parent = self.states.models.path(job.parent)
-        if not candidate.is_file():
-            resume = candidate.with_suffix(".state.pt")
-            command = ["train", "self-training", "--target-frames", str(train), "--parent", str(parent),
-                       "--data", str(self.settings.source_data), "--iters", str(job.iters), "--out", str(candidate),
-                       "--save-every", str(max(1, job.iters // 10)), *(["--resume", str(resume)] if resume.is_file() else [])]
-            if not await self._child_run([sys.executable, "-m", "driftseg", *command], folder / "train.log",
-                                         lambda: self._progress(job, candidate.with_suffix(".jsonl"))):
-                return self._finish(job, "failed", "training failed: " + _tail(folder / "train.log"))
-        job.progress, job.message = 1.0, "judging the candidate"
-        self.store.write(job)
-        report_file = folder / "gate.json"
-        gate = [sys.executable, "-m", "driftseg.service.gate", "--parent", str(parent), "--candidate", str(candidate),
-                "--held-back", str(held_back), "--source-data", str(self.settings.source_data), "--out", str(report_file)]
-        if not await self._child_run(gate, folder / "gate.log", lambda: None):
-            return self._finish(job, "failed", "the gate failed: " + _tail(folder / "gate.log"))
-        job.report = json.loads(report_file.read_text())
-        if not job.report["passed"]:
-            failed = [name for name, check in job.report["checks"].items() if not check["passed"]]
-            return self._finish(job, "rejected", f"the candidate failed the gate's checks: {', '.join(failed)}")
-        job.model = self.states.models.store.add(candidate, {"parent": job.parent, "stream": job.stream, "job": job.id,
-                                                            "gate": job.report["checks"]})
-        await self.states.bind(job.stream, job.model)
-        self._finish(job, "promoted", f"stream {job.stream!r} is served by model {job.model[:16]}...")
-
-    def _split(self, job: Job, train: Path, held_back: Path) -> None:
-        frames = sorted(self.recorder.folder(job.stream).iterdir()) if self.recorder.folder(job.stream).is_dir() else []
-        frames = [p for p in frames if not p.name.startswith(".")]
+    def _take_frames(self, job: Job) -> None:
+        """Copy the stream's recorded frames into the job's folder: every HOLD_BACK_EVERY-th into held_back/,
+        the others into train/ (written under a temporary name, renamed when complete)."""
+        source = self.recorder.folder(job.stream)
+        frames = sorted(p for p in source.iterdir() if not p.name.startswith(".")) if source.is_dir() else []
         if len(frames) < MIN_FRAMES:
             raise Unprocessable(f"stream {job.stream!r} has {len(frames)} recorded frames left; a job needs {MIN_FRAMES}")
-        for folder in (train, held_back):
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+        folder = self.store.folder(job.id)
+        partial = folder.with_name(f".{job.id}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        for part in ("train", "held_back"):
+            (partial / part).mkdir(parents=True)
         for i, path in enumerate(frames, 1):
-            shutil.copy2(path, (held_back if i % HOLD_BACK_EVERY == 0 else train) / path.name)
+            shutil.copy2(path, partial / ("held_back" if i % HOLD_BACK_EVERY == 0 else "train") / path.name)
+        partial.rename(folder)
         job.frames = {"train": len(frames) - len(frames) // HOLD_BACK_EVERY, "held_back": len(frames) // HOLD_BACK_EVERY}
-
-    def _progress(self, job: Job, jsonl: Path) -> None:
-        try:
-            lines = jsonl.read_text().splitlines()
-            done = json.loads(lines[-1]).get("iter", 0) if lines else 0
-        except (OSError, ValueError):
-            return
-        if done / job.iters > job.progress:
-            job.progress = round(done / job.iters, 3)
-            self.store.write(job)
-
-    async def _child_run(self, command: list[str], log_file: Path, on_tick) -> bool:
-        """Run a child at the lowest CPU priority with the job's thread cap, its output into `log_file`,
-        calling `on_tick` every second; whether it succeeded."""
-        threads = str(self.settings.job_threads)
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        with open(log_file, "ab") as out:
-            self._child = await asyncio.create_subprocess_exec(*command, stdout=out, stderr=out, env=env,
-                                                               preexec_fn=lambda: os.nice(19))
-            while self._child.returncode is None:
-                try:
-                    await asyncio.wait_for(self._child.wait(), 1.0)
-                except TimeoutError:
-                    on_tick()
-            on_tick()
-        return self._child.returncode == 0
-
-
-def _tail(log_file: Path) -> str:
-    try:
-        return log_file.read_text(errors="replace")[-LOG_TAIL:].strip()
-    except OSError:
-        return "(no output)"

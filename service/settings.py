@@ -91,6 +91,16 @@ class Settings(BaseSettings):
                                      "recorded frames and the gate validates on it; without it jobs are refused")
     adapt_iters: int = Field(300, ge=1, description="training iterations of an adaptation job (300: about a quarter "
                              "of an hour on two CPU cores at the default checkpoint's size)")
+    job_queue: str = Field("embedded", description="where adaptation jobs run: embedded (in this server, one at a "
+                           "time, niced) or redis://host:port/db, a Redis through which `driftseg worker` processes on "
+                           "other machines take them (RQ)")
+    jobs_dir: Path | None = Field(None, description="adaptation jobs' records and folders (the frames they took, their "
+                                  "candidates, logs); shared with the workers under a redis job queue; default: "
+                                  "<state dir>/jobs")
+    service_url: str | None = Field(None, description="driftseg worker only: the service's URL (the router's, at "
+                                    "scale) through which a worker binds a stream to the model its job promoted")
+    worker_metrics_port: int = Field(9101, ge=0, le=65535, description="driftseg worker only: the port of its "
+                                     "Prometheus metrics (0: none)")
     auto_adapt: bool = Field(False, description="start an adaptation job for a stream by itself once it has recorded "
                              "auto_adapt_frames frames since its last job (with record=drifted: frames posted while "
                              "it had drifted); needs recording and the source data")
@@ -136,7 +146,14 @@ class Settings(BaseSettings):
             raise ValueError(f"state store {url!r} is neither file:///DIR nor redis://host:port/db")
         return url
 
-    @field_validator("state_dir", "onnx_model", "record_dir", "model_store", "source_data")
+    @field_validator("job_queue")
+    @classmethod
+    def _queue_url(cls, queue: str) -> str:
+        if queue != "embedded" and not queue.startswith(("redis://", "rediss://")):
+            raise ValueError(f"job queue {queue!r} is neither embedded nor redis://host:port/db")
+        return queue
+
+    @field_validator("state_dir", "onnx_model", "record_dir", "model_store", "source_data", "jobs_dir")
     @classmethod
     def _expand(cls, path: Path | None) -> Path | None:
         return path.expanduser() if path is not None else None
@@ -185,7 +202,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _auto_adapt_can_run_jobs(self) -> "Settings":
-        if self.auto_adapt and (self.record == "off" or self.source_data is None):
+        if self.auto_adapt and (self.record == "off" or (self.source_data is None and self.job_queue == "embedded")):
             raise ValueError(f"{ENV_PREFIX}AUTO_ADAPT trains on a stream's recorded frames with the labelled source "
                              f"data: set {ENV_PREFIX}RECORD to drifted or all and {ENV_PREFIX}SOURCE_DATA too")
         return self
@@ -211,6 +228,11 @@ class Settings(BaseSettings):
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    @property
+    def jobs_folder(self) -> Path:
+        """Adaptation jobs' records and folders: DRIFTSEG_JOBS_DIR, else <state dir>/jobs."""
+        return self.jobs_dir if self.jobs_dir is not None else self.state_dir / "jobs"
 
     @property
     def models_dir(self) -> Path:

@@ -95,7 +95,8 @@ def under(path: str, roots: list[str]) -> bool:
 
 # what each program writes besides its volumes of data: driftseg's temporary files and kernel caches
 # ($HOME), Redis's working directory, nginx's pid file and buffers (checked against nginx.conf below)
-MUST_WRITE = {"driftseg": ["/tmp", "/home/driftseg", "/var/lib/driftseg/state"], "redis": ["/data"], "nginx": ["/tmp"]}
+MUST_WRITE = {"driftseg": ["/tmp", "/home/driftseg", "/var/lib/driftseg/state"], "driftseg-worker": ["/tmp", "/home/driftseg"],
+              "redis": ["/data"], "nginx": ["/tmp"]}
 
 
 def test_every_container_is_locked_down():
@@ -161,7 +162,7 @@ def ingress_of(policy: dict) -> tuple[list[dict], set[int]]:
 
 def test_network_policies_let_in_only_the_router_prometheus_and_driftseg():
     policies = {selected(p["spec"]["podSelector"])[0]: p for p in by_kind("NetworkPolicy")}
-    assert set(policies) == {"driftseg", "driftseg-redis"}
+    assert set(policies) == {"driftseg", "driftseg-redis", "driftseg-worker"}
     for policy in policies.values():
         assert policy["spec"]["policyTypes"] == ["Ingress"] and len(selected(policy["spec"]["podSelector"])) == 1
     peers, ports = ingress_of(policies["driftseg"])
@@ -172,8 +173,10 @@ def test_network_policies_let_in_only_the_router_prometheus_and_driftseg():
     assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
     assert all("ipBlock" not in p and p.get("podSelector", {}).get("matchLabels") for p in peers)  # no open door
     peers, ports = ingress_of(policies["driftseg-redis"])
-    assert ports == {6379} and [selected(p["podSelector"]) for p in peers] == [["driftseg"]]
+    assert ports == {6379} and [selected(p["podSelector"]) for p in peers] == [["driftseg"], ["driftseg-worker"]]
     assert all(set(p) == {"podSelector"} for p in peers)
+    peers, ports = ingress_of(policies["driftseg-worker"])
+    assert ports == {9101} and [p["podSelector"]["matchLabels"] for p in peers] == [{"app.kubernetes.io/name": "prometheus"}]
 
 
 def test_replicas_probe_drain_and_settings():
@@ -188,6 +191,31 @@ def test_replicas_probe_drain_and_settings():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert {e["name"] for e in container["env"]} <= setting_names()
     assert any(m["mountPath"] == "/var/lib/driftseg/state" for m in container["volumeMounts"])
+
+
+def test_workers_share_the_jobs_and_the_models_with_the_replicas_and_bind_through_the_router():
+    [sts] = by_kind("StatefulSet")
+    [worker] = [w for w in workloads() if w["metadata"]["name"] == "driftseg-worker"]
+    claims = {}
+    for workload in (sts, worker):
+        pod = workload["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert set(env) <= setting_names()
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+        for setting in ("DRIFTSEG_JOBS_DIR", "DRIFTSEG_MODEL_STORE"):  # on the shared claim, in both
+            [(root, volume)] = [(root, v) for root, v in mounts.items() if under(env[setting], [root])]
+            claims.setdefault(setting, set()).add((env[setting], volume["persistentVolumeClaim"]["claimName"]))
+        assert env["DRIFTSEG_JOB_QUEUE"].startswith("redis://driftseg-redis:")
+    assert all(len(found) == 1 for found in claims.values()), claims  # the same paths on the same claim
+    [container] = worker["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["command"] == ["driftseg", "worker"] and ("worker",) in COMMANDS
+    [router] = [s for s in by_kind("Service") if s["metadata"]["name"] == "driftseg-router"]
+    assert env["DRIFTSEG_SERVICE_URL"] == f"http://driftseg-router:{router['spec']['ports'][0]['port']}"
+    [claim] = [c for c in by_kind("PersistentVolumeClaim") if c["metadata"]["name"] == "driftseg-shared"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_router_hashes_the_stream_id_onto_every_replica():

@@ -1,6 +1,7 @@
 """Adaptation jobs through the app (service/jobs.py, service/gate.py): a tiny budget on the tiny checkpoint
 with real CamVid frames and source data; the lifecycle, the gate's figures, promotion or not, refusals, a
 failing job that leaves the stream as it was, and jobs found again after a restart."""
+import asyncio
 import io
 import json
 import math
@@ -11,10 +12,14 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from driftseg.data.folder import resolve_data_dir
+from driftseg.bench import loop
+from driftseg.data.folder import FrameFolder, resolve_data_dir
 from driftseg.service.app import create_app
 from driftseg.service.gate import frozen_figures
+from driftseg.models.checkpoint import load_checkpoint
+from driftseg.service.job_runner import JobRunner
 from driftseg.service.jobs import MIN_FRAMES, Job, JobStore
+from driftseg.service.model_store import ModelStore
 
 TIMEOUT = 600  # seconds a tiny job may take on a busy 2-core machine
 
@@ -85,6 +90,9 @@ def test_a_job_trains_on_the_recording_and_the_gate_decides(make_settings, dusk_
         assert checks["source"]["loss"] == pytest.approx(checks["source"]["parent_miou"] - checks["source"]["candidate_miou"],
                                                          abs=0.011)
         assert job["report"]["passed"] == all(c["passed"] for c in checks.values()) == (job["status"] == "promoted")
+        tried = job["report"]["tried"]  # the trained candidate, then its WiSE-FT blend only if it failed
+        assert [t["candidate"] for t in tried] == (["trained"] if tried[0]["passed"] else ["trained", "wise-ft"])
+        assert tried[-1]["checks"] == checks
         after = client.get("/adaptation/state", params={"stream": "cam1"}).json()
         if job["status"] == "promoted":
             assert after["model"] == job["model"] != before["model"] and after["previous_models"] == [before["model"]]
@@ -161,3 +169,45 @@ def test_auto_adapt_needs_recording_and_source_data(make_settings) -> None:
         job_settings(make_settings, record="off", auto_adapt=True)
     with pytest.raises(ValueError, match="DRIFTSEG_SOURCE_DATA"):
         job_settings(make_settings, source_data=None, auto_adapt=True)
+
+
+@pytest.mark.slow
+def test_bench_loop_runs_the_loop_through_the_server(make_settings) -> None:
+    settings = job_settings(make_settings, max_image_pixels=400_000, max_image_bytes=2_000_000)
+    data = resolve_data_dir(None)
+    with TestClient(create_app(settings)) as client:
+        result = loop.run(client, FrameFolder.open(data), "target_dusk[:10]", "target_dusk[10:12]", "source_val[:2]", "t")
+        job = client.get(f"/adaptation/jobs/{result['job']['id']}").json()
+        assert result["job"] == job and job["status"] in ("promoted", "rejected") and job["frames"]["train"] == 8
+        served = client.get("/adaptation/state", params={"stream": "t-camera"}).json()
+        assert served["model"] == (job["model"] if job["status"] == "promoted" else job["parent"])
+        assert all(0 <= v <= 100 for v in [*result["score_miou"].values(), *result["check_miou"].values()])
+        assert ("camera" in result["check_miou"]) == (job["status"] == "promoted")
+
+
+@pytest.mark.slow
+def test_a_passing_candidate_is_calibrated_on_the_camera_frames_stored_and_bound(make_settings, dusk_frames, ckpt_file,
+                                                                                  tmp_path, monkeypatch):
+    settings = job_settings(make_settings)
+    store, models = JobStore(tmp_path / "jobs"), ModelStore(tmp_path / "models")
+    parent = models.add(ckpt_file)
+    job = Job("e" * 32, "cam1", parent, 2)
+    for i, frame in enumerate(dusk_frames):
+        folder = store.folder(job.id) / ("held_back" if i % 5 == 4 else "train")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:03d}.jpg").write_bytes(frame)
+    store.write(job)
+    bound = []
+
+    async def bind(stream, sha):
+        bound.append((stream, sha))
+
+    async def judge(self, job, parent, candidate, name):  # a gate that lets the candidate through
+        return {"candidate": name, "passed": True, "checks": {}}
+
+    monkeypatch.setattr(JobRunner, "_judge", judge)
+    done = asyncio.run(JobRunner(settings, store, models, bind).run(job.id))
+    assert done.status == "promoted" and bound == [("cam1", done.model)] and done.model != parent
+    served = load_checkpoint(models.find(done.model))
+    assert served.extra["shift"]["split"] == str(store.folder(job.id) / "train") and served.extra["shift"]["frames"] == 8
+    assert models.provenance(done.model)["parent"] == parent

@@ -50,6 +50,12 @@ FLAG_VALUES = {
     "record_dir": ("/tmp/driftseg-recordings", {}),
     "record_max_frames": ("20", {}),
     "record_max_bytes": ("123456", {}),
+    "job_queue": ("redis://127.0.0.1:6379/3", {}),
+    "jobs_dir": ("/tmp/driftseg-jobs", {}),
+    "service_url": ("http://driftseg-router:80", {}),
+    "worker_metrics_port": ("9200", {}),
+    "auto_adapt": (True, {"record": "all", "source_data": "/tmp/driftseg-source-data"}),
+    "auto_adapt_frames": ("50", {}),
 }
 
 
@@ -77,6 +83,7 @@ def test_defaults_and_environment(ckpt_file, tmp_path, monkeypatch):
     ({"compile": True, "engine": "onnx"}, ["DRIFTSEG_COMPILE", "onnxruntime"]),
     ({"precision": "bf16", "engine": "onnx"}, ["DRIFTSEG_PRECISION", "float32 graph"]),
     ({"precision": "fp64"}, ["DRIFTSEG_PRECISION"]),
+    ({"job_queue": "amqp://rabbit"}, ["DRIFTSEG_JOB_QUEUE", "redis://"]),
 ])
 def test_invalid_settings_say_which_and_why(ckpt_file, overrides, words):
     with pytest.raises(ValueError) as e:
