@@ -25,6 +25,7 @@ import time
 
 from anyio import to_thread
 
+from driftseg.service.errors import NotReady
 from driftseg.service.job_runner import JobRunner
 from driftseg.service.jobs import ACTIVE, Job, JobStore
 from driftseg.service.model_store import ModelStore
@@ -91,11 +92,18 @@ class RedisQueue:
         self.connection.close()
 
     async def put(self, job: Job) -> None:
+        """Queue the job; NotReady (503) if Redis cannot be reached: the job is then failed, saying so."""
+        from redis.exceptions import RedisError
         from rq import Callback, Retry
 
-        await to_thread.run_sync(lambda: self.queue.enqueue(
-            run_queued, job.id, job_id=job.id, job_timeout=600 + SECONDS_PER_ITER * job.iters,
-            retry=Retry(max=RETRIES), on_failure=Callback(queued_job_failed), result_ttl=0, failure_ttl=7 * 86400))
+        try:
+            await to_thread.run_sync(lambda: self.queue.enqueue(
+                run_queued, job.id, job_id=job.id, job_timeout=600 + SECONDS_PER_ITER * job.iters,
+                retry=Retry(max=RETRIES), on_failure=Callback(queued_job_failed), result_ttl=0, failure_ttl=7 * 86400))
+        except RedisError as e:
+            job.status, job.message = "failed", f"the job queue could not be reached: {e}"
+            self.store.write(job)
+            raise NotReady(f"the job queue (DRIFTSEG_JOB_QUEUE) could not be reached ({e}): try again later") from None
 
 
 # the worker's side: RQ imports and calls these in the process that runs the job

@@ -2,6 +2,7 @@
 queues, without the source data, and a `driftseg worker` that has it, sharing the jobs folder and the model
 store, a real redis-server between them; the worker binds the stream through the server. And what RQ's
 failure callback makes of a job whose worker died. Needs Debian's redis-server; skipped without it."""
+import asyncio
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from PIL import Image
 
 from driftseg.data.folder import resolve_data_dir
 from driftseg.service import job_queues
+from driftseg.service.errors import NotReady
 from driftseg.service.jobs import MIN_FRAMES, Job, JobStore
 from service_util import REPO, RedisServer, free_port, start, stop
 
@@ -109,3 +111,13 @@ def test_a_job_whose_worker_died_is_queued_again_then_failed(tmp_path, ckpt_file
     store.write(Job("d" * 32, "cam1", "0" * 64, 2, status="promoted"))
     job_queues.queued_job_failed(SimpleNamespace(id="d" * 32, retries_left=0), None, RuntimeError, None, None)
     assert store.read("d" * 32).status == "promoted"  # an ended job stays as it ended
+
+
+def test_a_job_that_cannot_be_queued_is_a_503_and_failed(tmp_path):
+    store = JobStore(tmp_path / "jobs")
+    job = Job("f" * 32, "cam1", "0" * 64, 2)
+    store.write(job)
+    queue = job_queues.RedisQueue(f"redis://127.0.0.1:{free_port()}/0", store)  # nothing listens there
+    with pytest.raises(NotReady, match="DRIFTSEG_JOB_QUEUE"):
+        asyncio.run(queue.put(job))
+    assert store.read(job.id).status == "failed" and "could not be reached" in store.read(job.id).message
