@@ -1,4 +1,4 @@
-"""bench/loop.py's report (the loop against a live server is in tests/service/test_service_jobs.py)."""
+"""bench/loop.py's report (the loop through the app is in tests/service/test_service_jobs.py)."""
 from driftseg.bench.loop import markdown
 
 
