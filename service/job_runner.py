@@ -52,7 +52,6 @@ class JobRunner:
         try:
             await self._run(job)
         except asyncio.CancelledError:
-            self.kill()
             raise
         except ChildFailed as e:
             self._finish(job, "failed", str(e))
