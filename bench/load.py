@@ -38,12 +38,15 @@ from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import file_sha256, load_checkpoint
 
 
+def jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
+    """An RGB frame encoded as a camera would send it."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def jpeg_frames(stream: str, data: str | None, count: int) -> list[bytes]:
-    out = []
-    for image, _ in open_stream(stream, FrameFolder.open(data)).frames(count):
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="JPEG", quality=90)
-        out.append(buf.getvalue())
+    out = [jpeg_bytes(image, 90) for image, _ in open_stream(stream, FrameFolder.open(data)).frames(count)]
     if not out:
         raise ValueError(f"stream {stream!r} has no frames")
     return out

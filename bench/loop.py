@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from driftseg.bench.load import jpeg_frames, run_level
+from driftseg.bench.load import jpeg_bytes, jpeg_frames, run_level
 from driftseg.bench.report import add_common_arguments, table, write_results
 from driftseg.data.folder import FrameFolder
 from driftseg.data.metrics import ConfusionMatrix
@@ -32,12 +32,7 @@ POLL_SECONDS = 5
 
 
 def labelled_jpegs(spec: str, folder: FrameFolder) -> list[tuple[bytes, np.ndarray]]:
-    out = []
-    for image, label in open_stream(spec, folder).frames():
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="JPEG", quality=95)
-        out.append((buf.getvalue(), label))
-    return out
+    return [(jpeg_bytes(image, 95), label) for image, label in open_stream(spec, folder).frames()]
 
 
 def post_and_score(client: httpx.Client, stream: str, frames, folder: FrameFolder | None) -> float | None:
