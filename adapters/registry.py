@@ -1,5 +1,6 @@
 """The adaptation methods by spec name (DESIGN.md: registries by name). A new method is one module
 with a Component subclass (adapters/component.py) and one line here."""
+from driftseg.adapters.adamixbn import AdaMix
 from driftseg.adapters.auto import Auto
 from driftseg.adapters.component import Component
 from driftseg.adapters.cotta import CoTTA
@@ -11,11 +12,13 @@ from driftseg.adapters.frozen import Source
 from driftseg.adapters.label_calibration import LabelCalibration
 from driftseg.adapters.lame import LAME
 from driftseg.adapters.tent import Tent
+from driftseg.adapters.unmixtns import UnMixTNS
 
 # in the order components of one stage run: proto and lame replace the network's prediction, label
 # calibration then calibrates whatever came before it
 METHODS: dict[str, type[Component]] = {
-    c.name: c for c in (Source, EMA, Auto, MixBN, DUA, Tent, CoTTA, Proto, LAME, LabelCalibration, FDA)}
+    c.name: c for c in (Source, EMA, Auto, MixBN, AdaMix, UnMixTNS, DUA, Tent, CoTTA, Proto, LAME, LabelCalibration,
+                        FDA)}
 # names that stand for components with fixed parameters
 ALIASES = {
     "ptbn": "ema(m=1,alpha=0)",  # prediction-time BN: each frame's own statistics (Nado et al. 2020)

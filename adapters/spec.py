@@ -9,6 +9,8 @@
     norm_alpha                  Schneider et al. 2020: 0.9 source + 0.1 frame statistics (mixbn(lam=0.9))
     rbn                         robust-BN-style slow EMA of the statistics (ema(m=0.05))
     mixbn(lam=0.8)              lam * source + (1 - lam) * the frame's BN means and variances (adapters/diga.py)
+    adamixbn(m=0.1)             AdaMixBN's distance-weighted mix of source and stream statistics (adapters/adamixbn.py)
+    unmixtns(k=16,temp=0.07,m=0.0016)  UnMix-TNS: K statistics components per BN layer (adapters/unmixtns.py)
     dua(copies=16)              DUA: BN statistics updated from augmented copies of each frame (adapters/dua.py)
     tent(lr=0.001,steps=1)      TENT, the backprop peer
     cotta(lr=0.0003,ema=0.999,restore=0.01,conf=0.69)  CoTTA, the backprop ceiling (adapters/cotta.py)
@@ -18,9 +20,9 @@
     lc(forget=1,stride=2)       label calibration with running prototypes, on the network's output
                                 averaged over stride x stride pixels
     fda(beta=0.01,mode=ratio,m=0.1)   FDA against the stream's recent spectrum
-e.g. "ema(m=0.1,alpha=0.5)+lc". At most one network component (source, ema, auto, mixbn, dua, tent,
-cotta; `source` when none is named), and at most one of the components that read the network's
-features (proto, lame), on a network that provides them (source, ema, auto, mixbn, dua). The bare name
+e.g. "ema(m=0.1,alpha=0.5)+lc". At most one network component (source, ema, auto, mixbn, adamixbn,
+unmixtns, dua, tent, cotta; `source` when none is named), and at most one of the components that read the network's
+features (proto, lame), on a network that provides them (source, ema, auto, mixbn, adamixbn, unmixtns, dua). The bare name
 `auto` is the recommended pipeline, RECOMMENDED. Each component's parameters are its Config dataclass
 (adapters/registry.py names the components and the aliases).
 
@@ -48,7 +50,7 @@ class MethodSpec:
 
     @property
     def network(self) -> str:
-        """The network component's name: source, ema, auto, mixbn, dua, tent or cotta."""
+        """The network component's name: one of the NETWORK stage's (adapters/registry.py)."""
         return next(name for name, _ in self.parts if METHODS[name].stage == NETWORK)
 
     def config(self, name: str):

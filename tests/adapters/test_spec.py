@@ -214,7 +214,7 @@ def test_peer_aliases() -> None:
     ("diga+proto", "names \\['proto'\\] twice"),
     ("diga+ema", "combines two of the network components"),
     ("tent+lame", "tent does not provide"),
-    ("cotta+proto", "combine it with one of \\['auto', 'dua', 'ema', 'mixbn', 'source'\\]"),
+    ("cotta+proto", "combine it with one of \\['adamixbn', 'auto', 'dua', 'ema', 'mixbn', 'source', 'unmixtns'\\]"),
 ])
 def test_feature_readers_need_one_network_that_provides_them(spec, match) -> None:
     with pytest.raises(ValueError, match=match):
