@@ -116,6 +116,11 @@ class Component:
                 restarted: list[bool]) -> None:
         """Set the new states' parts (copies of the old ones' until then) from `out`."""
 
+    def resets(self, state: StreamState) -> bool:
+        """Whether the stream starts afresh from the source before its next frame (decided on the host,
+        before the batch is stacked: a schedule such as rdumb's)."""
+        return False
+
     def describe(self, state: StreamState) -> dict[str, Any]:
         """What GET /adaptation/state shows of the stream's parts (service.schemas.StreamStateSummary)."""
         return {}

@@ -10,6 +10,7 @@ returns new states and never mutates the given ones, so a caller that fails half
 states intact. How the adapted function runs (eager, compiled, onnxruntime) is the backend's
 (adapters/backends.py).
 """
+import copy
 from functools import cached_property
 
 import torch
@@ -83,7 +84,11 @@ class Pipeline:
             raise ValueError(f"images should be [B, 3, H, W], got {list(images.shape)}")
         if len(states) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} frames but {len(states)} stream states")
-        images, b = images.to(self.device), len(states)
+        images, b, given = images.to(self.device), len(states), states
+        # a stream whose schedule says so (rdumb) starts afresh from the source before this frame
+        states = [self.new_state() if any(c.resets(s) for c in self.components) else s for s in states]
+        if not adapt and self.spec.backprop:  # tent and cotta update their part's model in place: a copy's
+            states = [copy.deepcopy(s) for s in states]
         if self.pad_batches and padded_batch_size(b) > b:
             # the last frame again, with a source state: every sample is computed on its own, so the
             # padding changes nothing for the others, and real pixels keep FDA and BN finite
@@ -94,7 +99,7 @@ class Pipeline:
         labels, out = self._core(images, self.stack_states(states))
         # clones: a CUDA graph's outputs are overwritten by its next replay
         labels, out = labels[:b].clone(), {k: v[:b].clone() for k, v in out.items()}
-        return labels, (self._scatter(states[:b], out) if adapt else states[:b])
+        return labels, (self._scatter(states[:b], out) if adapt else given)
 
     def stack_states(self, states: list[StreamState]) -> dict[str, torch.Tensor]:
         """The streams' states stacked into the batch tensors that `core` takes."""

@@ -11,13 +11,14 @@ from driftseg.adapters.fda import FDA
 from driftseg.adapters.frozen import Source
 from driftseg.adapters.label_calibration import LabelCalibration
 from driftseg.adapters.lame import LAME
+from driftseg.adapters.rdumb import RDumb
 from driftseg.adapters.tent import Tent
 from driftseg.adapters.unmixtns import UnMixTNS
 
 # in the order components of one stage run: proto and lame replace the network's prediction, label
 # calibration then calibrates whatever came before it
 METHODS: dict[str, type[Component]] = {
-    c.name: c for c in (Source, EMA, Auto, MixBN, AdaMix, UnMixTNS, DUA, Tent, CoTTA, Proto, LAME, LabelCalibration,
+    c.name: c for c in (RDumb, Source, EMA, Auto, MixBN, AdaMix, UnMixTNS, DUA, Tent, CoTTA, Proto, LAME, LabelCalibration,
                         FDA)}
 # names that stand for components with fixed parameters
 ALIASES = {

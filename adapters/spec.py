@@ -19,6 +19,8 @@
     lame(k=5,lam=1,steps=100)   LAME: the output smoothed over a kNN graph of the network's features
     lc(forget=1,stride=2)       label calibration with running prototypes, on the network's output
                                 averaged over stride x stride pixels
+    rdumb(every=100)            RDumb: the stream's whole state reset to the source every 100 frames, e.g.
+                                rdumb+ema(m=0.1) (adapters/rdumb.py)
     fda(beta=0.01,mode=ratio,m=0.1)   FDA against the stream's recent spectrum
 e.g. "ema(m=0.1,alpha=0.5)+lc". At most one network component (source, ema, auto, mixbn, adamixbn,
 unmixtns, dua, tent, cotta; `source` when none is named), and at most one of the components that read the network's

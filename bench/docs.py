@@ -39,6 +39,8 @@ METHOD_CARDS = {
     "proto": ("class prototypes of the classifier's features, mixed into the scores", "DIGA, Wang et al. 2023"),
     "lame": ("the output smoothed over a kNN graph of the classifier's features", "Boudiaf et al. 2022"),
     "lc": ("label calibration: running soft-label prototypes, nearest one per pixel", "Bohdal, Li, Hospedales 2023"),
+    "rdumb": ("the stream's whole state reset to the source every `every` frames, over any method",
+              "RDumb, Press et al. 2023"),
     "fda": ("the frame's low-frequency amplitude moved toward the source's", "Yang & Soatto 2020"),
     "ptbn": ("each frame normalised with its own BN statistics", "Nado et al. 2020"),
     "norm_alpha": ("9 parts source, 1 part frame statistics", "Schneider et al. 2020"),

@@ -50,12 +50,3 @@ def assert_same_state(a, b) -> None:
         else:
             assert da[key] == db[key]
 
-
-def together_and_alone(pipeline, streams):
-    """Each stream's final state run in one batch with the others, frame by frame, and run alone:
-    streams are [n, 3, H, W] frame stacks of equal length -> (states together, states alone)."""
-    alone = [run(pipeline, frames)[1] for frames in streams]
-    states = [pipeline.new_state() for _ in streams]
-    for frames in zip(*streams):
-        _, states = pipeline.step(torch.stack(frames), states)
-    return states, alone

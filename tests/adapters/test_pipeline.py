@@ -15,7 +15,7 @@ from pipeline_util import assert_same_state, run
 from driftseg.adapters.spec import parse_method
 
 SPECS = ["source", "ptbn", "ema(m=0.2,alpha=0.5)+lc", "auto(m=0.2)+lc+fda(beta=0.05)", "fda(mode=swap)", "diga+lc",
-         "dua(copies=3)+proto", "ema(m=0.2)+lame", "lame"]
+         "dua(copies=3)+proto", "ema(m=0.2)+lame", "lame", "adamixbn(m=0.3)", "rdumb(every=2)+unmixtns(m=0.2)+lc"]
 
 
 @pytest.mark.parametrize("spec", SPECS)

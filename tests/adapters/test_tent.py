@@ -246,3 +246,23 @@ def test_single_frame_with_pooled_bn() -> None:
         nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1),
     ).eval()
     TentStream(model, lr=1e-2).forward_and_adapt(_images(1, seed=0))
+
+
+def test_a_frame_not_adapted_on_leaves_the_model_as_it_was(tiny_ckpt) -> None:
+    """Pipeline.step(adapt=False) on a backprop method: the prediction of the stream's model as it stands
+    (tent's logits come before its step), and no step kept."""
+    from synthetic_frames import domain_frames
+
+    from driftseg.adapters.pipeline import Pipeline
+    from driftseg.adapters.spec import parse_method
+
+    pipeline = Pipeline(tiny_ckpt, parse_method("tent(lr=0.01)"))
+    frames = domain_frames(2, seed=7)
+    _, (state,) = pipeline.step(frames[:1], [pipeline.new_state()])
+    before = copy.deepcopy(state.parts["tent"].model.state_dict())
+    labels, (kept,) = pipeline.step(frames[1:], [state], adapt=False)
+    assert kept is state
+    for key, value in state.parts["tent"].model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    adapted, _ = pipeline.step(frames[1:], [state])
+    assert torch.equal(labels, adapted)
