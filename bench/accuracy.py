@@ -5,7 +5,16 @@ checkpoint's source state; the score is mIoU (and mean Dice) from one confusion 
 stream. `continual` also gets one row per segment, named `continual/<i>-<segment>`; a stream of
 several rounds (`continual10`) one per round, `continual10/round<r>`, and one per segment of each,
 `continual10/round<r>/<i>-<segment>`.
+
+The real-time protocol (`--realtime`; Alfarra et al., ICML 2024, "Evaluation of Test-Time Adaptation Under
+Computational Time Constraints"; their code's `delayed_eval_online` with eta = 1): the stream reveals frames
+at the frozen model's speed. A method whose step costs C times the frozen model's (`cost_vs_source`,
+measured in the same run's standard pass) adapts on a frame, and the next ceil(C) - 1 frames arrive while
+it is busy: each is predicted by the method's most recent state, nothing of it kept (`Pipeline.step(...,
+adapt=False)`, as their code predicts with the adapted model's network without its update). One cost per
+method over the whole run, not a per-frame timing, so that the schedule does not depend on timing noise.
 """
+import math
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -31,10 +40,13 @@ def device_name(device: torch.device) -> str:
 
 
 def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int,
-               on_frame: Callable[[int, np.ndarray, torch.Tensor], None] | None = None) -> tuple[dict, dict]:
+               on_frame: Callable[[int, np.ndarray, torch.Tensor], None] | None = None,
+               adapt_every: int = 1) -> tuple[dict, dict]:
     """Scores of one method on one stream (the whole stream and, for multi-segment streams, each
     segment), and its trace over frames: per-frame confusion matrices and the auto mode's state.
-    `on_frame(index, image, labels)`, if given, sees each frame and its label map (the README's picture)."""
+    `on_frame(index, image, labels)`, if given, sees each frame and its label map (the README's picture).
+    `adapt_every` k: the real-time protocol's schedule, the method adapts on frames 0, k, 2k, ... and
+    predicts the others from its state without keeping anything."""
     state = pipeline.new_state()
     frame_cms, shift, alpha = [], [], []
     seconds = 0.0
@@ -43,7 +55,7 @@ def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int,
         frame = to_tensor(image).to(pipeline.device)
         sync()
         t0 = time.perf_counter()
-        labels, (state,) = pipeline.step(frame, [state])
+        labels, (state,) = pipeline.step(frame, [state], adapt=len(frame_cms) % adapt_every == 0)
         sync()
         seconds += time.perf_counter() - t0
         cm = ConfusionMatrix(pipeline.num_classes, ignore_index)
@@ -123,34 +135,59 @@ def merge(kept: dict, rerun: dict) -> dict:
     the methods timed in the same run as the `source` row (the rerun ones if `source` was rerun, else the
     kept ones) and dropped for the others."""
     check_updatable(kept, rerun)
-    if set(kept["streams"]) != set(rerun["streams"]):
-        raise ValueError(f"cannot update: the file has the streams {sorted(kept['streams'])}, this run "
-                         f"{sorted(rerun['streams'])}")
-    streams = {}
-    for name, rows in kept["streams"].items():
-        frames = {score["frames"] for score in [*rows.values(), *rerun["streams"][name].values()]}
-        if len(frames) > 1:
-            raise ValueError(f"cannot update: {name} has {sorted(frames)} frames in the file and this run")
-        streams[name] = rows | rerun["streams"][name]
+    if ("realtime" in kept) != ("realtime" in rerun):
+        raise ValueError("cannot update: " + ("the file has" if "realtime" in kept else "this run has")
+                         + " real-time rows and the other not: run with --realtime as the file was, or without")
+    streams = _merge_streams(kept["streams"], rerun["streams"])
     methods = [*kept["summary"], *(m for m in rerun["summary"] if m not in kept["summary"])]
     summary = summarise(streams, methods)
     rerun_methods = set(rerun["summary"])
     timed_with_source = rerun_methods if "source" in rerun_methods else set(kept["summary"]) - rerun_methods
     for m in set(methods) - timed_with_source:
         summary[m].pop("cost_vs_source", None)
-    return kept | rerun | {"streams": streams, "summary": summary}
+    merged = kept | rerun | {"streams": streams, "summary": summary}
+    if "realtime" in kept:  # each method's schedule came from its cost in the run that ran it
+        rows = _merge_streams(kept["realtime"]["streams"], rerun["realtime"]["streams"])
+        merged["realtime"] = {"streams": rows, "summary": summarise_realtime(rows, methods)}
+    return merged
+
+
+def _merge_streams(kept: dict[str, dict], rerun: dict[str, dict]) -> dict[str, dict]:
+    """Per stream, the kept rows with the rerun ones put in; ValueError unless both have the same streams
+    of the same lengths."""
+    if set(kept) != set(rerun):
+        raise ValueError(f"cannot update: the file has the streams {sorted(kept)}, this run {sorted(rerun)}")
+    streams = {}
+    for name, rows in kept.items():
+        frames = {score["frames"] for score in [*rows.values(), *rerun[name].values()]}
+        if len(frames) > 1:
+            raise ValueError(f"cannot update: {name} has {sorted(frames)} frames in the file and this run")
+        streams[name] = rows | rerun[name]
+    return streams
 
 
 def markdown_table(result: dict) -> str:
     """One column per stream, per segment of `continual`, per round of `continual10` (its segments of
-    each round are in the JSON and the plots only)."""
+    each round are in the JSON and the plots only); the real-time protocol's table below, where it ran."""
+    text = _protocol_table(result, {"mean_miou": ("mean", ".1f"), "ms_per_frame": ("ms/frame", ".1f"),
+                                    "cost_vs_source": ("x source", ".2f")})
+    if "realtime" in result:
+        text += ("\n\nReal-time protocol (Alfarra et al. 2024): frames arrive at the frozen model's speed, a method "
+                 "adapts on 1 frame in `adapts every` and predicts the others from its state:\n\n"
+                 + _protocol_table(result["realtime"], {"mean_miou": ("mean", ".1f"),
+                                                        "adapted_every": ("adapts every", "d")}))
+    return text
+
+
+def _protocol_table(result: dict, columns: dict[str, tuple[str, str]]) -> str:
+    """A row per method of `result["summary"]`: its mIoU per stream, then the summary's `columns`
+    ({key: (heading, format)})."""
     streams = [s for s in result["streams"] if s.count("/") < 2]
     rows = []
     for m, summary in result["summary"].items():
-        extra = [summary.get(k) for k in ("mean_miou", "ms_per_frame", "cost_vs_source")]
         rows.append([f"`{m}`", *(_cell(result["streams"][s].get(m)) for s in streams),
-                     *("" if v is None else f"{v:.{d}f}" for v, d in zip(extra, (1, 1, 2)))])
-    return table(["method", *streams, "mean", "ms/frame", "x source"], rows)
+                     *("" if summary.get(k) is None else format(summary[k], f) for k, (_, f) in columns.items())])
+    return table(["method", *streams, *(heading for heading, _ in columns.values())], rows)
 
 
 def _cell(score: dict | None) -> str:
@@ -159,12 +196,15 @@ def _cell(score: dict | None) -> str:
 
 def run(
     ckpt: Checkpoint, folder: FrameFolder, streams: Sequence[str], methods: Sequence[str], severity: int = 3,
-    max_frames: int | None = None, device: str = "auto",
+    max_frames: int | None = None, device: str = "auto", realtime: bool = False,
 ) -> tuple[dict, dict]:
-    """The scores of the benchmark's result ({"streams", "summary"}: see `driftseg bench accuracy --help`;
-    the caller adds what names the run, SAME_RUN_KEYS), and the traces of the multi-segment streams:
+    """The scores of the benchmark's result ({"streams", "summary"}, and with `realtime` the real-time
+    protocol's {"streams", "summary"} under "realtime": see `driftseg bench accuracy --help`; the caller adds
+    what names the run, SAME_RUN_KEYS), and the traces of the multi-segment streams:
     {stream: {"segments": [(name, start)], "rounds": r, "methods": {method: trace}}}. `max_frames`: only
     the first that many frames of every segment."""
+    if realtime and "source" not in methods:
+        raise ValueError("the real-time protocol needs `source` among the methods: its speed is the stream's")
     dev = resolve_device(device)
     specs = {m: parse_method(m) for m in methods}  # every spec is checked before any work starts
     opened = [open_stream(s, folder, severity, per_segment=max_frames) for s in streams]
@@ -186,5 +226,45 @@ def run(
             bar.update()
     bar.close()
     result["summary"] = summarise(result["streams"], list(methods))
+    if realtime:
+        result["realtime"] = run_realtime(ckpt, folder, opened, specs, result, dev)
     return result, traces
+
+
+def adapt_every(cost: float) -> int:
+    """The real-time schedule of a method that costs `cost` times the frozen model: it adapts on one frame
+    in ceil(cost) (on every frame when it is no slower)."""
+    return max(1, math.ceil(round(cost, 2)))
+
+
+def run_realtime(ckpt: Checkpoint, folder: FrameFolder, streams: Sequence[Stream], specs: dict,
+                 standard: dict, device: torch.device) -> dict:
+    """The real-time protocol's {"streams", "summary"} (module docstring), from the costs of the standard
+    pass `standard`; a method that adapts on every frame has its standard scores there."""
+    every = {m: adapt_every(standard["summary"][m]["cost_vs_source"]) for m in specs}
+    rows = {name: {m: standard["streams"][name][m] | {"ms_per_frame": None, "adapted_every": 1}
+                   for m in specs if every[m] == 1} for name in standard["streams"]}
+    slow = [m for m in specs if every[m] > 1]
+    bar = tqdm(total=len(streams) * len(slow), desc="real time", unit="run")
+    for stream in streams:
+        for method in slow:
+            bar.set_postfix_str(f"{stream.name} / {method} (adapts 1 frame in {every[method]})")
+            scores, _ = run_stream(Pipeline(ckpt, specs[method], device), stream, folder.ignore_index,
+                                   adapt_every=every[method])
+            for name, score in scores.items():
+                rows[name][method] = score | {"ms_per_frame": None, "adapted_every": every[method]}
+            bar.update()
+    bar.close()
+    # in the standard pass's method order
+    rows = {name: {m: r[m] for m in specs if m in r} for name, r in rows.items()}
+    return {"streams": rows, "summary": summarise_realtime(rows, list(specs))}
+
+
+def summarise_realtime(streams: dict[str, dict[str, dict]], methods: Sequence[str]) -> dict:
+    """Per method: the mean mIoU over the streams as `summarise` takes it, and its real-time schedule."""
+    summary = summarise(streams, methods)
+    for m in methods:
+        kept = {k: v for k, v in summary[m].items() if k in ("mean_miou", "day_change")}
+        summary[m] = kept | {"adapted_every": next(rows[m]["adapted_every"] for rows in streams.values() if m in rows)}
+    return summary
 

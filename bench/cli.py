@@ -34,6 +34,11 @@ def accuracy_main(argv=None) -> None:
                    help="run only --methods and put their rows into the existing --out file, keeping its other "
                    "methods (after a change to some methods: the rest need not run again); the file must come "
                    "from the same checkpoint, data, streams, severity and frames")
+    p.add_argument("--realtime", action="store_true",
+                   help="also the real-time protocol (Alfarra et al. 2024): frames arrive at the frozen model's speed "
+                   "(`source` must be among --methods), a method adapts only on the frames it has time for by its "
+                   'cost in this run, and predicts the others from its state; its rows under "realtime" '
+                   '({"streams", "summary": {METHOD: {"mean_miou", "day_change", "adapted_every"}}})')
     add_common_arguments(p)
     args = p.parse_args(argv)
     if args.update and not (args.out and args.out.exists()):
@@ -51,7 +56,7 @@ def accuracy_main(argv=None) -> None:
                 print(f"warning: {args.out} was written before results recorded the checkpoint's hash: only its "
                       "path, data and frame counts are checked", file=sys.stderr)
         scores, traces = accuracy.run(ckpt, folder, args.streams, args.methods, args.severity, args.max_frames,
-                                      args.device)
+                                      args.device, args.realtime)
         result = header | scores
         if args.update:
             result = accuracy.merge(kept, result)

@@ -150,3 +150,52 @@ def test_continual10_rounds_and_segments(tiny_ckpt, tmp_path, monkeypatch) -> No
     assert table[0].startswith("| method | continual10 | continual10/round1 |") and "round1/" not in table[0]
     for png in ("r-continual10.png", "r-continual10-rounds.png"):
         assert out.with_name(png).read_bytes()[:4] == b"\x89PNG"
+
+
+def _miou(pairs, ignore_index: int) -> float:
+    """mIoU (%) of (label map, prediction) pairs from one confusion matrix computed here, over classes present."""
+    mat = np.zeros((11, 11), np.int64)
+    for target, pred in pairs:
+        keep = target.ravel() != ignore_index
+        np.add.at(mat, (target.ravel()[keep], pred.ravel()[keep]), 1)
+    present = (mat.sum(0) + mat.sum(1)) > 0
+    return round(100 * (np.diag(mat) / (mat.sum(0) + mat.sum(1) - np.diag(mat)))[present].mean(), 2)
+
+
+def test_realtime_protocol_adapts_only_on_the_frames_a_method_has_time_for(tiny_ckpt, tmp_path, monkeypatch) -> None:
+    """Every method slower than the frozen one is given the schedule 'one frame in 2' here (its cost is
+    timing noise on a tiny model): the realtime row of ema is the score of adapting on frames 0 and 2 and
+    predicting frame 1 from the state after frame 0, nothing of it kept; the frozen model's row is its
+    standard one."""
+    from driftseg.bench import accuracy
+
+    monkeypatch.setattr(accuracy, "adapt_every", lambda cost: 1 if cost == 1.0 else 2)
+    save_checkpoint(tiny_ckpt, tmp_path / "tiny.pt")
+    out = tmp_path / "rt.json"
+    main(["bench", "accuracy", "--checkpoint", str(tmp_path / "tiny.pt"), "--streams", "day", "--methods", "source",
+          "ema(m=0.5)", "--max-frames", "3", "--device", "cpu", "--realtime", "--out", str(out)])
+    r = json.loads(out.read_text())
+    realtime = r["realtime"]
+    assert realtime["streams"]["day"]["source"] == r["streams"]["day"]["source"] | {"ms_per_frame": None,
+                                                                                     "adapted_every": 1}
+    assert realtime["summary"]["ema(m=0.5)"]["adapted_every"] == 2
+
+    folder, pipeline = FrameFolder.open(None), Pipeline(tiny_ckpt, parse_method("ema(m=0.5)"))
+    state, pairs = pipeline.new_state(), []
+    for i, name in enumerate(folder.frames("source_val")[:3]):
+        labels, (new,) = pipeline.step(to_tensor(folder.read_image(name)), [state])
+        state = new if i != 1 else state
+        pairs.append((folder.read_label(name), labels[0].numpy()))
+    assert realtime["streams"]["day"]["ema(m=0.5)"]["miou"] == pytest.approx(_miou(pairs, folder.ignore_index), abs=0.01)
+    assert "Real-time protocol" in out.with_suffix(".md").read_text()
+
+
+def test_realtime_needs_the_frozen_model_and_matching_files(tiny_ckpt, tmp_path, capsys) -> None:
+    save_checkpoint(tiny_ckpt, tmp_path / "tiny.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "accuracy", "--checkpoint", str(tmp_path / "tiny.pt"), "--methods", "ptbn", "--realtime",
+              "--streams", "day", "--max-frames", "1"])
+    assert exit_info.value.code == 2 and "needs `source` among the methods" in capsys.readouterr().err
+    kept = {"streams": {}, "summary": {}, "realtime": {"streams": {}, "summary": {}}}
+    with pytest.raises(ValueError, match="run with --realtime as the file was"):
+        merge(kept, {"streams": {}, "summary": {}})
