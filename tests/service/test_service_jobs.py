@@ -5,6 +5,9 @@ import asyncio
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -17,7 +20,7 @@ from driftseg.data.folder import FrameFolder, resolve_data_dir
 from driftseg.service.app import create_app
 from driftseg.service.gate import frozen_figures
 from driftseg.models.checkpoint import load_checkpoint
-from driftseg.service.job_runner import JobRunner
+from driftseg.service.job_runner import JobRunner, lowest_priority
 from driftseg.service.jobs import MIN_FRAMES, Job, JobStore
 from driftseg.service.model_store import ModelStore
 
@@ -211,3 +214,13 @@ def test_a_passing_candidate_is_calibrated_on_the_camera_frames_stored_and_bound
     served = load_checkpoint(models.find(done.model))
     assert served.extra["shift"]["split"] == str(store.folder(job.id) / "train") and served.extra["shift"]["frames"] == 8
     assert models.provenance(done.model)["parent"] == parent
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_job_children_run_only_when_the_cpu_is_otherwise_idle() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"], preexec_fn=lowest_priority)
+    try:
+        assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
+    finally:
+        child.kill()
+        child.wait()
