@@ -16,20 +16,30 @@
 #                                                                            -> experiments/results/auto-instance.{json,md}
 #   proto         auto with DIGA's prototype output in place of label calibration, on 12 and on all BN
 #                 layers, the first $FRAMES frames as `peers`               -> experiments/results/auto-proto.{json,md}
+#   realtime12    the standard and the real-time protocol (`bench accuracy --realtime`, Alfarra et al. 2024) side
+#                 by side, the first $FRAMES frames as `peers`, every method but dua and cotta (40-50x the frozen
+#                 model: under the real-time protocol they adapt on the first frame of a stream and on none after,
+#                 and their other frames still cost their full step here)  -> experiments/results/realtime-12.{json,md}
+#   realtime      the same on the whole streams, the backprop-free methods and RDumb's reset over auto
+#                                                                            -> experiments/results/realtime.{json,md}
+#   layers        why re-estimating statistics loses on natural drift: auto adapting the first 1, 3, 6, 12 and all
+#                 BN layers on the whole dusk and day streams               -> experiments/results/auto-layers.{json,md}
 # A part whose JSON exists already is skipped unless FORCE=1; UPDATE="METHOD ..." reruns only those methods
 # of the accuracy parts (all but speed) into their JSON, as experiments/common.sh says.
 #
-#   experiments/peers.sh [PART ...]       parts: peers continual10 speed variance instance proto (all, in that order,
-#                                   without arguments)
+#   experiments/peers.sh [PART ...]       parts: peers continual10 speed variance instance proto realtime12 realtime
+#                                   layers (all, in that order, without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source experiments/common.sh
 FRAMES=${FRAMES:-12}
 ROUND_FRAMES=${ROUND_FRAMES:-4}
 SPEED_FRAMES=${SPEED_FRAMES:-20}
-METHODS="source ptbn tent diga dua lame norm_alpha rbn cotta auto"
-STATEFUL="source ptbn tent diga dua rbn cotta auto"  # lame and norm_alpha keep nothing: every round alike
-parts=${*:-peers continual10 speed variance instance proto}
+METHODS="source ptbn tent diga dua lame norm_alpha rbn cotta adamixbn unmixtns auto"
+RDUMB_AUTO="rdumb+auto(m=1,floor=0.2,switch=2,layers=12)+lc"  # `auto` written out: inside a spec it is the component
+STATEFUL="source ptbn tent diga dua rbn cotta adamixbn unmixtns $RDUMB_AUTO auto"  # lame and norm_alpha keep nothing
+BACKPROP_FREE="source ptbn norm_alpha rbn diga adamixbn unmixtns $RDUMB_AUTO auto"
+parts=${*:-peers continual10 speed variance instance proto realtime12 realtime layers}
 
 for part in $parts; do
     echo "== $part ($(date +%H:%M:%S))"
@@ -45,7 +55,12 @@ for part in $parts; do
         "auto(m=1,floor=0.2)+lc" ;;
     proto) accuracy_part $R/auto-proto.json "--max-frames $FRAMES" auto "auto(m=1,floor=0.2,switch=2,layers=12)+proto" \
         "auto(m=1,floor=0.2)+lc" "auto(m=1,floor=0.2)+proto" ;;
-    *) echo "unknown part $part (peers continual10 speed variance instance proto)"; exit 2 ;;
+    realtime12) accuracy_part $R/realtime-12.json "--realtime --max-frames $FRAMES" source ptbn tent diga lame norm_alpha \
+        rbn adamixbn unmixtns "$RDUMB_AUTO" auto ;;
+    realtime) accuracy_part $R/realtime.json "--realtime" $BACKPROP_FREE ;;
+    layers) accuracy_part $R/auto-layers.json "--streams day dusk" source \
+        $(for n in 1 3 6 12 0; do echo "auto(m=1,floor=0.2,switch=2,layers=$n)+lc"; done) ;;
+    *) echo "unknown part $part (peers continual10 speed variance instance proto realtime12 realtime layers)"; exit 2 ;;
     esac
 done
 echo "== done ($(date +%H:%M:%S))"
