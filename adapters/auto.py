@@ -156,6 +156,7 @@ class AutoConfig:
     floor: float = 0.0  # the lowest alpha a layer gets
     switch: float = 2.0  # restart when a frame jumps this many times the stream's running level
     layers: int = 0  # BN layers adapted, the first ones; 0: all
+    stride: int = 1  # frame statistics from every stride-th pixel and row (ema_bn.AdaptedNet)
 
     def __post_init__(self):
         if not 0.0 <= self.m <= 1.0:
@@ -166,6 +167,8 @@ class AutoConfig:
             raise ValueError(f"auto switch must be > 0, got {self.switch}")
         if self.layers < 0:
             raise ValueError(f"layers must be >= 0 (0: all BN layers), got {self.layers}")
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1 (1: every pixel), got {self.stride}")
 
 
 class Auto(EMA):

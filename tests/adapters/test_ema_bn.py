@@ -434,3 +434,30 @@ def test_adapting_the_first_layers_only_folds_the_rest() -> None:
     assert AdaptedNet(model, layers=3).layer_names == full.layer_names
     with pytest.raises(ValueError, match=r"layers must be >= 1 \(the model has 2 BN layers\)"):
         AdaptedNet(model, layers=0)
+
+
+# ------------------------------------------------------------------------------------ strided statistics
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_strided_statistics_are_the_moments_of_the_subsample(stride: int) -> None:
+    """At m = 1, a = 0 each BN layer normalises with the moments of every stride-th pixel of every
+    stride-th row of its input, computed here from the layer inputs of the network run that way."""
+    model = _single_bn_net()
+    net = AdaptedNet(model, stride=stride)
+    images = _images(2, seed=8, h=9, w=11)
+    logits, new_state = net(images, _random_state(2, net.state_size, seed=9), _full(2, 1.0), _full(2, 0.0))
+    (x,) = _bn_inputs(model, images)  # the conv before the only BN layer: the same input either way
+    sub = x[:, :, ::stride, ::stride]
+    mean, var = sub.mean((2, 3)), sub.var((2, 3), unbiased=False)
+    torch.testing.assert_close(new_state[:, 0], mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new_state[:, 1], var + mean.square(), atol=1e-5, rtol=1e-5)
+    bn = model[1]
+    normalised = (x - mean[..., None, None]) / torch.sqrt(var[..., None, None] + bn.eps)
+    expected = model[3](torch.relu(normalised * bn.weight[:, None, None] + bn.bias[:, None, None]))
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_stride_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        AdaptedNet(_tiny_net(), stride=0)

@@ -102,7 +102,7 @@ def test_the_method_table_names_every_component_and_alias_once() -> None:
     table = {row.name: row for row in method_table()}
     assert list(table) == [*METHODS, *ALIASES]
     assert table["auto"].stands_for == RECOMMENDED and table["ptbn"].stands_for == "ema(m=1,alpha=0)"
-    assert table["ema"].stands_for == "" and table["ema"].parameters == {"m": 0.1, "alpha": 0.0, "layers": 0}
+    assert table["ema"].stands_for == "" and table["ema"].parameters == {"m": 0.1, "alpha": 0.0, "layers": 0, "stride": 1}
     assert table["diga"].stage == "network" and table["lc"].stage == "output" and table["fda"].stage == "input"
     backprop = {name for name, row in table.items() if row.backprop}
     assert backprop == {"tent", "cotta"} == {name for name, row in table.items() if not row.served}
