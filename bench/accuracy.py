@@ -8,14 +8,15 @@ several rounds (`continual10`) one per round, `continual10/round<r>`, and one pe
 
 The real-time protocol (`--realtime`; Alfarra et al., ICML 2024, "Evaluation of Test-Time Adaptation Under
 Computational Time Constraints"; their code's `delayed_eval_online` with eta = 1): the stream reveals frames
-at the frozen model's speed. A method whose step costs C times the frozen model's (`cost_vs_source`,
-measured in the same run's standard pass) adapts on a frame, and the next ceil(C) - 1 frames arrive while
-it is busy: each is predicted by the method's most recent state, nothing of it kept (`Pipeline.step(...,
-adapt=False)`, as their code predicts with the adapted model's network without its update). One cost per
-method over the whole run, not a per-frame timing, so that the schedule does not depend on timing noise.
+at the frozen model's speed. A method whose step costs C times the frozen model's adapts on a frame, and
+the next ceil(C) - 1 frames arrive while it is busy: each is predicted by the method's most recent state,
+nothing of it kept (`Pipeline.step(..., adapt=False)`, as their code predicts with the adapted model's
+network without its update). C is timed in the same run by `bench speed`'s round robin (`realtime_costs`),
+once per method, not per frame: timing one method after another, or frame by frame, measures the machine's
+load as much as the method, and the schedule would follow that noise.
 """
+import itertools
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 
@@ -27,16 +28,12 @@ from driftseg.device import resolve_device
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
 from driftseg.bench.report import table
+from driftseg.bench.speed import measure, with_ratios
 from driftseg.data.folder import FrameFolder
 from driftseg.data.metrics import ConfusionMatrix, class_ious, mean_dice, mean_iou
 from driftseg.data.streams import Stream, open_stream
 from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import Checkpoint
-
-
-def device_name(device: torch.device) -> str:
-    """What the device is, for result files: the GPU's name, or the CPU's."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
 def run_stream(pipeline: Pipeline, stream: Stream, ignore_index: int,
@@ -173,8 +170,10 @@ def markdown_table(result: dict) -> str:
                                     "cost_vs_source": ("x source", ".2f")})
     if "realtime" in result:
         text += ("\n\nReal-time protocol (Alfarra et al. 2024): frames arrive at the frozen model's speed, a method "
-                 "adapts on 1 frame in `adapts every` and predicts the others from its state:\n\n"
+                 "adapts on 1 frame in `adapts every` (from its cost `x source`, timed round robin in this run) and "
+                 "predicts the others from its state:\n\n"
                  + _protocol_table(result["realtime"], {"mean_miou": ("mean", ".1f"),
+                                                        "cost_vs_source": ("x source", ".2f"),
                                                         "adapted_every": ("adapts every", "d")}))
     return text
 
@@ -237,13 +236,29 @@ def adapt_every(cost: float) -> int:
     return max(1, math.ceil(round(cost, 2)))
 
 
+COST_FRAMES, COST_WARMUP = 20, 3  # the round robin that times the methods for the real-time schedule
+
+
+def realtime_costs(ckpt: Checkpoint, stream: Stream, methods: Sequence[str], device: torch.device) -> dict[str, float]:
+    """Each method's time per frame over the frozen model's: `bench speed`'s round robin (the methods
+    taking turns frame by frame, so that the machine's load weighs on each alike) on the first frames of
+    `stream` (again from its first where it is shorter), the median of COST_FRAMES timed frames."""
+    frames = [to_tensor(image) for image, _ in stream.frames(COST_FRAMES + COST_WARMUP)]
+    frames = list(itertools.islice(itertools.cycle(frames), COST_FRAMES + COST_WARMUP))
+    timings = with_ratios(measure(ckpt, frames, ["source", *(m for m in methods if m != "source")], device,
+                                  warmup=COST_WARMUP))
+    return {m: timings[m]["x_source"] for m in methods}
+
+
 def run_realtime(ckpt: Checkpoint, folder: FrameFolder, streams: Sequence[Stream], specs: dict,
                  standard: dict, device: torch.device) -> dict:
-    """The real-time protocol's {"streams", "summary"} (module docstring), from the costs of the standard
-    pass `standard`; a method that adapts on every frame has its standard scores there."""
-    every = {m: adapt_every(standard["summary"][m]["cost_vs_source"]) for m in specs}
-    rows = {name: {m: standard["streams"][name][m] | {"ms_per_frame": None, "adapted_every": 1}
-                   for m in specs if every[m] == 1} for name in standard["streams"]}
+    """The real-time protocol's {"streams", "summary"} (module docstring), the costs timed on the first
+    stream (`realtime_costs`); a method that adapts on every frame has its standard scores there."""
+    costs = realtime_costs(ckpt, streams[0], list(specs), device)
+    every = {m: adapt_every(costs[m]) for m in specs}
+    schedule = {m: {"ms_per_frame": None, "adapted_every": every[m], "cost_vs_source": costs[m]} for m in specs}
+    rows = {name: {m: standard["streams"][name][m] | schedule[m] for m in specs if every[m] == 1}
+            for name in standard["streams"]}
     slow = [m for m in specs if every[m] > 1]
     bar = tqdm(total=len(streams) * len(slow), desc="real time", unit="run")
     for stream in streams:
@@ -252,7 +267,7 @@ def run_realtime(ckpt: Checkpoint, folder: FrameFolder, streams: Sequence[Stream
             scores, _ = run_stream(Pipeline(ckpt, specs[method], device), stream, folder.ignore_index,
                                    adapt_every=every[method])
             for name, score in scores.items():
-                rows[name][method] = score | {"ms_per_frame": None, "adapted_every": every[method]}
+                rows[name][method] = score | schedule[method]
             bar.update()
     bar.close()
     # in the standard pass's method order
@@ -261,10 +276,11 @@ def run_realtime(ckpt: Checkpoint, folder: FrameFolder, streams: Sequence[Stream
 
 
 def summarise_realtime(streams: dict[str, dict[str, dict]], methods: Sequence[str]) -> dict:
-    """Per method: the mean mIoU over the streams as `summarise` takes it, and its real-time schedule."""
+    """Per method: the mean mIoU over the streams as `summarise` takes it, its cost and its real-time schedule."""
     summary = summarise(streams, methods)
     for m in methods:
-        kept = {k: v for k, v in summary[m].items() if k in ("mean_miou", "day_change")}
-        summary[m] = kept | {"adapted_every": next(rows[m]["adapted_every"] for rows in streams.values() if m in rows)}
+        row = next(rows[m] for rows in streams.values() if m in rows)
+        summary[m] = {k: v for k, v in summary[m].items() if k in ("mean_miou", "day_change")} | \
+            {k: row[k] for k in ("cost_vs_source", "adapted_every")}
     return summary
 

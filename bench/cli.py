@@ -37,8 +37,8 @@ def accuracy_main(argv=None) -> None:
     p.add_argument("--realtime", action="store_true",
                    help="also the real-time protocol (Alfarra et al. 2024): frames arrive at the frozen model's speed "
                    "(`source` must be among --methods), a method adapts only on the frames it has time for by its "
-                   'cost in this run, and predicts the others from its state; its rows under "realtime" '
-                   '({"streams", "summary": {METHOD: {"mean_miou", "day_change", "adapted_every"}}})')
+                   'cost (timed round robin in this run), and predicts the others from its state; its rows under "realtime" '
+                   '({"streams", "summary": {METHOD: {"mean_miou", "day_change", "cost_vs_source", "adapted_every"}}})')
     add_common_arguments(p)
     args = p.parse_args(argv)
     if args.update and not (args.out and args.out.exists()):

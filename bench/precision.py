@@ -9,10 +9,9 @@ from collections.abc import Sequence
 
 import torch
 
-from driftseg.device import resolve_device
+from driftseg.device import device_name, resolve_device
 from driftseg.adapters.pipeline import PRECISIONS, Pipeline
 from driftseg.adapters.spec import parse_method
-from driftseg.bench.accuracy import device_name
 from driftseg.bench.report import add_common_arguments, table, write_results
 from driftseg.bench.speed import round_robin
 from driftseg.data.folder import FrameFolder

@@ -12,11 +12,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from driftseg.device import resolve_device
+from driftseg.device import device_name, resolve_device
 from driftseg.adapters.backends import Compiled
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
-from driftseg.bench.accuracy import device_name
 from driftseg.bench.report import add_common_arguments, table, write_results
 from driftseg.data.folder import FrameFolder
 from driftseg.data.streams import open_stream

@@ -13,8 +13,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from driftseg.device import resolve_device
-from driftseg.bench.accuracy import device_name
+from driftseg.device import device_name, resolve_device
 from driftseg.bench.report import add_common_arguments, table, write_results
 from driftseg.data.folder import FrameFolder
 from driftseg.data.transforms import load_frames

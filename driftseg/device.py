@@ -1,4 +1,6 @@
 """The device a command runs on, from what the user asked for: `auto`, `cpu` or `cuda`."""
+import platform
+
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -13,3 +15,8 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda was asked for but torch sees no CUDA device: use cpu or auto")
     return torch.device(device)
+
+
+def device_name(device: torch.device) -> str:
+    """What the device is, for result files: the GPU's name, or the CPU's."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()

@@ -176,9 +176,9 @@ def test_realtime_protocol_adapts_only_on_the_frames_a_method_has_time_for(tiny_
           "ema(m=0.5)", "--max-frames", "3", "--device", "cpu", "--realtime", "--out", str(out)])
     r = json.loads(out.read_text())
     realtime = r["realtime"]
-    assert realtime["streams"]["day"]["source"] == r["streams"]["day"]["source"] | {"ms_per_frame": None,
-                                                                                     "adapted_every": 1}
-    assert realtime["summary"]["ema(m=0.5)"]["adapted_every"] == 2
+    assert realtime["streams"]["day"]["source"] == r["streams"]["day"]["source"] | {
+        "ms_per_frame": None, "adapted_every": 1, "cost_vs_source": 1.0}
+    assert realtime["summary"]["ema(m=0.5)"]["adapted_every"] == 2 and realtime["summary"]["ema(m=0.5)"]["cost_vs_source"] > 0
 
     folder, pipeline = FrameFolder.open(None), Pipeline(tiny_ckpt, parse_method("ema(m=0.5)"))
     state, pairs = pipeline.new_state(), []
