@@ -23,6 +23,18 @@ than in-domain ones (dark, noisy frames), so the score is compared with the stre
 level of it, never below 1: above `switch` times that the stream restarts from the source, so a new
 domain is tracked at once instead of through a slow EMA. No restart within the first 1 / m frames
 after one, while the average fills and the level is learnt.
+
+Guard (`guard=N`, off by default): whether adapting pays, judged without labels. On the first adapted
+frame after a restart and every N-th after it, the frozen model (BN folded) predicts the frame too, and
+the two predictions' information maximisation is compared, IM = H(mean_pixels p) - mean_pixels H(p): high
+where the prediction is sure of each pixel and the classes stay diverse (a domain that the frozen model
+gets wrong tends to make it sure of one or two classes, or unsure everywhere). The stream's gain is the
+running mean (1/2 each) of IM(adapted) - IM(frozen) over its checks; while it is below 0 the stream is
+served the frozen model's prediction on a check and the source statistics (alpha 1) in between, its EMA
+state still following the frames (under the source normalisation from the second layer on), so that a
+later check can find adapting pays again. A restart clears
+the gain. The checks cost a frozen forward on 1 frame in N, and a branch taken on the host (eager and
+compiled engines; not exported).
 """
 from __future__ import annotations
 
@@ -31,10 +43,22 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from driftseg.adapters.component import run_network
 from driftseg.adapters.ema_bn import EMA, AdaptedNet, layer_divergence
+from driftseg.models.batchnorm import fold_batchnorm
 
 HISTORY = 32  # switch events kept in a stream's state
 UNMOVED = 1e-12  # the calibration of a layer that no in-domain frame moved
+
+
+def information(logits: torch.Tensor) -> torch.Tensor:
+    """[B]: the information maximisation of each sample's prediction (logits [B, C, H, W]): the entropy of
+    its mean class distribution over pixels minus the mean entropy of its pixels."""
+    log_p = logits.float().log_softmax(1)
+    p = log_p.exp()
+    pixel_entropy = -(p * log_p).sum(1).mean((1, 2))
+    marginal = p.mean((2, 3))
+    return -(marginal * marginal.clamp_min(torch.finfo(marginal.dtype).tiny).log()).sum(1) - pixel_entropy
 
 
 def momentum_schedule(since_reset: torch.Tensor, floor: float) -> torch.Tensor:
@@ -150,6 +174,26 @@ class AutoState:
         self.score, self.switch_score, self.switch_level = scores
 
 
+@dataclass
+class GuardState:
+    """A guarded stream's gain: the running IM(adapted) - IM(frozen) of its checks since its last restart
+    (NaN before the first)."""
+
+    gain: float = float("nan")
+
+    def reset(self) -> None:
+        self.gain = float("nan")
+
+    def state_dict(self) -> dict:
+        return {"gain": self.gain}
+
+    def load_state_dict(self, d: dict) -> None:
+        gain = d.get("gain")
+        if not isinstance(gain, float) or abs(gain) == float("inf"):
+            raise ValueError(f"guard gain must be a float (NaN before the first check), got {gain!r}")
+        self.gain = gain
+
+
 @dataclass(frozen=True)
 class AutoConfig:
     m: float = 0.1  # the EMA's momentum once the average has filled
@@ -157,6 +201,7 @@ class AutoConfig:
     switch: float = 2.0  # restart when a frame jumps this many times the stream's running level
     layers: int = 0  # BN layers adapted, the first ones; 0: all
     stride: int = 1  # frame statistics from every stride-th pixel and row (ema_bn.AdaptedNet)
+    guard: int = 0  # check whether adapting pays on every guard-th frame against the frozen model; 0: off
 
     def __post_init__(self):
         if not 0.0 <= self.m <= 1.0:
@@ -169,6 +214,8 @@ class AutoConfig:
             raise ValueError(f"layers must be >= 0 (0: all BN layers), got {self.layers}")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1 (1: every pixel), got {self.stride}")
+        if self.guard < 0:
+            raise ValueError(f"auto guard must be >= 0 frames (0: off), got {self.guard}")
 
 
 class Auto(EMA):
@@ -178,28 +225,42 @@ class Auto(EMA):
 
     name, Config = "auto", AutoConfig
 
+    @classmethod
+    def export_refusal_of(cls, config):
+        return "its guard decides on the host which frames to check" if config.guard else super().export_refusal_of(config)
+
     def __init__(self, config, ckpt, model, device):
         super().__init__(config, ckpt, model, device)
         if "shift" not in ckpt.extra:
             raise ValueError("auto needs the checkpoint's shift calibration: run `driftseg calibrate --checkpoint FILE`")
         self.calibration = ShiftCalibration.from_dict(ckpt.extra["shift"], len(self.module.norms))
         self.tau, self.kappa = self.calibration.tau.to(device), self.calibration.kappa.to(device)
+        self.frozen = fold_batchnorm(model).to(device) if config.guard else None
 
     def new_state(self):
-        return {**super().new_state(), "auto": AutoState.initial(len(self.module.norms), self.device)}
+        guard = {"guard": GuardState()} if self.config.guard else {}
+        return {**super().new_state(), "auto": AutoState.initial(len(self.module.norms), self.device), **guard}
 
     def stack(self, states):
         autos = [s.parts["auto"] for s in states]
-        return {**super().stack(states), "alpha": torch.stack([a.alpha for a in autos]),
-                "since": torch.tensor([a.since_reset for a in autos], device=self.device),
-                "level": torch.tensor([a.switch_level for a in autos], device=self.device)}
+        batch = {**super().stack(states), "alpha": torch.stack([a.alpha for a in autos]),
+                 "since": torch.tensor([a.since_reset for a in autos], device=self.device),
+                 "level": torch.tensor([a.switch_level for a in autos], device=self.device)}
+        if self.config.guard:  # checks on the first adapted frame after a restart (1), then every guard-th
+            batch["gain"] = torch.tensor([s.parts["guard"].gain for s in states], device=self.device)
+            batch["check"] = torch.tensor([a.since_reset >= 1 and (a.since_reset - 1) % self.config.guard == 0
+                                           for a in autos], device=self.device)
+        return batch
 
     def forward(self, images, batch, out, scratch):
         """The shift score, the next frame's alpha and the switch test, all as tensors: a stream that
         switches restarts from the source."""
         b, old, since, cfg = images.shape[0], batch["stats"], batch["since"], self.config
         momentum = momentum_schedule(since, cfg.m)
-        logits, stats = self.module(images, old, momentum, batch["alpha"], scratch)
+        if cfg.guard:
+            logits, stats = self.guarded(images, batch, momentum, out, scratch)
+        else:
+            logits, stats = self.module(images, old, momentum, batch["alpha"], scratch)
         # the shift (new state against the source) and the jump (this frame against the old state) in one call
         divergence = layer_divergence(torch.cat([stats, frame_moments(old, stats, momentum)]),
                                       torch.cat([self.source.expand_as(old), old]), self.source, self.module.sizes)
@@ -212,22 +273,50 @@ class Auto(EMA):
         out["since"] = torch.where(restart, 0, since + 1)
         out["level"] = torch.where(restart, 0.0, torch.lerp(batch["level"], jump, momentum))
         out["score"], out["switch_score"] = shift.mean(1), jump
+        if cfg.guard:
+            out["gain"] = torch.where(restart, float("nan"), out["gain"])
         return logits
+
+    def guarded(self, images, batch, momentum, out, scratch):
+        """The adapted network's (logits, new stats) where the stream's gain says adapting pays, the frozen
+        model's prediction (or the source statistics) where it does not; the checks due update the gain
+        into out["gain"] (module docstring)."""
+        gain, check = batch["gain"], batch["check"]
+        if not bool(check.any()):  # between checks: one forward, the source statistics where it does not pay
+            alpha = torch.where((gain < 0)[:, None], 1.0, batch["alpha"])
+            out["gain"] = gain
+            return self.module(images, batch["stats"], momentum, alpha, scratch)
+        logits, stats = self.module(images, batch["stats"], momentum, batch["alpha"], scratch)
+        frozen_scratch = dict.fromkeys(scratch)
+        frozen = run_network(self.frozen, images, frozen_scratch)
+        d = information(logits) - information(frozen)
+        out["gain"] = gain = torch.where(check, torch.where(gain.isnan(), d, torch.lerp(gain, d, 0.5)), gain)
+        adapted = ~(gain < 0)[:, None, None, None]
+        for key, value in frozen_scratch.items():
+            scratch[key] = torch.where(adapted, scratch[key], value)
+        return torch.where(adapted, logits, frozen), stats
 
     def scatter(self, old, new, out, restarted):
         super().scatter(old, new, out, restarted)
         # one read back to the host for every stream's scalars
-        host = torch.stack([out["score"], out["switch_score"], out["level"], out["since"].float()], 1).tolist()
-        for s, prev, alpha, (score, jump, level, since), restart in zip(new, old, out["alpha"], host, restarted):
+        scalars = [out["score"], out["switch_score"], out["level"], out["since"].float()]
+        host = torch.stack(scalars + ([out["gain"]] if self.config.guard else []), 1).tolist()
+        for s, prev, alpha, (score, jump, level, since, *gain), restart in zip(new, old, out["alpha"], host, restarted):
             was = prev.parts["auto"]
             switches = (was.switches + [s.frames])[-HISTORY:] if restart else was.switches
             s.parts["auto"] = replace(was, alpha=alpha, since_reset=int(since), score=score, switch_score=jump,
                                       switch_level=level, switches=switches)
+            if gain:
+                s.parts["guard"] = GuardState(gain[0])
 
     def describe(self, state):
         auto = state.parts["auto"]
+        guard = {}
+        if self.config.guard:
+            gain = state.parts["guard"].gain
+            guard = {"guard_gain": None if gain != gain else gain}
         return {"since_reset": auto.since_reset, "switches": list(auto.switches),
-                "layers": self.layer_views(state, alpha=auto.alpha, tau=self.tau)}
+                "layers": self.layer_views(state, alpha=auto.alpha, tau=self.tau), **guard}
 
     def shift(self, state):
         auto = state.parts["auto"]

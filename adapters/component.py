@@ -96,6 +96,11 @@ class Component:
     needs: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def export_refusal_of(cls, config) -> str:
+        """Why this component with `config` cannot run inside the ONNX export; empty where it can."""
+        return cls.no_export_reason
+
     def __init__(self, config, ckpt: Checkpoint, model: nn.Module, device: torch.device):
         self.config, self.device = config, device
         # the network module a component runs, if any: the ONNX export registers its weights

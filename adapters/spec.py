@@ -71,7 +71,8 @@ class MethodSpec:
 
     def export_refusal(self) -> str | None:
         """Why the method cannot run inside the ONNX export of the adapted function, or None."""
-        reasons = [f"{c.name}: {c.no_export_reason}" for c in self.classes if c.no_export_reason]
+        reasons = [f"{name}: {METHODS[name].export_refusal_of(config)}" for name, config in self.parts
+                   if METHODS[name].export_refusal_of(config)]
         return "; ".join(reasons) or None
 
     def parameters(self) -> dict[str, dict]:

@@ -86,6 +86,9 @@ class StreamStateSummary(BaseModel):
     layers: list[LayerDrift]
     label_calibration: LabelCalibration | None
     fda: FDAInfo | None
+    guard_gain: float | None = Field(None, description="auto(guard=N): the running information gain of the adapted "
+                                     "prediction over the frozen model's; below 0 the stream is served the source "
+                                     "statistics (null: no check yet, or no guard)")
 
 
 class StreamInfo(BaseModel):
