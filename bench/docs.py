@@ -82,7 +82,20 @@ def methods_table(results: Path = RESULTS) -> str:
             "own); `driftseg bench readme` writes this block.")
 
 
-BLOCKS = {"headline": headline, "methods": methods_table}
+def protocols(results: Path = RESULTS) -> str:
+    """Each method's mean under the standard and the real-time protocol, from `realtime.json`."""
+    acc = json.loads((results / "realtime.json").read_text())
+    realtime = acc["realtime"]["summary"]
+    rows = [[f"`{m}`", f"{s['mean_miou']:.1f}", f"{realtime[m]['mean_miou']:.1f}", f"{realtime[m]['cost_vs_source']:.2f}",
+             str(realtime[m]["adapted_every"]), f"{s['day_change']:+.1f}"] for m, s in acc["summary"].items()]
+    return (table(["method", "mean", "mean, real time", "x source", "adapts every", "day change"], rows) + "\n\n"
+            "mIoU (%) over the protocol streams, whole, under the standard and the real-time protocol (frames arriving "
+            "at the frozen model's speed: a method adapts on 1 frame in `adapts every`, by its cost timed round robin "
+            "in the same run). From `experiments/results/realtime.json` (`experiments/peers.sh realtime`); "
+            "`driftseg bench readme` writes this block.")
+
+
+BLOCKS = {"headline": headline, "methods": methods_table, "protocols": protocols}
 
 
 def fill(text: str, blocks: dict[str, str]) -> str:

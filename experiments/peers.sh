@@ -20,7 +20,8 @@
 #                 by side, the first $FRAMES frames as `peers`, every method but dua and cotta (40-50x the frozen
 #                 model: under the real-time protocol they adapt on the first frame of a stream and on none after,
 #                 and their other frames still cost their full step here)  -> experiments/results/realtime-12.{json,md}
-#   realtime      the same on the whole streams, the backprop-free methods and RDumb's reset over auto
+#   realtime      the same on the whole streams, for the backprop-free peers that keep or mix statistics (ptbn, diga,
+#                 adamixbn, unmixtns; rdumb resets only on the long streams: continual10)
 #                                                                            -> experiments/results/realtime.{json,md}
 #   layers        why re-estimating statistics loses on natural drift: auto adapting the first 1, 3, 6, 12 and all
 #                 BN layers on the whole dusk and day streams               -> experiments/results/auto-layers.{json,md}
@@ -38,7 +39,7 @@ SPEED_FRAMES=${SPEED_FRAMES:-20}
 METHODS="source ptbn tent diga dua lame norm_alpha rbn cotta adamixbn unmixtns auto"
 RDUMB_AUTO="rdumb+auto(m=1,floor=0.2,switch=2,layers=12)+lc"  # `auto` written out: inside a spec it is the component
 STATEFUL="source ptbn tent diga dua rbn cotta adamixbn unmixtns $RDUMB_AUTO auto"  # lame and norm_alpha keep nothing
-BACKPROP_FREE="source ptbn norm_alpha rbn diga adamixbn unmixtns $RDUMB_AUTO auto"
+REALTIME_WHOLE="source ptbn diga adamixbn unmixtns auto"  # the backprop-free peers that keep or mix statistics
 parts=${*:-peers continual10 speed variance instance proto realtime12 realtime layers}
 
 for part in $parts; do
@@ -57,7 +58,7 @@ for part in $parts; do
         "auto(m=1,floor=0.2)+lc" "auto(m=1,floor=0.2)+proto" ;;
     realtime12) accuracy_part $R/realtime-12.json "--realtime --max-frames $FRAMES" source ptbn tent diga lame norm_alpha \
         rbn adamixbn unmixtns "$RDUMB_AUTO" auto ;;
-    realtime) accuracy_part $R/realtime.json "--realtime" $BACKPROP_FREE ;;
+    realtime) accuracy_part $R/realtime.json "--realtime" $REALTIME_WHOLE ;;
     layers) accuracy_part $R/auto-layers.json "--streams day dusk" source \
         $(for n in 1 3 6 12 0; do echo "auto(m=1,floor=0.2,switch=2,layers=$n)+lc"; done) ;;
     *) echo "unknown part $part (peers continual10 speed variance instance proto realtime12 realtime layers)"; exit 2 ;;

@@ -29,6 +29,10 @@ def write_results(folder) -> None:
     (folder / "methods.json").write_text(json.dumps({"streams": streams, "summary": summary, "severity": 3}))
     (folder / "speed-peers.json").write_text(json.dumps({"methods": {"source": {"x_source": 1.0},
                                                                      "auto": {"x_source": 1.234}}}))
+    (folder / "realtime.json").write_text(json.dumps({
+        "summary": {"source": {"mean_miou": 36.44, "day_change": 0.0}, "auto": {"mean_miou": 47.5, "day_change": 0.52}},
+        "realtime": {"summary": {"source": {"mean_miou": 36.44, "cost_vs_source": 1.0, "adapted_every": 1},
+                                 "auto": {"mean_miou": 47.36, "cost_vs_source": 1.196, "adapted_every": 2}}}}))
 
 
 def test_headline_rows_are_the_json_scores_and_leave_out_segments(tmp_path) -> None:
@@ -37,6 +41,13 @@ def test_headline_rows_are_the_json_scores_and_leave_out_segments(tmp_path) -> N
     assert lines[0] == "| method | day | fog | continual | mean |"
     assert lines[2] == "| `source` | 10.0 | 20.0 | 30.0 | 15.0 |"
     assert lines[5] == "| `auto` | 13.0 | 23.0 | 33.0 | 18.0 |"
+
+
+def test_protocols_table_puts_both_protocols_of_a_method_in_one_row(tmp_path) -> None:
+    write_results(tmp_path)
+    lines = docs.protocols(tmp_path).splitlines()
+    assert lines[0] == "| method | mean | mean, real time | x source | adapts every | day change |"
+    assert lines[2:4] == ["| `source` | 36.4 | 36.4 | 1.00 | 1 | +0.0 |", "| `auto` | 47.5 | 47.4 | 1.20 | 2 | +0.5 |"]
 
 
 def test_methods_table_takes_the_cost_from_speed_peers(tmp_path) -> None:
@@ -62,7 +73,7 @@ def test_methods_table_lists_every_name_of_the_method_table_with_its_flags(tmp_p
 def test_readme_check_fails_on_a_stale_block_and_the_command_mends_it(tmp_path) -> None:
     write_results(tmp_path)
     readme = tmp_path / "README.md"
-    readme.write_text(README.replace("headline", "methods") + README)
+    readme.write_text(README.replace("headline", "methods") + README.replace("headline", "protocols") + README)
     with pytest.raises(SystemExit, match="differ"):
         main(["bench", "readme", "--readme", str(readme), "--results", str(tmp_path), "--check"])
     main(["bench", "readme", "--readme", str(readme), "--results", str(tmp_path)])
