@@ -28,11 +28,10 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from driftseg.adapters.component import FEATURES, NETWORK, Component, run_network
 from driftseg.adapters.ema_bn import NO_BN, NormState
-from driftseg.models.batchnorm import adaptable_norms, after_norm
+from driftseg.models.batchnorm import adaptable_norms, after_norm, instance_moments, normalize_per_sample
 from driftseg.models.registry import wrap_modules
 
 
@@ -71,20 +70,14 @@ class AdaMixBatchNorm2d(nn.Module):
         if self.moments is None:
             raise RuntimeError("AdaMixBatchNorm2d runs only inside AdaMixNet.forward")
         stream_mean, stream_sq, m = self.moments
-        b, c, h, w = x.shape
-        xf = x.float()
-        frame_mean = xf.mean((2, 3))
-        frame_sq = torch.linalg.vector_norm(xf, dim=(2, 3)).square() / (h * w)
+        frame_mean, frame_sq = instance_moments(x)
         frame_var = (frame_sq - frame_mean.square()).clamp_min(0)
         target_mean, target_sq = torch.lerp(stream_mean, frame_mean, m), torch.lerp(stream_sq, frame_sq, m)
         target_var = (target_sq - target_mean.square()).clamp_min(0)
         self.updated = (target_mean, target_sq)
         lam = adamix_lambda(frame_mean, frame_var, target_mean, target_var, self.source_mean, self.source_var)[:, None]
         mean, var = torch.lerp(target_mean, self.source_mean, lam), torch.lerp(target_var, self.source_var, lam)
-        # sample b's channels as channels b*C.. of one sample: one fused batch_norm for every sample's statistics
-        weight, bias = (self.weight, self.bias) if b == 1 else (self.weight.repeat(b), self.bias.repeat(b))
-        out = F.batch_norm(x.reshape(1, b * c, h, w), mean.reshape(-1), var.reshape(-1), weight, bias, False, 0.0, self.eps)
-        out = out.view(b, c, h, w)
+        out = normalize_per_sample(x, mean, var, self.weight, self.bias, self.eps)
         return self.after(out) if self.after is not None else out
 
 

@@ -37,10 +37,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from driftseg.adapters.component import FEATURES, NETWORK, OUTPUT, Component, run_network
-from driftseg.models.batchnorm import adaptable_norms, after_norm
+from driftseg.models.batchnorm import adaptable_norms, after_norm, instance_moments, normalize_per_sample
 from driftseg.models.registry import check_classifier_features, feature_channels, wrap_modules
 
 
@@ -57,16 +56,11 @@ class MixedBatchNorm2d(nn.Module):
         self.after = after_norm(bn)  # a known subclass's activation (models/batchnorm.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        xf = x.float()
-        frame_mean = xf.mean((2, 3))
-        frame_var = (torch.linalg.vector_norm(xf, dim=(2, 3)).square() / (h * w) - frame_mean.square()).clamp_min(0)
+        frame_mean, frame_sq = instance_moments(x)
+        frame_var = (frame_sq - frame_mean.square()).clamp_min(0)
         mean = torch.lerp(frame_mean, self.source_mean, self.lam)
         var = torch.lerp(frame_var, self.source_var, self.lam)
-        # sample b's channels as channels b*C.. of one sample: one fused batch_norm for every sample's statistics
-        weight, bias = (self.weight, self.bias) if b == 1 else (self.weight.repeat(b), self.bias.repeat(b))
-        out = F.batch_norm(x.reshape(1, b * c, h, w), mean.reshape(-1), var.reshape(-1), weight, bias, False, 0.0, self.eps)
-        out = out.view(b, c, h, w)
+        out = normalize_per_sample(x, mean, var, self.weight, self.bias, self.eps)
         return self.after(out) if self.after is not None else out
 
 

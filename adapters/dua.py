@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from driftseg.adapters.component import FEATURES, NETWORK, Component, run_network
-from driftseg.models.batchnorm import adaptable_norms, after_norm
+from driftseg.models.batchnorm import adaptable_norms, after_norm, normalize_per_sample
 from driftseg.models.registry import wrap_modules
 
 M0, DECAY, FLOOR = 0.1, 0.94, 0.005  # the official momentum schedule
@@ -98,9 +98,7 @@ class DUABatchNorm2d(nn.Module):
             mean, var = self.given
         else:
             raise RuntimeError("DUABatchNorm2d runs only inside DUANet.forward")
-        weight, bias = (self.weight, self.bias) if b == 1 else (self.weight.repeat(b), self.bias.repeat(b))
-        out = F.batch_norm(x.reshape(1, b * c, h, w), mean.reshape(-1), var.reshape(-1), weight, bias, False, 0.0, self.eps)
-        out = out.view(b, c, h, w)
+        out = normalize_per_sample(x, mean, var, self.weight, self.bias, self.eps)
         return self.after(out) if self.after is not None else out
 
 

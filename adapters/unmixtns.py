@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from driftseg.adapters.component import FEATURES, NETWORK, Component, run_network
 from driftseg.adapters.ema_bn import NO_BN, NormState
-from driftseg.models.batchnorm import adaptable_norms, after_norm
+from driftseg.models.batchnorm import adaptable_norms, after_norm, instance_moments, normalize_per_sample
 from driftseg.models.registry import wrap_modules
 
 SPREAD = 0.5  # c: the share of the source variance that the components' means spread over at the start
@@ -80,15 +80,10 @@ class UnMixBatchNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.components is None:
             raise RuntimeError("UnMixBatchNorm2d runs only inside UnMixNet.forward")
-        b, c, h, w = x.shape
-        xf = x.float()
-        frame_mean = xf.mean((2, 3))
-        frame_var = (torch.linalg.vector_norm(xf, dim=(2, 3)).square() / (h * w) - frame_mean.square()).clamp_min(0)
+        frame_mean, frame_sq = instance_moments(x)
+        frame_var = (frame_sq - frame_mean.square()).clamp_min(0)
         mean, var, self.updated = unmix_statistics(frame_mean, frame_var, self.components, self.temp, self.momentum)
-        # sample b's channels as channels b*C.. of one sample: one fused batch_norm for every sample's statistics
-        weight, bias = (self.weight, self.bias) if b == 1 else (self.weight.repeat(b), self.bias.repeat(b))
-        out = F.batch_norm(x.reshape(1, b * c, h, w), mean.reshape(-1), var.reshape(-1), weight, bias, False, 0.0, self.eps)
-        out = out.view(b, c, h, w)
+        out = normalize_per_sample(x, mean, var, self.weight, self.bias, self.eps)
         return self.after(out) if self.after is not None else out
 
 
