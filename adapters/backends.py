@@ -26,6 +26,9 @@ class Eager:
         return pipeline.adapt
 
 
+RECOMPILE_LIMIT = 256  # graphs of `Pipeline.adapt` dynamo keeps: pipelines x padded batch sizes
+
+
 class Compiled:
     """The first batch of each padded size pays the compilation."""
 
@@ -36,4 +39,8 @@ class Compiled:
             raise ValueError(f"{pipeline.spec.network} adapts by backprop, outside the compiled forward: "
                              "it cannot be compiled")
         mode = "reduce-overhead" if pipeline.device.type == "cuda" else "default"
+        # every pipeline's `adapt` is one code object to dynamo, compiled again per pipeline and padded batch
+        # size: past its recompile limit (8 by default) it would run the rest eagerly without a word, which
+        # two served models at their batch sizes, or `bench model` over a few methods, reach
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         return torch.compile(pipeline.adapt, mode=mode, dynamic=False)
