@@ -227,11 +227,15 @@ def test_every_method_round_trips_resets_and_describes_its_state(tiny_ckpt, name
     _assert_equal_dicts(state.state_dict(), pipeline.new_state().state_dict())
 
 
-def test_a_compiled_pipeline_keeps_its_graphs_past_dynamos_default_recompile_limit(tiny_ckpt, monkeypatch) -> None:
+def test_a_compiled_pipeline_keeps_its_graphs_past_dynamos_default_recompile_limit(tiny_ckpt) -> None:
     """Every pipeline's `adapt` is one code object to dynamo: two served models at six padded batch sizes
     exceed its default limit of 8 graphs, past which it would run eagerly without a word."""
     from driftseg.adapters.backends import RECOMPILE_LIMIT
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc"), backend=Compiled())  # torch.compile is lazy: nothing compiled
-    assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT >= 2 * len({padded_batch_size(b) for b in range(1, 33)})
+    config = torch._dynamo.config  # its attributes are not plain ones: monkeypatch's undo would delete it
+    before, config.recompile_limit = config.recompile_limit, 8
+    try:
+        Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc"), backend=Compiled())  # torch.compile is lazy
+        assert config.recompile_limit == RECOMPILE_LIMIT >= 2 * len({padded_batch_size(b) for b in range(1, 33)})
+    finally:
+        config.recompile_limit = before
