@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 
@@ -202,6 +203,8 @@ class AutoConfig:
     layers: int = 0  # BN layers adapted, the first ones; 0: all
     stride: int = 1  # frame statistics from every stride-th pixel and row (ema_bn.AdaptedNet)
     guard: int = 0  # check whether adapting pays on every guard-th frame against the frozen model; 0: off
+    # not a parameter: the momentum schedule starts every stream at m = 1, where a lag collapses (EMAConfig)
+    lag: ClassVar[int] = 0
 
     def __post_init__(self):
         if not 0.0 <= self.m <= 1.0:

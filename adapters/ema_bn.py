@@ -14,6 +14,9 @@ Each BN layer, inside the one forward pass (update, then normalise):
     mean   = a mu_s + (1 - a) mu_t                  (the moments of the alpha-mixture of the
     var    = a var_s + (1 - a) var_t + a (1 - a) (mu_s - mu_t)^2      source and target domains)
 m = 1, a = 0 is prediction-time BN (each frame's own statistics); a = 1 is the frozen model.
+With `lag` the frame is normalised with the mixture of the source and the old state (nothing of the
+frame, whose moments enter the state for the next one): a layer's affine is then known before its
+input, and is folded per sample into the convolution before it (FoldedStreamBatchNorm2d).
 That variance is already the exact variance of the mixture that TTN (Lim et al. 2023) uses, the
 a (1 - a) (mu_s - mu_t)^2 term included (tests/adapters/test_ema_bn.py checks it against the closed form);
 `rbn` is this with m = 0.05, a = 0, and DIGA's and norm_alpha's linear mix of variances is mixbn's
@@ -24,11 +27,12 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from driftseg.adapters.component import FEATURES, NETWORK, Component, run_network
-from driftseg.models.batchnorm import (adaptable_norms, after_norm, fold_batchnorm, instance_moments,
-                                       normalize_per_sample, other_norms)
-from driftseg.models.registry import wrap_modules
+from driftseg.models.batchnorm import (adaptable_norms, after_norm, fold_batchnorm, foldable_pairs,
+                                       instance_moments, normalize_per_sample, other_norms)
+from driftseg.models.registry import replace_module
 
 
 def layer_divergence(stats: torch.Tensor, reference: torch.Tensor, source: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -81,6 +85,46 @@ class StreamBatchNorm2d(nn.Module):
         return self.after(out) if self.after is not None else out
 
 
+class FoldedStreamBatchNorm2d(StreamBatchNorm2d):
+    """A BN layer with a one-frame lag (AdaptedNet(lag=True)) folded into the convolution before it: its
+    statistics are known before its input is, so each sample's affine scales its own copy of the conv's
+    weights (one grouped convolution for the batch), and the layer costs no pass of its own beyond its frame
+    statistics, read off the convolution's output and mapped back through the affine. Installed in the
+    conv's place; the BN's place keeps only what runs after it (`after`)."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, stride: int = 1):
+        super().__init__(bn, stride)
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._inputs is None:
+            raise RuntimeError("FoldedStreamBatchNorm2d runs only inside AdaptedNet.forward")
+        mean, sq, _ = self._inputs  # lagged: the gain on the frame's own moments is 0
+        var = (sq - mean.square()).clamp_min(0)
+        if torch.onnx.is_in_onnx_export():  # ONNX's Conv takes its groups as a constant, the exported batch is not
+            y = self.conv(x)
+            self._outputs = instance_moments(y, self.stride)
+            z = normalize_per_sample(y, mean, var, self.weight, self.bias, self.eps)
+            return self.after(z) if self.after is not None else z
+        scale = self.weight * torch.rsqrt(var + self.eps)  # [B, C]
+        shift = self.bias - mean * scale  # the BN's output z = scale y + shift, y the conv's output
+        b, conv = x.shape[0], self.conv
+        weight = (conv.weight[None] * scale[:, :, None, None, None]).flatten(0, 1).to(x.dtype)
+        bias = shift if conv.bias is None else torch.addcmul(shift, conv.bias, scale)
+        z = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, bias.reshape(-1).to(x.dtype), conv.stride,
+                     conv.padding, conv.dilation, conv.groups * b)
+        z = z.view(b, -1, *z.shape[2:])
+        # y = (z - shift) / scale; a channel scaled to 0 (BN weight 0) shows nothing of y: the source moments
+        z_mean, z_sq = instance_moments(z, self.stride)
+        live = scale.abs() > 1e-12
+        inverse = torch.where(live, 1 / torch.where(live, scale, 1.0), 0.0)
+        y_mean = torch.where(live, (z_mean - shift) * inverse, self.source_mean)
+        y_sq = torch.where(live, (z_sq - 2 * shift * z_mean + shift.square()) * inverse.square(),
+                           self.source_var + self.source_mean.square())
+        self._outputs = y_mean, y_sq
+        return self.after(z) if self.after is not None else z
+
+
 NO_BN = ("the network has no BatchNorm layer that BN adaptation can take over (exactly nn.BatchNorm2d, or "
          "timm's BatchNormAct2d, with running statistics): ema, ptbn, auto and tent cannot run on it; label "
          "calibration and FDA still can (method `source+lc`, `fda+lc`)")
@@ -91,11 +135,14 @@ class AdaptedNet(nn.Module):
     handled on purpose) normalise with per-stream blended statistics. Other BN subclasses, whose
     forward may do more than normalise, stay as the model has them (`self.left`)."""
 
-    def __init__(self, model: nn.Module, layers: int | None = None, stride: int = 1):
+    def __init__(self, model: nn.Module, layers: int | None = None, stride: int = 1, lag: bool = False):
         """Adapt the first `layers` BN layers in module order (all when None, or when the model has
         fewer); the rest are folded into their convolutions, as in the frozen model: cheaper, for
         shifts that the early layers' statistics carry (light, colour, noise, blur). `stride`: each
-        layer's frame statistics from every stride-th pixel of every stride-th row (1: all pixels)."""
+        layer's frame statistics from every stride-th pixel of every stride-th row (1: all pixels).
+        `lag`: normalise a frame with its stream's statistics up to the frame before (its own moments
+        enter the state only after it), so that an adapted layer that follows a convolution is folded
+        into it per sample (FoldedStreamBatchNorm2d)."""
         super().__init__()
         names = adaptable_norms(model)
         if not names:
@@ -107,7 +154,20 @@ class AdaptedNet(nn.Module):
         self.left = other_norms(model)
         self.layer_names = adapted = names[:layers]  # of the adapted layers, as in `model`
         self.model = fold_batchnorm(model, keep=set(adapted)) if layers is not None else copy.deepcopy(model)
-        self.norms: list[StreamBatchNorm2d] = wrap_modules(self.model, adapted, lambda bn: StreamBatchNorm2d(bn, stride))
+        self.lag = lag
+        folded = {bn: conv for conv, bn in foldable_pairs(copy.deepcopy(self.model))
+                  if self.model.get_submodule(conv).padding_mode == "zeros"} if lag else {}
+        self.norms: list[StreamBatchNorm2d] = []
+        for name in adapted:
+            bn = self.model.get_submodule(name)
+            if name in folded:
+                conv = folded[name]
+                self.norms.append(FoldedStreamBatchNorm2d(self.model.get_submodule(conv), bn, stride))
+                replace_module(self.model, conv, self.norms[-1])
+                replace_module(self.model, name, self.norms[-1].after or nn.Identity())
+            else:
+                self.norms.append(StreamBatchNorm2d(bn, stride))
+                replace_module(self.model, name, self.norms[-1])
         self.sizes = [n.num_features for n in self.norms]
         mean = torch.cat([n.source_mean for n in self.norms])
         self.register_buffer("source", torch.stack([mean, torch.cat([n.source_var for n in self.norms]) + mean.square()]))
@@ -138,9 +198,11 @@ class AdaptedNet(nn.Module):
         state = state.float()
         m = momentum.float()[:, None, None]
         a = (alpha.float()[:, None] if alpha.ndim == 1 else alpha.float()[:, self.channel_layer])[:, None]  # [B, 1, N]
-        # mixture = a source + (1 - a) ((1 - m) old + m frame) = base + gain frame, in both moments
-        base = torch.lerp((1 - m) * state, self.source, a)
-        gain = ((1 - a) * m)[:, 0].expand(b, self.state_size)
+        if self.lag:  # mixture = a source + (1 - a) old: nothing of the frame
+            base, gain = torch.lerp(state, self.source, a), state.new_zeros(b, self.state_size)
+        else:  # mixture = a source + (1 - a) ((1 - m) old + m frame) = base + gain frame, in both moments
+            base = torch.lerp((1 - m) * state, self.source, a)
+            gain = ((1 - a) * m)[:, 0].expand(b, self.state_size)
         parts = zip(base[:, 0].split(self.sizes, 1), base[:, 1].split(self.sizes, 1), gain.split(self.sizes, 1))
         for norm, inputs in zip(self.norms, parts):
             norm._inputs, norm._outputs = inputs, None
@@ -183,12 +245,18 @@ class NormState:
         self.stats = stats.to(self.source).clone()
 
 
+# the fastest EMA a lag is stable at: with this check lifted, on dusk, gaussian_noise and night, m = 0.5 fell
+# below the frozen model and m = 1 to 3 mIoU; what m <= 0.25 costs: experiments/cost.sh lag
+LAG_MAX_MOMENTUM = 0.25
+
+
 @dataclass(frozen=True)
 class EMAConfig:
     m: float = 0.1  # EMA momentum; 1: each frame's own statistics
     alpha: float = 0.0  # weight of the source statistics in the blend
     layers: int = 0  # BN layers adapted, the first ones; 0: all
     stride: int = 1  # frame statistics from every stride-th pixel and row (AdaptedNet)
+    lag: int = 0  # 1: normalise with the statistics up to the frame before, folded into the convolutions
 
     def __post_init__(self):
         if not 0.0 <= self.m <= 1.0:
@@ -199,6 +267,14 @@ class EMAConfig:
             raise ValueError(f"layers must be >= 0 (0: all BN layers), got {self.layers}")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1 (1: every pixel), got {self.stride}")
+        if self.lag not in (0, 1):
+            raise ValueError(f"lag must be 0 (each frame normalised with its own statistics) or 1 (with those up to "
+                             f"the frame before), got {self.lag}")
+        if self.lag and self.m > LAG_MAX_MOMENTUM:
+            raise ValueError(f"lag=1 needs m <= {LAG_MAX_MOMENTUM}, got {self.m}: with a faster EMA each layer chases "
+                             "statistics measured under the previous frame's normalisation of the layers before it, "
+                             "and the stream collapses (docs/methods.md)")
+
 
 
 class EMA(Component):
@@ -210,7 +286,7 @@ class EMA(Component):
 
     def __init__(self, config, ckpt, model, device):
         super().__init__(config, ckpt, model, device)
-        self.module = AdaptedNet(model, config.layers or None, config.stride).to(device).eval()
+        self.module = AdaptedNet(model, config.layers or None, config.stride, bool(config.lag)).to(device).eval()
         self.source = self.module.source_state()
 
     def new_state(self):

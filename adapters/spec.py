@@ -2,11 +2,13 @@
 
     source                      frozen model, the checkpoint's BN statistics
     ptbn                        prediction-time BN: each frame's own statistics (ema(m=1,alpha=0))
-    ema(m=0.1,alpha=0,layers=0,stride=1)  EMA AdaBN, statistics blended with the source's by alpha; only
-                                the first `layers` BN layers adapted, the rest folded (0: all); a frame's
-                                statistics from every `stride`-th pixel and row
-    auto(m=0.1,floor=0,switch=2,layers=0,stride=1)  EMA AdaBN with per-layer alpha from the shift score and
-                                restarts at domain switches (adapters/auto.py)
+    ema(m=0.1,alpha=0,layers=0,stride=1,lag=0)  EMA AdaBN, statistics blended with the source's by alpha;
+                                only the first `layers` BN layers adapted, the rest folded (0: all); a
+                                frame's statistics from every `stride`-th pixel and row; lag=1 (m <= 0.25):
+                                a frame normalised with the statistics up to the one before, folded into
+                                the convolutions
+    auto(m=0.1,floor=0,switch=2,layers=0,stride=1,guard=0)  EMA AdaBN with per-layer alpha from the shift
+                                score and restarts at domain switches (adapters/auto.py)
     norm_alpha                  Schneider et al. 2020: 0.9 source + 0.1 frame statistics (mixbn(lam=0.9))
     rbn                         robust-BN-style slow EMA of the statistics (ema(m=0.05))
     mixbn(lam=0.8)              lam * source + (1 - lam) * the frame's BN means and variances (adapters/diga.py)

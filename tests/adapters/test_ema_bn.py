@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from driftseg.adapters.ema_bn import AdaptedNet, StreamBatchNorm2d
+from driftseg.adapters.ema_bn import AdaptedNet, FoldedStreamBatchNorm2d, StreamBatchNorm2d
 
 
 def _randomise_bn(model: nn.Module, seed: int) -> None:
@@ -395,14 +395,15 @@ def test_unreached_layer_keeps_its_state() -> None:
 # ------------------------------------------------------------------------------ registered LRASPP
 
 
-def test_lraspp_alpha_one_is_frozen() -> None:
+@pytest.mark.parametrize("lag", [False, True])
+def test_lraspp_alpha_one_is_frozen(lag: bool) -> None:
     from driftseg.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("lraspp_mobilenet_v3_large", num_classes=3, mean=(0.5,) * 3, std=(0.25,) * 3)
     _randomise_bn(model, seed=21)
     model.eval()
-    net = AdaptedNet(model)
+    net = AdaptedNet(model, lag=lag)
     images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(22))
     state = net.source_state()[None].clone()
     state[:, 0] += 0.3  # a target state far from the source: must not matter at alpha = 1
@@ -415,6 +416,9 @@ def test_lraspp_alpha_one_is_frozen() -> None:
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(ptbn, expected, atol=1e-3)  # the state does reach the network
     assert new_state.shape == state.shape and torch.isfinite(new_state).all()
+    if lag:  # at alpha 1 both normalise with the source: the folded layers' frame moments, mapped back, are the same
+        _, unlagged_state = AdaptedNet(model)(images, state, _full(1, 0.5), _full(1, 1.0))
+        torch.testing.assert_close(new_state, unlagged_state, atol=1e-4, rtol=1e-4)
 
 
 def test_adapting_the_first_layers_only_folds_the_rest() -> None:
@@ -461,3 +465,81 @@ def test_strided_statistics_are_the_moments_of_the_subsample(stride: int) -> Non
 def test_stride_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="stride must be >= 1"):
         AdaptedNet(_tiny_net(), stride=0)
+
+
+# ------------------------------------------------------------------------------------ one-frame lag, folded
+
+
+def _lagged_reference(model: nn.Module, images: torch.Tensor, state: torch.Tensor, m: float, alpha: torch.Tensor):
+    """Each sample through `model` in eval mode with its BN layers' running statistics set to the mixture of
+    the source and its old state (alpha [B, layers]), nothing of the frame; the new state the EMA of its BN
+    inputs' moments."""
+    logits, frames = [], []
+    for i in range(images.shape[0]):
+        ref = copy.deepcopy(model)
+        bns = [mod for mod in ref.modules() if isinstance(mod, nn.BatchNorm2d)]
+        start = 0
+        for layer, bn in enumerate(bns):
+            c, a = bn.num_features, float(alpha[i, layer])
+            old_mean, old_sq = state[i, 0, start:start + c], state[i, 1, start:start + c]
+            src_sq = bn.running_var + bn.running_mean.square()
+            mean = a * bn.running_mean + (1 - a) * old_mean
+            var = a * src_sq + (1 - a) * old_sq - mean.square()
+            bn.running_mean.copy_(mean), bn.running_var.copy_(var)
+            start += c
+        x = images[i:i + 1]
+        inputs = _bn_inputs(ref, x)
+        with torch.no_grad():
+            logits.append(ref(x))
+        frames.append(torch.cat([torch.stack([t.mean((0, 2, 3)), t.square().mean((0, 2, 3))]) for t in inputs], 1))
+    return torch.cat(logits), torch.lerp(state, torch.stack(frames), m)
+
+
+@pytest.mark.parametrize("net", [_tiny_net, _single_bn_net])
+@pytest.mark.parametrize("b", [1, 3])
+def test_lag_normalises_with_the_state_before_the_frame_folded_into_the_convolutions(net, b: int) -> None:
+    model = net()
+    lagged = AdaptedNet(model, lag=True)
+    assert all(isinstance(n, FoldedStreamBatchNorm2d) for n in lagged.norms)  # every BN follows a conv here
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in lagged.model.modules())
+    images, state = _images(b, seed=11, h=9, w=8), _random_state(b, AdaptedNet(model).state_size, seed=12)
+    alpha = torch.rand(b, len(lagged.norms), generator=torch.Generator().manual_seed(13))
+    logits, new_state = lagged(images, state, _full(b, 0.4), alpha)
+    expected, expected_state = _lagged_reference(model, images, state, 0.4, alpha)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(new_state, expected_state, atol=1e-5, rtol=1e-4)
+    # alpha 1 is the frozen model whatever the state; and the model itself is left alone
+    frozen, _ = lagged(images, state, _full(b, 0.4), torch.ones(b, len(lagged.norms)))
+    with torch.no_grad():
+        torch.testing.assert_close(frozen, model(images), atol=1e-5, rtol=1e-4)
+    assert sum(isinstance(mod, nn.BatchNorm2d) for mod in model.modules()) == len(lagged.norms)
+
+
+def test_lag_on_a_layer_after_no_convolution_is_not_folded() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 5, 1, bias=False),
+                          nn.BatchNorm2d(5), nn.Conv2d(5, 2, 1))
+    _randomise_bn(model, 1)
+    model.eval()
+    lagged = AdaptedNet(model, lag=True)
+    assert [type(n) for n in lagged.norms] == [StreamBatchNorm2d, FoldedStreamBatchNorm2d]
+    images, state = _images(2, seed=3), _random_state(2, lagged.state_size, seed=4)
+    alpha = torch.tensor([[0.0, 0.5], [0.8, 0.1]])
+    logits, new_state = lagged(images, state, _full(2, 1.0), alpha)
+    expected, expected_state = _lagged_reference(model, images, state, 1.0, alpha)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(new_state, expected_state, atol=1e-5, rtol=1e-4)
+
+
+def test_lag_with_a_channel_scaled_to_zero_keeps_its_source_moments() -> None:
+    model = _single_bn_net()
+    with torch.no_grad():
+        model[1].weight[2] = 0.0
+    lagged = AdaptedNet(model, lag=True)
+    images, state = _images(2, seed=5), _random_state(2, lagged.state_size, seed=6)
+    logits, new_state = lagged(images, state, _full(2, 1.0), _full(2, 0.0))
+    expected, expected_state = _lagged_reference(model, images, state, 1.0, torch.zeros(2, 1))
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-4)
+    keep = [0, 1, 3]
+    torch.testing.assert_close(new_state[:, :, keep], expected_state[:, :, keep], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(new_state[:, :, 2], lagged.source[:, 2].expand(2, 2))

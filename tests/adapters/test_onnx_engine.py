@@ -59,10 +59,11 @@ def test_what_has_no_export_says_so(tiny_ckpt, tmp_path, spec, match) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.parametrize("spec", ["norm_alpha", "rbn", "dua(copies=3)", "diga"])
+@pytest.mark.parametrize("spec", ["norm_alpha", "rbn", "dua(copies=3)", "diga", "ema(m=0.2,lag=1)"])
 def test_backprop_free_peers_export_and_equal_torch(tiny_ckpt, tmp_path, spec) -> None:
     """The peers that need no backprop run in onnxruntime too: DUA's crops come in as a state-like input
-    drawn on the host, DIGA's feature reads are inside the exported function (LAME is refused: below)."""
+    drawn on the host, DIGA's feature reads are inside the exported function (LAME is refused: below); and
+    `ema` with a lag, whose layers folded into the convolutions per sample are exported unfolded."""
     meta = onnx_metadata("c0ffee", spec)
     path = export(Pipeline(tiny_ckpt, parse_method(spec)), tmp_path / "peer.onnx", meta)
     torch_pipe = Pipeline(tiny_ckpt, parse_method(spec))

@@ -15,7 +15,8 @@ from pipeline_util import assert_same_state, run
 from driftseg.adapters.spec import parse_method
 
 SPECS = ["source", "ptbn", "ema(m=0.2,alpha=0.5)+lc", "auto(m=0.2)+lc+fda(beta=0.05)", "fda(mode=swap)", "diga+lc",
-         "dua(copies=3)+proto", "ema(m=0.2)+lame", "lame", "adamixbn(m=0.3)", "rdumb(every=2)+unmixtns(m=0.2)+lc"]
+         "dua(copies=3)+proto", "ema(m=0.2)+lame", "lame", "adamixbn(m=0.3)", "rdumb(every=2)+unmixtns(m=0.2)+lc",
+         "ema(m=0.2,lag=1)+lc"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -176,10 +177,11 @@ def test_padding_a_batch_changes_nothing_for_its_streams(tiny_ckpt) -> None:
 
 
 @pytest.mark.slow
-def test_compiled_pipeline_equals_eager_on_the_cpu(tiny_ckpt) -> None:
+@pytest.mark.parametrize("spec", ["auto(m=0.2)+lc", "ema(m=0.2,lag=1)+lc"])
+def test_compiled_pipeline_equals_eager_on_the_cpu(tiny_ckpt, spec) -> None:
     from torch._dynamo.utils import counters
 
-    eager, compiled = (Pipeline(tiny_ckpt, parse_method("auto(m=0.2)+lc"), backend=b) for b in (Eager(), Compiled()))
+    eager, compiled = (Pipeline(tiny_ckpt, parse_method(spec), backend=b) for b in (Eager(), Compiled()))
     frames = domain_frames(4, seed=12, shift=0.3)
     graphs = counters["stats"]["unique_graphs"]
     e_labels, e_states = eager.step(frames[:3], [eager.new_state() for _ in range(3)])

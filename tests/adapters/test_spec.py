@@ -102,7 +102,8 @@ def test_the_method_table_names_every_component_and_alias_once() -> None:
     table = {row.name: row for row in method_table()}
     assert list(table) == [*METHODS, *ALIASES]
     assert table["auto"].stands_for == RECOMMENDED and table["ptbn"].stands_for == "ema(m=1,alpha=0)"
-    assert table["ema"].stands_for == "" and table["ema"].parameters == {"m": 0.1, "alpha": 0.0, "layers": 0, "stride": 1}
+    assert table["ema"].stands_for == "" and table["ema"].parameters == {"m": 0.1, "alpha": 0.0, "layers": 0, "stride": 1,
+                                                                         "lag": 0}
     assert table["diga"].stage == "network" and table["lc"].stage == "output" and table["fda"].stage == "input"
     backprop = {name for name, row in table.items() if row.backprop}
     assert backprop == {"tent", "cotta"} == {name for name, row in table.items() if not row.served}
@@ -164,6 +165,9 @@ def test_bad_value(spec: str) -> None:
         ("fda(m=0)", "fda m"),
         ("fda(m=1.2)", "fda m"),
         ("fda(mode=blend)", "fda mode"),
+        ("ema(lag=2)", "lag must be 0"),
+        ("ema(m=0.3,lag=1)", r"lag=1 needs m <= 0.25"),
+        ("auto(lag=1)", "takes parameters"),
     ],
 )
 def test_out_of_range(spec: str, what: str) -> None:
@@ -171,7 +175,8 @@ def test_out_of_range(spec: str, what: str) -> None:
         parse_method(spec)
 
 
-@pytest.mark.parametrize("spec", ["ema(m=0)", "ema(m=1,alpha=1)", "lc(forget=1)", "fda(beta=0)", "fda(beta=0.5,m=1)"])
+@pytest.mark.parametrize("spec", ["ema(m=0)", "ema(m=1,alpha=1)", "lc(forget=1)", "fda(beta=0)", "fda(beta=0.5,m=1)",
+                                  "ema(m=0.25,lag=1)"])
 def test_range_edges_are_accepted(spec: str) -> None:
     parse_method(spec)
 
