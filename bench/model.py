@@ -58,6 +58,25 @@ def markdown_table(result: dict[int, dict[str, dict]], methods: Sequence[str]) -
     return table(head, rows)
 
 
+def engine_tables(result: dict[int, dict[str, dict]], methods: Sequence[str], engines: Sequence[str]) -> str:
+    """One table per engine: a row per method, per batch size its ms per frame and its ratio to the first
+    method on the same engine."""
+    parts = []
+    for engine in engines:
+        label = (lambda m: m) if engine == "torch" else (lambda m: f"{m} ({engine})")
+        base = label(methods[0])
+        head = ["method"] + [f"batch {b}: {col}" for b in result for col in ("ms/frame", f"x `{methods[0]}`")]
+        rows = []
+        for m in methods:
+            cells = [f"`{m}`"]
+            for b, row in result.items():
+                ms = row[label(m)]["ms_per_batch"]
+                cells += [f"{ms / b:.1f}", f"{ms / row[base]['ms_per_batch']:.2f}"]
+            rows.append(cells)
+        parts.append(f"**{engine}**\n\n{table(head, rows)}")
+    return "\n\n".join(parts)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="driftseg bench model", description=__doc__)
     p.add_argument("--stream", default="day", help="the stream whose first frame is timed")
@@ -79,7 +98,8 @@ def main(argv=None) -> None:
             result = measure(pipelines, frame, args.batches, args.steps)
     except (ValueError, KeyError, FileNotFoundError, StopIteration) as e:
         p.exit(2, f"driftseg bench model: error: {e!r}\n")
-    table = markdown_table(result, list(pipelines))
+    table = (markdown_table(result, list(pipelines)) if len(args.engines) == 1
+             else engine_tables(result, args.methods, args.engines))
     print(table)
     if args.out:
         doc = {"checkpoint": str(args.checkpoint), "device": str(device), "device_name": device_name(device),

@@ -84,9 +84,9 @@ train)
         --device "$DEVICE" $FRAMES --out "$OUT/methods.json"
     ;;
 speed)
-    # adapted vs frozen at batch 1 and 32, eager and compiled, same run
-    part model 200 $D bench model --device "$DEVICE" --engines torch compiled --methods source auto --batches 1 $BATCH \
-        --steps "$STEPS" --out "$OUT/model.json"
+    # adapted (12 layers, and all 47: the cost issue's goal) vs frozen at batch 1 and 32, eager and compiled, same run
+    part model 280 $D bench model --device "$DEVICE" --engines torch compiled \
+        --methods source auto "auto(m=1,floor=0.2,switch=2,layers=0)+lc" --batches 1 $BATCH --steps "$STEPS" --out "$OUT/model.json"
     # the others: a compiled server (batches up to 32) under 1, 8 and 32 cameras, against the raw pipeline
     export DRIFTSEG_COMPILE=true DRIFTSEG_MAX_BATCH=$BATCH DRIFTSEG_MAX_PENDING=64 DRIFTSEG_STATE_DIR=/tmp/driftseg-state
     $D serve --device "$DEVICE" --port 8126 --log-level warning > "$OUT/serve.log" 2>&1 &

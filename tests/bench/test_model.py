@@ -3,7 +3,7 @@ import pytest
 import torch
 from synthetic_frames import domain_frames
 
-from driftseg.bench.model import build, markdown_table, measure
+from driftseg.bench.model import build, engine_tables, markdown_table, measure
 
 
 def test_throughput_at_each_batch_size(tiny_ckpt, tmp_path) -> None:
@@ -27,3 +27,15 @@ def test_engines_label_their_pipelines(tiny_ckpt, tmp_path) -> None:
     pipelines = build(tiny_ckpt, ["auto"], ["torch", "compiled"], torch.device("cpu"), tmp_path)
     assert list(pipelines) == ["auto", "auto (compiled)"]
     assert not pipelines["auto"].pad_batches and pipelines["auto (compiled)"].pad_batches
+
+
+def test_engine_tables_compare_each_engine_with_its_own_frozen_model() -> None:
+    def timing(ms):
+        return {"ms_per_batch": ms, "frames_per_s": 0.0}
+
+    result = {1: {"source": timing(10.0), "source (onnx)": timing(5.0), "auto": timing(12.0), "auto (onnx)": timing(7.5)},
+              8: {"source": timing(80.0), "source (onnx)": timing(32.0), "auto": timing(88.0), "auto (onnx)": timing(48.0)}}
+    text = engine_tables(result, ["source", "auto"], ["torch", "onnx"])
+    torch_part, onnx_part = text.split("**onnx**")
+    assert "| `auto` | 12.0 | 1.20 | 11.0 | 1.10 |" in torch_part
+    assert "| `auto` | 7.5 | 1.50 | 6.0 | 1.50 |" in onnx_part and "| `source` | 5.0 | 1.00 | 4.0 | 1.00 |" in onnx_part
