@@ -245,8 +245,9 @@ class NormState:
         self.stats = stats.to(self.source).clone()
 
 
-# the fastest EMA a lag is stable at: with this check lifted, on dusk, gaussian_noise and night, m = 0.5 fell
-# below the frozen model and m = 1 to 3 mIoU; what m <= 0.25 costs: experiments/cost.sh lag
+# the fastest EMA a lag runs at: with this check lifted, on dusk, gaussian_noise and night, m = 0.5 fell below
+# the frozen model and m = 1 to 3 mIoU; the lag costs m = 0.1 a point of mean mIoU and m = 0.25 four
+# (experiments/cost.sh lag)
 LAG_MAX_MOMENTUM = 0.25
 
 
