@@ -171,8 +171,15 @@ def normalize_per_sample(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                          bias: torch.Tensor, eps: float) -> torch.Tensor:
     """`x` [B, C, H, W] normalised with each sample's own statistics `mean`, `var` [B, C], then scaled and
     shifted by `weight`, `bias` [C]: sample b's channels become channels b*C.. of one sample, so that one
-    fused batch_norm normalises them all (on the CPU 1.5x faster than scale-and-shift by hand)."""
+    fused batch_norm normalises them all (on the CPU 1.5x faster than scale-and-shift by hand).
+    Compiled, the scale and shift per channel are computed first instead: inductor would inline the
+    statistics' arithmetic (the state's blend, a gather per channel) into batch_norm's loop over every
+    pixel; a scale used twice is computed once per channel."""
     b, c, h, w = x.shape
+    if torch.compiler.is_compiling():
+        scale = weight * torch.rsqrt(var + eps)  # [B, C]
+        shift = bias - mean * scale
+        return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
     if b > 1:
         weight, bias = weight.repeat(b), bias.repeat(b)
     return F.batch_norm(x.reshape(1, b * c, h, w), mean.reshape(-1), var.reshape(-1), weight, bias,
