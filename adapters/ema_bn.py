@@ -87,9 +87,9 @@ class StreamBatchNorm2d(nn.Module):
 
 class FoldedStreamBatchNorm2d(StreamBatchNorm2d):
     """A BN layer with a one-frame lag (AdaptedNet(lag=True)) folded into the convolution before it: its
-    statistics are known before its input is, so each sample's affine scales its own copy of the conv's
-    weights (one grouped convolution for the batch), and the layer costs no pass of its own beyond its frame
-    statistics, read off the convolution's output and mapped back through the affine. Installed in the
+    statistics are known before its input is, so for a single frame the affine scales the conv's weights,
+    and the layer costs no pass of its own beyond its frame statistics, read off the convolution's output
+    and mapped back through the affine. Installed in the
     conv's place; the BN's place keeps only what runs after it (`after`)."""
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, stride: int = 1):
@@ -101,19 +101,20 @@ class FoldedStreamBatchNorm2d(StreamBatchNorm2d):
             raise RuntimeError("FoldedStreamBatchNorm2d runs only inside AdaptedNet.forward")
         mean, sq, _ = self._inputs  # lagged: the gain on the frame's own moments is 0
         var = (sq - mean.square()).clamp_min(0)
-        if torch.onnx.is_in_onnx_export():  # ONNX's Conv takes its groups as a constant, the exported batch is not
+        # unfolded in batches, where the per-sample weights would make the convolution a grouped one (slower in
+        # oneDNN and inductor than the statistics and the normalisation), and in ONNX, whose Conv takes its
+        # groups as a constant while the exported batch is not
+        if x.shape[0] > 1 or torch.onnx.is_in_onnx_export():
             y = self.conv(x)
             self._outputs = instance_moments(y, self.stride)
             z = normalize_per_sample(y, mean, var, self.weight, self.bias, self.eps)
             return self.after(z) if self.after is not None else z
-        scale = self.weight * torch.rsqrt(var + self.eps)  # [B, C]
+        scale = self.weight * torch.rsqrt(var + self.eps)  # [1, C]
         shift = self.bias - mean * scale  # the BN's output z = scale y + shift, y the conv's output
-        b, conv = x.shape[0], self.conv
-        weight = (conv.weight[None] * scale[:, :, None, None, None]).flatten(0, 1).to(x.dtype)
-        bias = shift if conv.bias is None else torch.addcmul(shift, conv.bias, scale)
-        z = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, bias.reshape(-1).to(x.dtype), conv.stride,
-                     conv.padding, conv.dilation, conv.groups * b)
-        z = z.view(b, -1, *z.shape[2:])
+        conv = self.conv
+        weight = (conv.weight * scale[0, :, None, None, None]).to(x.dtype)
+        bias = shift[0] if conv.bias is None else torch.addcmul(shift[0], conv.bias, scale[0])
+        z = F.conv2d(x, weight, bias.to(x.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
         # y = (z - shift) / scale; a channel scaled to 0 (BN weight 0) shows nothing of y: the source moments
         z_mean, z_sq = instance_moments(z, self.stride)
         live = scale.abs() > 1e-12

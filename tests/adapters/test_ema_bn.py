@@ -532,14 +532,15 @@ def test_lag_on_a_layer_after_no_convolution_is_not_folded() -> None:
 
 
 def test_lag_with_a_channel_scaled_to_zero_keeps_its_source_moments() -> None:
+    """Folded (a one-frame batch), a channel whose BN weight is 0 shows nothing of the convolution's output."""
     model = _single_bn_net()
     with torch.no_grad():
         model[1].weight[2] = 0.0
     lagged = AdaptedNet(model, lag=True)
-    images, state = _images(2, seed=5), _random_state(2, lagged.state_size, seed=6)
-    logits, new_state = lagged(images, state, _full(2, 1.0), _full(2, 0.0))
-    expected, expected_state = _lagged_reference(model, images, state, 1.0, torch.zeros(2, 1))
+    images, state = _images(1, seed=5), _random_state(1, lagged.state_size, seed=6)
+    logits, new_state = lagged(images, state, _full(1, 1.0), _full(1, 0.0))
+    expected, expected_state = _lagged_reference(model, images, state, 1.0, torch.zeros(1, 1))
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-4)
     keep = [0, 1, 3]
     torch.testing.assert_close(new_state[:, :, keep], expected_state[:, :, keep], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(new_state[:, :, 2], lagged.source[:, 2].expand(2, 2))
+    torch.testing.assert_close(new_state[:, :, 2], lagged.source[:, 2].expand(1, 2))
