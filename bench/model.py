@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from driftseg.device import device_name, resolve_device
 from driftseg.adapters.engines import BACKENDS, create_backend
@@ -27,10 +28,15 @@ def measure(pipelines: dict[str, Pipeline], frame: torch.Tensor, batches: Sequen
             warmup: int = 3) -> dict[int, dict[str, dict]]:
     """{batch: {label: {"ms_per_batch", "frames_per_s"}}} from the median of `steps` timed steps."""
     out = {}
+    # a compiled pipeline compiles in its first warm-up step at each batch size: the bar's ETA firms up after
+    bar = tqdm(total=len(batches) * (warmup + steps) * len(pipelines), desc="bench model", unit="step")
     for b in batches:
-        times = round_robin(pipelines, [frame.repeat(b, 1, 1, 1)] * (warmup + steps), warmup)
+        bar.set_postfix(batch=b)
+        times = round_robin(pipelines, [frame.repeat(b, 1, 1, 1)] * (warmup + steps), warmup,
+                            on_labels=lambda *_: bar.update())
         out[b] = {k: {"ms_per_batch": round(1000 * statistics.median(t), 3),
                       "frames_per_s": round(b / statistics.median(t), 1)} for k, t in times.items()}
+    bar.close()
     return out
 
 
