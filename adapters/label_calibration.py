@@ -136,6 +136,15 @@ def calibrate(
     return scores.argmax(dim=1), new_sum, new_weight
 
 
+def class_softmax(scores: Tensor) -> Tensor:
+    """The softmax over the classes (dim 1) of `scores` [B, C, H, W]; exported as the max, exp, sum and
+    division it is: onnxruntime's Softmax over an axis that is not the last transposes, 3x slower."""
+    if torch.onnx.is_in_onnx_export():
+        e = (scores - scores.amax(1, keepdim=True)).exp()
+        return e / e.sum(1, keepdim=True)
+    return scores.softmax(1)
+
+
 @dataclass(frozen=True)
 class LabelCalibrationConfig:
     forget: float = 1.0  # scale of the old sums at each frame; 1: never forget
@@ -176,7 +185,7 @@ class LabelCalibration(Component):
             # block); on the CPU 4x faster than avg_pool2d
             scores = F.interpolate(scores, size=(-(-h // stride), -(-w // stride)), mode="bilinear", align_corners=False)
         scores, out["lc_sum"], out["lc_weight"] = calibrated_scores(
-            scores.softmax(1), batch["lc_sum"], batch["lc_weight"], self.config.forget)
+            class_softmax(scores), batch["lc_sum"], batch["lc_weight"], self.config.forget)
         return scores
 
     def scatter(self, old, new, out, restarted):
