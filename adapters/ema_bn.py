@@ -89,8 +89,8 @@ class FoldedStreamBatchNorm2d(StreamBatchNorm2d):
     """A BN layer with a one-frame lag (AdaptedNet(lag=True)) folded into the convolution before it: its
     statistics are known before its input is, so for a single frame the affine scales the conv's weights,
     and the layer costs no pass of its own beyond its frame statistics, read off the convolution's output
-    and mapped back through the affine. Installed in the
-    conv's place; the BN's place keeps only what runs after it (`after`)."""
+    and mapped back through the affine. Installed in the conv's place; the BN's place keeps only what runs
+    after it (`after`)."""
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, stride: int = 1):
         super().__init__(bn, stride)
