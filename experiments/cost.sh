@@ -11,8 +11,11 @@
 #                                                                      -> experiments/results/cost-stride.{json,md}
 #   lag        what the lag changes in mIoU, at the EMA momenta it is allowed (m <= 0.25), every stream whole
 #                                                                      -> experiments/results/cost-lag.{json,md}
+#   lc         label calibration on a coarser grid (its stride, 2 by default; the network's logits come from a
+#              grid 8x coarser): what it changes in mIoU, every stream whole -> experiments/results/cost-lc.{json,md}
+#              and in cost on compiled at batch 1 and 8        -> experiments/results/cost-lc-compiled.{json,md}
 #
-#   experiments/cost.sh [PART ...]      parts: model accuracy lag (all, in that order, without arguments)
+#   experiments/cost.sh [PART ...]      parts: model accuracy lag lc (all, in that order, without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source experiments/common.sh
@@ -21,7 +24,8 @@ ALL_LAYERS="$NO_LC+lc"
 STRIDE4="auto(m=1,floor=0.2,switch=2,layers=0,stride=4)+lc"
 STRIDED="$ALL_LAYERS auto(m=1,floor=0.2,switch=2,layers=0,stride=2)+lc $STRIDE4"
 LAGGED="ema(m=0.1) ema(m=0.1,lag=1)"
-parts=${*:-model accuracy lag}
+LC_STRIDES="$ALL_LAYERS $NO_LC+lc(stride=4) $NO_LC+lc(stride=8)"
+parts=${*:-model accuracy lag lc}
 
 for part in $parts; do
     echo "== $part ($(date +%H:%M:%S))"
@@ -32,7 +36,10 @@ for part in $parts; do
     done ;;
     accuracy) accuracy_part $R/cost-stride.json "" source auto $STRIDED ;;
     lag) accuracy_part $R/cost-lag.json "" source $LAGGED "ema(m=0.1,lag=1,stride=4)" "ema(m=0.25)" "ema(m=0.25,lag=1)" ;;
-    *) echo "unknown part $part (model accuracy lag)"; exit 2 ;;
+    lc) accuracy_part $R/cost-lc.json "" source "$NO_LC" $LC_STRIDES
+        done_already $R/cost-lc-compiled.json || $D bench model --engines compiled --batches 1 8 --steps 10 \
+            --methods source "$NO_LC" $LC_STRIDES --out $R/cost-lc-compiled.json ;;
+    *) echo "unknown part $part (model accuracy lag lc)"; exit 2 ;;
     esac
 done
 echo "== done ($(date +%H:%M:%S))"
