@@ -149,6 +149,6 @@ class AdaMix(Component):
         logits, out["adamix"] = self.module(images, batch["adamix"], momentum, scratch)
         return logits
 
-    def scatter(self, old, new, out, restarted):
+    def scatter(self, old, new, out):
         for s, prev, moments in zip(new, old, out["adamix"]):
             s.parts["adamixbn"] = replace(prev.parts["adamixbn"], stats=moments)

@@ -248,7 +248,12 @@ class Auto(EMA):
         autos = [s.parts["auto"] for s in states]
         batch = {**super().stack(states), "alpha": torch.stack([a.alpha for a in autos]),
                  "since": torch.tensor([a.since_reset for a in autos], device=self.device),
-                 "level": torch.tensor([a.switch_level for a in autos], device=self.device)}
+                 "level": torch.tensor([a.switch_level for a in autos], device=self.device),
+                 # the frames seen and the last HISTORY switches, -1 before the first: the history is kept
+                 # on the device, so that a restart is never read back to the host during a step
+                 "frames": torch.tensor([s.frames for s in states], device=self.device),
+                 "switches": torch.tensor([[-1] * (HISTORY - len(a.switches)) + a.switches for a in autos],
+                                          dtype=torch.long, device=self.device)}
         if self.config.guard:  # checks on the first adapted frame after a restart (1), then every guard-th
             batch["gain"] = torch.tensor([s.parts["guard"].gain for s in states], device=self.device)
             batch["check"] = torch.tensor([a.since_reset >= 1 and (a.since_reset - 1) % self.config.guard == 0
@@ -276,6 +281,9 @@ class Auto(EMA):
         out["since"] = torch.where(restart, 0, since + 1)
         out["level"] = torch.where(restart, 0.0, torch.lerp(batch["level"], jump, momentum))
         out["score"], out["switch_score"] = shift.mean(1), jump
+        out["frames"] = frames = batch["frames"] + 1
+        appended = torch.cat([batch["switches"][:, 1:], frames[:, None]], 1)
+        out["switches"] = torch.where(restart[:, None], appended, batch["switches"])
         if cfg.guard:
             out["gain"] = torch.where(restart, float("nan"), out["gain"])
         return logits
@@ -299,16 +307,16 @@ class Auto(EMA):
             scratch[key] = torch.where(adapted, scratch[key], value)
         return torch.where(adapted, logits, frozen), stats
 
-    def scatter(self, old, new, out, restarted):
-        super().scatter(old, new, out, restarted)
-        # one read back to the host for every stream's scalars
-        scalars = [out["score"], out["switch_score"], out["level"], out["since"].float()]
-        host = torch.stack(scalars + ([out["gain"]] if self.config.guard else []), 1).tolist()
-        for s, prev, alpha, (score, jump, level, since, *gain), restart in zip(new, old, out["alpha"], host, restarted):
-            was = prev.parts["auto"]
-            switches = (was.switches + [s.frames])[-HISTORY:] if restart else was.switches
-            s.parts["auto"] = replace(was, alpha=alpha, since_reset=int(since), score=score, switch_score=jump,
-                                      switch_level=level, switches=switches)
+    def scatter(self, old, new, out):
+        super().scatter(old, new, out)
+        # one read back to the host for every stream's scalars and switch history (float64: frame numbers exact)
+        scalars = [out["score"], out["switch_score"], out["level"], out["since"]] + ([out["gain"]] if self.config.guard else [])
+        host = torch.stack([t.double() for t in scalars] + list(out["switches"].double().T), 1).tolist()
+        for s, prev, alpha, row in zip(new, old, out["alpha"], host):
+            (score, jump, level, since, *gain), switches = row[:len(scalars)], row[len(scalars):]
+            s.parts["auto"] = replace(prev.parts["auto"], alpha=alpha, since_reset=int(since), score=score,
+                                      switch_score=jump, switch_level=level,
+                                      switches=[int(f) for f in switches if f >= 0])
             if gain:
                 s.parts["guard"] = GuardState(gain[0])
 

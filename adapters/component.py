@@ -13,10 +13,11 @@ different streams a component
     stack(states)              -> its parts of the streams' states as batch tensors
     forward(x, batch, out, scratch)  -> x transformed, a pure tensor function: reads its batch tensors,
                                   writes its new state tensors to `out`, reads nothing back to the host
-    scatter(old, new, out, restarted)  -> the new states' parts from `out` (the old ones untouched)
+    scatter(old, new, out)     -> the new states' parts from `out` (the old ones untouched)
 
 and shows what it holds of a stream in `describe` (GET /adaptation/state). A network component may
-write `out["restart"]` [B] (bool): a stream that switched domains, whose other parts start afresh.
+write `out["restart"]` [B] (bool): a stream that switched domains, whose output components' parts start
+afresh (`cleared_on_restart`, in the forward, so that the decision never leaves the device).
 
 `scratch` is a dict made for one call of the adapted function and dropped after it, never part of a
 state: what an output component reads from the network besides its scores. The output components name
@@ -48,6 +49,15 @@ def run_network(model: nn.Module, images: torch.Tensor, scratch: dict[str, torch
         return model(images)
     logits, scratch["feature_logits"], scratch["features"] = classifier_features(model, images)
     return logits
+
+
+def cleared_on_restart(out: dict[str, torch.Tensor], *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`parts` [B, ...], zero (the source state of label calibration's and DIGA's sums) for the streams that
+    the network component restarted on this frame (out["restart"])."""
+    restart = out.get("restart")
+    if restart is None:
+        return parts
+    return tuple(p.masked_fill(restart.view(-1, *[1] * (p.ndim - 1)), 0) for p in parts)
 
 
 @dataclass
@@ -117,8 +127,7 @@ class Component:
                 scratch: dict[str, torch.Tensor]) -> torch.Tensor:
         return x
 
-    def scatter(self, old: list[StreamState], new: list[StreamState], out: dict[str, torch.Tensor],
-                restarted: list[bool]) -> None:
+    def scatter(self, old: list[StreamState], new: list[StreamState], out: dict[str, torch.Tensor]) -> None:
         """Set the new states' parts (copies of the old ones' until then) from `out`."""
 
     def resets(self, state: StreamState) -> bool:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from driftseg.adapters.component import FEATURES, NETWORK, OUTPUT, Component, run_network
+from driftseg.adapters.component import FEATURES, NETWORK, OUTPUT, Component, cleared_on_restart, run_network
 from driftseg.models.batchnorm import adaptable_norms, after_norm, instance_moments, normalize_per_sample
 from driftseg.models.registry import check_classifier_features, feature_channels, wrap_modules
 
@@ -212,12 +212,12 @@ class Proto(Component):
 
     def forward(self, scores, batch, out, scratch):
         cfg = self.config
-        probs, out["proto_hist"], out["proto_present"] = diga_probabilities(
+        probs, protos, present = diga_probabilities(
             scratch["features"], scratch["feature_logits"], batch["proto_hist"], batch["proto_present"],
             cfg.conf, cfg.rho, cfg.tau, cfg.hist, cfg.fuse)
+        out["proto_hist"], out["proto_present"] = cleared_on_restart(out, protos, present)
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
-    def scatter(self, old, new, out, restarted):
-        for s, protos, present, restart in zip(new, out["proto_hist"], out["proto_present"], restarted):
-            s.parts["proto"] = ProtoState.initial(self.num_classes, self.channels, self.device) if restart \
-                else ProtoState(protos, present)
+    def scatter(self, old, new, out):
+        for s, protos, present in zip(new, out["proto_hist"], out["proto_present"]):
+            s.parts["proto"] = ProtoState(protos, present)

@@ -204,7 +204,7 @@ class DUA(Component):
         logits, out["dua_stats"] = self.module(images, copies, batch["dua_stats"], batch["dua_momentum"], scratch)
         return logits
 
-    def scatter(self, old, new, out, restarted):
+    def scatter(self, old, new, out):
         for s, prev, stats in zip(new, old, out["dua_stats"]):
             dua = prev.parts["dua"]
             s.parts["dua"] = replace(dua, stats=stats, frames=dua.frames + 1)

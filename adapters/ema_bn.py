@@ -304,7 +304,7 @@ class EMA(Component):
         logits, out["stats"] = self.module(images, batch["stats"], momentum, alpha, scratch)
         return logits
 
-    def scatter(self, old, new, out, restarted):
+    def scatter(self, old, new, out):
         for s, prev, stats in zip(new, old, out["stats"]):
             s.parts["norm"] = replace(prev.parts["norm"], stats=stats)
 

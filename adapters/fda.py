@@ -243,7 +243,7 @@ class FDA(Component):
         out["fda_recent"] = update_recent(batch["fda_recent"], low_freq_amplitude(images, self.b), self.config.m)
         return transfer(images, self.source_band, self.b, self.config.mode, out["fda_recent"])
 
-    def scatter(self, old, new, out, restarted):
+    def scatter(self, old, new, out):
         if self.b:
             for s, prev, recent in zip(new, old, out["fda_recent"]):
                 fda = prev.parts["fda"]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from driftseg.adapters.component import OUTPUT, Component
+from driftseg.adapters.component import OUTPUT, Component, cleared_on_restart
 
 
 def _prototypes(proto_sum: Tensor, weight: Tensor) -> Tensor:
@@ -184,14 +184,14 @@ class LabelCalibration(Component):
             # bilinear at an exact 1 / stride takes each block's centre (for stride 2 the mean of the
             # block); on the CPU 4x faster than avg_pool2d
             scores = F.interpolate(scores, size=(-(-h // stride), -(-w // stride)), mode="bilinear", align_corners=False)
-        scores, out["lc_sum"], out["lc_weight"] = calibrated_scores(
+        scores, proto_sum, weight = calibrated_scores(
             class_softmax(scores), batch["lc_sum"], batch["lc_weight"], self.config.forget)
+        out["lc_sum"], out["lc_weight"] = cleared_on_restart(out, proto_sum, weight)
         return scores
 
-    def scatter(self, old, new, out, restarted):
-        for s, p, w, restart in zip(new, out["lc_sum"], out["lc_weight"], restarted):
-            s.parts["lc"] = LabelCalibrationState.initial(self.num_classes, self.device) if restart \
-                else LabelCalibrationState(p, w)
+    def scatter(self, old, new, out):
+        for s, p, w in zip(new, out["lc_sum"], out["lc_weight"]):
+            s.parts["lc"] = LabelCalibrationState(p, w)
 
     def describe(self, state):
         lc = state.parts["lc"]

@@ -139,7 +139,6 @@ class Pipeline:
     def _scatter(self, states: list[StreamState], out: dict[str, torch.Tensor]) -> list[StreamState]:
         """New stream states from `core`'s outputs; the given ones are left untouched."""
         new = [StreamState(dict(s.parts), s.frames + 1) for s in states]
-        restarted = out["restart"].tolist() if "restart" in out else [False] * len(states)
         for component in self.components:
-            component.scatter(states, new, out, restarted)
+            component.scatter(states, new, out)
         return new

@@ -158,6 +158,6 @@ class UnMixTNS(Component):
         logits, out["unmix"] = self.module(images, batch["unmix"], scratch)
         return logits
 
-    def scatter(self, old, new, out, restarted):
+    def scatter(self, old, new, out):
         for s, prev, components in zip(new, old, out["unmix"]):
             s.parts["unmixtns"] = replace(prev.parts["unmixtns"], stats=components)
