@@ -224,7 +224,7 @@ class AutoConfig:
 class Auto(EMA):
     """`auto`: EMA AdaBN with the per-layer alpha of the shift score and restarts at domain switches.
     A stream's parts: its NormState ("norm") and AutoState ("auto"); in the batch, "stats", and "alpha"
-    [B, L], "since" [B], "level" [B]."""
+    [B, L], "since", "level", "score", "switch_score", "frames" [B], "switches" [B, HISTORY]."""
 
     name, Config = "auto", AutoConfig
 
@@ -249,6 +249,8 @@ class Auto(EMA):
         batch = {**super().stack(states), "alpha": torch.stack([a.alpha for a in autos]),
                  "since": torch.tensor([a.since_reset for a in autos], device=self.device),
                  "level": torch.tensor([a.switch_level for a in autos], device=self.device),
+                 "score": torch.tensor([a.score for a in autos], device=self.device),
+                 "switch_score": torch.tensor([a.switch_score for a in autos], device=self.device),
                  # the frames seen and the last HISTORY switches, -1 before the first: the history is kept
                  # on the device, so that a restart is never read back to the host during a step
                  "frames": torch.tensor([s.frames for s in states], device=self.device),

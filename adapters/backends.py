@@ -38,9 +38,15 @@ class Compiled:
         if pipeline.spec.backprop:
             raise ValueError(f"{pipeline.spec.network} adapts by backprop, outside the compiled forward: "
                              "it cannot be compiled")
-        mode = "reduce-overhead" if pipeline.device.type == "cuda" else "default"
-        # every pipeline's `adapt` is one code object to dynamo, compiled again per pipeline and padded batch
-        # size: past its recompile limit (8 by default) it would run the rest eagerly without a word, which
-        # two served models at their batch sizes, or `bench model` over a few methods, reach
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        return torch.compile(pipeline.adapt, mode=mode, dynamic=False)
+        return compile_step(pipeline.adapt, pipeline.device)
+
+
+def compile_step(fn, device: torch.device):
+    """`fn` (a pipeline's tensor work on one batch) through torch.compile: one graph per padded batch size,
+    replayed as CUDA graphs on a GPU."""
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    # every pipeline's `adapt` is one code object to dynamo, compiled again per pipeline and padded batch
+    # size: past its recompile limit (8 by default) it would run the rest eagerly without a word, which
+    # two served models at their batch sizes, or `bench model` over a few methods, reach
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return torch.compile(fn, mode=mode, dynamic=False)

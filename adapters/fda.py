@@ -235,19 +235,22 @@ class FDA(Component):
         return {"fda": FDAState.initial(self.source_band)} if self.b else {}
 
     def stack(self, states):
-        return {"fda_recent": torch.stack([s.parts["fda"].recent_band for s in states])} if self.b else {}
+        if not self.b:
+            return {}
+        return {"fda_recent": torch.stack([s.parts["fda"].recent_band for s in states]),
+                "fda_frames": torch.tensor([s.parts["fda"].frames for s in states], device=self.device)}
 
     def forward(self, images, batch, out, scratch):
         if not self.b:
             return images
         out["fda_recent"] = update_recent(batch["fda_recent"], low_freq_amplitude(images, self.b), self.config.m)
+        out["fda_frames"] = batch["fda_frames"] + 1
         return transfer(images, self.source_band, self.b, self.config.mode, out["fda_recent"])
 
     def scatter(self, old, new, out):
         if self.b:
-            for s, prev, recent in zip(new, old, out["fda_recent"]):
-                fda = prev.parts["fda"]
-                s.parts["fda"] = replace(fda, recent_band=recent, frames=fda.frames + 1)
+            for s, prev, recent, frames in zip(new, old, out["fda_recent"], out["fda_frames"].tolist()):
+                s.parts["fda"] = replace(prev.parts["fda"], recent_band=recent, frames=frames)
 
     def describe(self, state):
         fda = state.parts.get("fda")

@@ -109,10 +109,15 @@ class Pipeline:
         """The tensor work of one step, a pure function of the frames and the stacked states
         (`stack_states`): label maps and the new state tensors. Nothing in it reads a value back to the
         host, so that a GPU can replay `core` as one CUDA graph."""
+        return self.labels(images, lambda x: self.core(x, batch))
+
+    def labels(self, images: torch.Tensor, core) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Label maps [B, H, W] of `images` [B, 3, H, W] by `core` (frames at the network's input size ->
+        (scores, anything)), and what else `core` returned."""
         size = images.shape[-2:]
         # contiguous: a compiled graph guards on its inputs' strides, and frames come in other layouts
         # (decoded JPEGs are channels-last); one layout, no recompilation mid-traffic
-        scores, out = self.core(to_input_size(images, self.input_size).contiguous(), batch)
+        scores, out = core(to_input_size(images, self.input_size).contiguous())
         if scores.shape[-2:] != size:
             scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
         # max(1).indices, not argmax(1): the same labels, 5x faster over the channel dim on the CPU
