@@ -4,6 +4,7 @@ against. Each batch carries frames of as many different streams; the methods tak
 batch, so the machine's load weighs on each alike.
 """
 import argparse
+import itertools
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from driftseg.device import device_name, resolve_device
 from driftseg.adapters.engines import BACKENDS, create_backend
 from driftseg.adapters.pipeline import Pipeline
+from driftseg.adapters.pool import StatePool, pool_refusal
 from driftseg.adapters.spec import parse_method
 from driftseg.bench.report import add_common_arguments, table, write_results
 from driftseg.bench.speed import round_robin
@@ -24,7 +26,7 @@ from driftseg.data.transforms import to_tensor
 from driftseg.models.checkpoint import Checkpoint, load_checkpoint
 
 
-def measure(pipelines: dict[str, Pipeline], frame: torch.Tensor, batches: Sequence[int], steps: int,
+def measure(pipelines: dict[str, "Pipeline | Pooled"], frame: torch.Tensor, batches: Sequence[int], steps: int,
             warmup: int = 3) -> dict[int, dict[str, dict]]:
     """{batch: {label: {"ms_per_batch", "frames_per_s"}}} from the median of `steps` timed steps."""
     out = {}
@@ -40,17 +42,36 @@ def measure(pipelines: dict[str, Pipeline], frame: torch.Tensor, batches: Sequen
     return out
 
 
+class Pooled:
+    """A StatePool in a pipeline's place for `round_robin`: a stream's state is its slot."""
+
+    def __init__(self, pipeline: Pipeline, slots: int):
+        self.pool, self.device, self._slots = StatePool(pipeline, slots), pipeline.device, itertools.cycle(range(slots))
+
+    def new_state(self) -> int:
+        slot = next(self._slots)
+        self.pool.reset(slot)
+        return slot
+
+    def step(self, images: torch.Tensor, slots: list[int]) -> tuple[torch.Tensor, list[int]]:
+        return self.pool.step(images, slots), slots
+
+
 def build(ckpt: Checkpoint, methods: Sequence[str], engines: Sequence[str], device: torch.device,
-          workdir: Path) -> dict[str, Pipeline]:
+          workdir: Path, pool_slots: int = 0) -> dict[str, Pipeline | Pooled]:
     """A pipeline per method and engine, labelled `method` (torch) or `method (ENGINE)`: `compiled` is
     the torch engine through torch.compile (CUDA graphs on a GPU), `onnx` runs a file exported into
-    `workdir`."""
+    `workdir`. With `pool_slots`, also each pipeline with a StatePool of that many streams (torch and
+    compiled, methods that have one), labelled `... [pool]`."""
     pipelines = {}
     for method in methods:
         for engine in engines:
             backend = create_backend(engine, onnx_file=workdir / f"{len(pipelines)}.onnx")
             pipeline = Pipeline(ckpt, parse_method(method), device, backend=backend)
-            pipelines[method if engine == "torch" else f"{method} ({engine})"] = pipeline
+            label = method if engine == "torch" else f"{method} ({engine})"
+            pipelines[label] = pipeline
+            if pool_slots and not pool_refusal(pipeline):
+                pipelines[f"{label} [pool]"] = Pooled(pipeline, pool_slots)
     return pipelines
 
 
@@ -74,11 +95,14 @@ def engine_tables(result: dict[int, dict[str, dict]], methods: Sequence[str], en
         head = ["method"] + [f"batch {b}: {col}" for b in result for col in ("ms/frame", f"x `{methods[0]}`")]
         rows = []
         for m in methods:
-            cells = [f"`{m}`"]
-            for b, row in result.items():
-                ms = row[label(m)]["ms_per_batch"]
-                cells += [f"{ms / b:.1f}", f"{ms / row[base]['ms_per_batch']:.2f}"]
-            rows.append(cells)
+            for name, key in ((f"`{m}`", label(m)), (f"`{m}` in a pool", f"{label(m)} [pool]")):
+                if key not in next(iter(result.values())):
+                    continue
+                cells = [name]
+                for b, row in result.items():
+                    ms = row[key]["ms_per_batch"]
+                    cells += [f"{ms / b:.1f}", f"{ms / row[base]['ms_per_batch']:.2f}"]
+                rows.append(cells)
         parts.append(f"**{engine}**\n\n{table(head, rows)}")
     return "\n\n".join(parts)
 
@@ -92,6 +116,9 @@ def main(argv=None) -> None:
                    help="run each method on each engine (compiled: torch.compile, CUDA graphs on a GPU, compiled "
                         "in the warm-up steps; onnx: exported first; both take a while)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per batch size and method")
+    p.add_argument("--pool", action="store_true",
+                   help="also each method with its streams' states in a device pool (adapters/pool.py; torch and "
+                        "compiled engines, methods that have one)")
     add_common_arguments(p)
     args = p.parse_args(argv)
     try:
@@ -100,7 +127,7 @@ def main(argv=None) -> None:
         image, _ = next(open_stream(args.stream, FrameFolder.open(args.data)).frames(1))
         frame = to_tensor(image)
         with tempfile.TemporaryDirectory() as workdir:
-            pipelines = build(ckpt, args.methods, args.engines, device, Path(workdir))
+            pipelines = build(ckpt, args.methods, args.engines, device, Path(workdir), max(args.batches) if args.pool else 0)
             result = measure(pipelines, frame, args.batches, args.steps)
     except (ValueError, KeyError, FileNotFoundError, StopIteration) as e:
         p.exit(2, f"driftseg bench model: error: {e!r}\n")

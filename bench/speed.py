@@ -34,7 +34,8 @@ def round_robin(pipelines: dict[str, Pipeline], batches: Iterable[torch.Tensor],
     for i, batch in enumerate(batches):
         for k, pipeline in pipelines.items():
             batch = batch.to(pipeline.device)
-            states.setdefault(k, [pipeline.new_state() for _ in range(batch.shape[0])])
+            if k not in states:
+                states[k] = [pipeline.new_state() for _ in range(batch.shape[0])]
             sync = torch.cuda.synchronize if pipeline.device.type == "cuda" else (lambda: None)
             sync()
             start = time.perf_counter()

@@ -14,8 +14,11 @@
 #   lc         label calibration on a coarser grid (its stride, 2 by default; the network's logits come from a
 #              grid 8x coarser): what it changes in mIoU, every stream whole -> experiments/results/cost-lc.{json,md}
 #              and in cost on compiled at batch 1 and 8        -> experiments/results/cost-lc-compiled.{json,md}
+#   pool       each of the frozen model, `auto` and the all-layer auto without and with lc, with its streams'
+#              states stacked by the pipeline and kept in a device pool (adapters/pool.py), torch and compiled,
+#              batch 1, 8 and 32, one process per engine      -> experiments/results/cost-pool-ENGINE.{json,md}
 #
-#   experiments/cost.sh [PART ...]      parts: model accuracy lag lc (all, in that order, without arguments)
+#   experiments/cost.sh [PART ...]      parts: model accuracy lag lc pool (all, in that order, without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source experiments/common.sh
@@ -25,7 +28,7 @@ STRIDE4="auto(m=1,floor=0.2,switch=2,layers=0,stride=4)+lc"
 STRIDED="$ALL_LAYERS auto(m=1,floor=0.2,switch=2,layers=0,stride=2)+lc $STRIDE4"
 LAGGED="ema(m=0.1) ema(m=0.1,lag=1)"
 LC_STRIDES="$ALL_LAYERS $NO_LC+lc(stride=4) $NO_LC+lc(stride=8)"
-parts=${*:-model accuracy lag lc}
+parts=${*:-model accuracy lag lc pool}
 
 for part in $parts; do
     echo "== $part ($(date +%H:%M:%S))"
@@ -39,7 +42,11 @@ for part in $parts; do
     lc) accuracy_part $R/cost-lc.json "" source "$NO_LC" $LC_STRIDES
         done_already $R/cost-lc-compiled.json || $D bench model --engines compiled --batches 1 8 --steps 10 \
             --methods source "$NO_LC" $LC_STRIDES --out $R/cost-lc-compiled.json ;;
-    *) echo "unknown part $part (model accuracy lag lc)"; exit 2 ;;
+    pool) for engine in torch compiled; do
+        done_already $R/cost-pool-$engine.json || $D bench model --engines $engine --pool --batches 1 8 32 --steps 10 \
+            --methods source auto "$NO_LC" "$ALL_LAYERS" --out $R/cost-pool-$engine.json
+    done ;;
+    *) echo "unknown part $part (model accuracy lag lc pool)"; exit 2 ;;
     esac
 done
 echo "== done ($(date +%H:%M:%S))"

@@ -39,3 +39,17 @@ def test_engine_tables_compare_each_engine_with_its_own_frozen_model() -> None:
     torch_part, onnx_part = text.split("**onnx**")
     assert "| `auto` | 12.0 | 1.20 | 11.0 | 1.10 |" in torch_part
     assert "| `auto` | 7.5 | 1.50 | 6.0 | 1.50 |" in onnx_part and "| `source` | 5.0 | 1.00 | 4.0 | 1.00 |" in onnx_part
+
+
+def test_pooled_pipelines_are_timed_beside_their_own_and_refusing_methods_left_out(tiny_ckpt, tmp_path) -> None:
+    frame = domain_frames(1, seed=0)
+    pipelines = build(tiny_ckpt, ["source", "auto", "auto(guard=2)"], ["torch"], torch.device("cpu"), tmp_path,
+                      pool_slots=3)
+    assert list(pipelines) == ["source", "source [pool]", "auto", "auto [pool]", "auto(guard=2)"]
+    result = measure(pipelines, frame, [1, 3], steps=2, warmup=1)
+    pool = pipelines["auto [pool]"].pool
+    assert [pool.state(slot).frames for slot in range(3)] == [3, 3, 3]  # the batch of 3: one frame per slot
+    text = engine_tables(result, ["source", "auto"], ["torch"])
+    ratio = result[3]["auto [pool]"]["ms_per_batch"] / result[3]["source"]["ms_per_batch"]
+    assert f"| `auto` in a pool | {result[1]['auto [pool]']['ms_per_batch']:.1f} |" in text
+    assert text.rstrip().endswith(f"| {ratio:.2f} |")
