@@ -107,6 +107,11 @@ class Component:
     provides: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
+    def needs_of(cls, config) -> tuple[str, ...]:
+        """The scratch keys this (output) component with `config` reads: `needs`, unless a parameter says other."""
+        return cls.needs
+
+    @classmethod
     def export_refusal_of(cls, config) -> str:
         """Why this component with `config` cannot run inside the ONNX export; empty where it can."""
         return cls.no_export_reason

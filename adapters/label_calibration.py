@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from driftseg.adapters.component import OUTPUT, Component, cleared_on_restart
+from driftseg.models.registry import check_classifier_features
 
 
 def _prototypes(proto_sum: Tensor, weight: Tensor) -> Tensor:
@@ -148,13 +149,16 @@ def class_softmax(scores: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class LabelCalibrationConfig:
     forget: float = 1.0  # scale of the old sums at each frame; 1: never forget
-    stride: int = 2  # calibrate the scores averaged over stride x stride pixels
+    # calibrate the scores averaged over stride x stride pixels; 0: the classifier's logits on its own grid,
+    # before the network upsamples them (LRASPP: 1/8 of the input), so compiled and exported graphs leave
+    # that upsampling out
+    stride: int = 2
 
     def __post_init__(self):
         if not 0.0 < self.forget <= 1.0:
             raise ValueError(f"lc forget must be in (0, 1], got {self.forget}")
-        if self.stride < 1:
-            raise ValueError(f"lc stride must be >= 1, got {self.stride}")
+        if self.stride < 0:
+            raise ValueError(f"lc stride must be >= 1, or 0 (the classifier's own grid), got {self.stride}")
 
 
 class LabelCalibration(Component):
@@ -163,8 +167,14 @@ class LabelCalibration(Component):
 
     name, stage, Config = "lc", OUTPUT, LabelCalibrationConfig
 
+    @classmethod
+    def needs_of(cls, config):
+        return ("feature_logits",) if config.stride == 0 else ()
+
     def __init__(self, config, ckpt, model, device):
         super().__init__(config, ckpt, model, device)
+        if config.stride == 0:
+            check_classifier_features(ckpt.arch, "lc(stride=0)")
         self.num_classes, self.class_names = ckpt.num_classes, list(ckpt.class_names)
 
     def new_state(self):
@@ -179,7 +189,9 @@ class LabelCalibration(Component):
         # coarser grid still (8x for LRASPP), so this is the same calibration at 1 / stride^2 of the
         # cost; the pipeline resizes the scores to the frame's size as it does any others
         stride = self.config.stride
-        if stride > 1:
+        if stride == 0:  # the network's scores are then unused: a compiled or exported graph leaves them out
+            scores = scratch["feature_logits"]
+        elif stride > 1:
             h, w = scores.shape[-2:]
             # bilinear at an exact 1 / stride takes each block's centre (for stride 2 the mean of the
             # block); on the CPU 4x faster than avg_pool2d

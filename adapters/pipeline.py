@@ -52,7 +52,7 @@ class Pipeline:
                                                       for stage in (INPUT, NETWORK, OUTPUT))
         # what the output components read from the network besides its scores (parse_method checked that
         # the network provides it)
-        self.needs = sorted({key for c in self.outputs for key in c.needs})
+        self.needs = sorted({key for c in self.outputs for key in type(c).needs_of(c.config)})
         backend = backend or Eager()
         self.backend, self.pad_batches = backend.name, backend.pads_batches
         self.core = backend.bind(self)

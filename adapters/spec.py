@@ -193,21 +193,22 @@ def parse_method(spec: str) -> MethodSpec:
         raise ValueError(f"{spec!r} names {repeated} twice (counting what its aliases stand for)")
     if not networks:
         parts.append(("source", METHODS["source"].Config()))
-    _check_features(spec, [METHODS[name] for name, _ in parts])
+    _check_features(spec, parts)
     order = list(METHODS)
     parts.sort(key=lambda p: (STAGES.index(METHODS[p[0]].stage), order.index(p[0])))
     return MethodSpec(tuple(parts))
 
 
-def _check_features(spec: str, classes: list[type[Component]]) -> None:
+def _check_features(spec: str, parts: list[tuple[str, object]]) -> None:
     """ValueError unless at most one component reads the network's features, from a network that
     provides them."""
-    readers = [c for c in classes if c.needs]
+    readers = [(METHODS[name], METHODS[name].needs_of(config)) for name, config in parts if METHODS[name].needs_of(config)]
     if len(readers) > 1:
-        raise ValueError(f"{spec!r} combines {[c.name for c in readers]}, each of which replaces the network's "
+        raise ValueError(f"{spec!r} combines {[c.name for c, _ in readers]}, each of which replaces the network's "
                          "prediction from its features: name one")
-    network = next(c for c in classes if c.stage == NETWORK)
-    if readers and not set(readers[0].needs) <= set(network.provides):
-        providers = sorted(c.name for c in METHODS.values() if set(readers[0].needs) <= set(c.provides))
-        raise ValueError(f"{readers[0].name} reads the network's {list(readers[0].needs)}, which {network.name} "
+    network = next(METHODS[name] for name, _ in parts if METHODS[name].stage == NETWORK)
+    if readers and not set(readers[0][1]) <= set(network.provides):
+        reader, needs = readers[0]
+        providers = sorted(c.name for c in METHODS.values() if set(needs) <= set(c.provides))
+        raise ValueError(f"{reader.name} reads the network's {list(needs)}, which {network.name} "
                          f"does not provide: combine it with one of {providers}")

@@ -7,7 +7,7 @@ import torch
 from synthetic_frames import domain_frames
 from torch.nn import functional as F
 
-from driftseg.adapters.label_calibration import calibrate
+from driftseg.adapters.label_calibration import LabelCalibration, LabelCalibrationConfig, calibrate, calibrated_scores
 from driftseg.adapters.backends import Compiled, Eager, padded_batch_size
 from driftseg.adapters.pipeline import Pipeline, to_input_size
 from driftseg.adapters.registry import METHODS
@@ -43,6 +43,32 @@ def test_labels_come_back_at_the_frame_size(tiny_ckpt) -> None:
     labels, _ = pipeline.step(domain_frames(1, seed=3, size=(45, 70)), [pipeline.new_state()])
     assert labels.shape == (1, 45, 70) and labels.dtype == torch.int64
     assert 0 <= labels.min() and labels.max() < tiny_ckpt.num_classes
+
+
+def test_label_calibration_at_stride_0_runs_on_the_classifier_grid_and_labels_at_the_frame_size(tiny_ckpt) -> None:
+    from driftseg.models.registry import classifier_features
+
+    pipeline = Pipeline(tiny_ckpt, parse_method("lc(stride=0)"))
+    frame = domain_frames(1, seed=7, shift=0.3, size=(45, 70))
+    labels, (state,) = pipeline.step(frame, [pipeline.new_state()])
+    _, coarse, _ = classifier_features(pipeline.network.module, to_input_size(frame, pipeline.input_size))
+    assert coarse.shape[-2:] == (4, 6)  # the 32x48 input on LRASPP's 1/8 grid
+    scores, proto_sum, weight = calibrated_scores(coarse.softmax(1), torch.zeros(1, 11, 11), torch.zeros(1, 11))
+    torch.testing.assert_close(state.parts["lc"].proto_sum, proto_sum[0])
+    torch.testing.assert_close(state.parts["lc"].weight, weight[0])
+    expected = F.interpolate(scores.view(coarse.shape), size=(45, 70), mode="bilinear", align_corners=False).argmax(1)
+    assert labels.shape == (1, 45, 70) and (labels != expected).float().mean() < 1e-3
+
+
+def test_label_calibration_at_stride_0_needs_a_network_that_gives_the_classifier_logits(tiny_ckpt) -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"lc reads the network's \['feature_logits'\], which tent does not provide"):
+        parse_method("tent+lc(stride=0)")
+    parse_method("tent+lc(stride=8)")  # another stride reads the network's output, which every network gives
+    other = replace(tiny_ckpt, arch="torchvision:deeplabv3_mobilenet_v3_large")  # its model is beside the point
+    with pytest.raises(ValueError, match="LRASPP head only"):
+        LabelCalibration(LabelCalibrationConfig(stride=0), other, tiny_ckpt.build_model("cpu"), torch.device("cpu"))
 
 
 def test_label_calibration_runs_on_2x2_block_means_of_the_network_output(tiny_ckpt) -> None:

@@ -159,7 +159,7 @@ def test_bad_value(spec: str) -> None:
         ("tent(steps=0)", "tent"),
         ("lc(forget=0)", "lc forget"),
         ("lc(forget=1.01)", "lc forget"),
-        ("lc(stride=0)", "lc stride"),
+        ("lc(stride=-1)", "lc stride"),
         ("fda(beta=0.6)", "fda beta"),
         ("fda(beta=-0.01)", "fda beta"),
         ("fda(m=0)", "fda m"),
