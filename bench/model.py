@@ -131,7 +131,7 @@ def main(argv=None) -> None:
             result = measure(pipelines, frame, args.batches, args.steps)
     except (ValueError, KeyError, FileNotFoundError, StopIteration) as e:
         p.exit(2, f"driftseg bench model: error: {e!r}\n")
-    table = (markdown_table(result, list(pipelines)) if len(args.engines) == 1
+    table = (markdown_table(result, list(pipelines)) if len(args.engines) == 1 and not args.pool
              else engine_tables(result, args.methods, args.engines))
     print(table)
     if args.out:

@@ -12,7 +12,8 @@
 #   lag        what the lag changes in mIoU, at the EMA momenta it is allowed (m <= 0.25), every stream whole
 #                                                                      -> experiments/results/cost-lag.{json,md}
 #   lc         label calibration on a coarser grid (its stride, 2 by default; the network's logits come from a
-#              grid 8x coarser): what it changes in mIoU, every stream whole -> experiments/results/cost-lc.{json,md}
+#              grid 8x coarser, which stride 0 takes as they are): what it changes in mIoU, every stream whole
+#                                                                      -> experiments/results/cost-lc.{json,md}
 #              and in cost on compiled at batch 1 and 8        -> experiments/results/cost-lc-compiled.{json,md}
 #   pool       each of the frozen model, `auto` and the all-layer auto without and with lc, with its streams'
 #              states stacked by the pipeline and kept in a device pool (adapters/pool.py), torch and compiled,
@@ -27,7 +28,7 @@ ALL_LAYERS="$NO_LC+lc"
 STRIDE4="auto(m=1,floor=0.2,switch=2,layers=0,stride=4)+lc"
 STRIDED="$ALL_LAYERS auto(m=1,floor=0.2,switch=2,layers=0,stride=2)+lc $STRIDE4"
 LAGGED="ema(m=0.1) ema(m=0.1,lag=1)"
-LC_STRIDES="$ALL_LAYERS $NO_LC+lc(stride=4) $NO_LC+lc(stride=8)"
+LC_STRIDES="$ALL_LAYERS $NO_LC+lc(stride=4) $NO_LC+lc(stride=8) $NO_LC+lc(stride=0)"
 parts=${*:-model accuracy lag lc pool}
 
 for part in $parts; do
