@@ -5,7 +5,8 @@
 #   model      `bench model` at batch 1, 8 and 32, one process per engine (torch, compiled, onnx: all three in
 #              one outgrew the 24 GiB): the frozen model, `auto` (12 layers), all-layer auto without and with
 #              label calibration, all-layer auto (with lc) with its frame statistics from every 4th pixel and
-#              row, and `ema(m=0.1)` (all layers) without and with a one-frame lag folded into the convolutions
+#              row, all-layer auto with lc on the classifier's own grid (stride 0), and `ema(m=0.1)` (all
+#              layers) without and with a one-frame lag folded into the convolutions
 #                                                                      -> experiments/results/cost-model-ENGINE.{json,md}
 #   accuracy   what those strides change in mIoU, every protocol stream whole
 #                                                                      -> experiments/results/cost-stride.{json,md}
@@ -28,7 +29,8 @@ ALL_LAYERS="$NO_LC+lc"
 STRIDE4="auto(m=1,floor=0.2,switch=2,layers=0,stride=4)+lc"
 STRIDED="$ALL_LAYERS auto(m=1,floor=0.2,switch=2,layers=0,stride=2)+lc $STRIDE4"
 LAGGED="ema(m=0.1) ema(m=0.1,lag=1)"
-LC_STRIDES="$ALL_LAYERS $NO_LC+lc(stride=4) $NO_LC+lc(stride=8) $NO_LC+lc(stride=0)"
+LC0="$NO_LC+lc(stride=0)"
+LC_STRIDES="$ALL_LAYERS $NO_LC+lc(stride=4) $NO_LC+lc(stride=8) $LC0"
 parts=${*:-model accuracy lag lc pool}
 
 for part in $parts; do
@@ -36,7 +38,7 @@ for part in $parts; do
     case $part in
     model) for engine in torch compiled onnx; do
         done_already $R/cost-model-$engine.json || $D bench model --engines $engine --batches 1 8 32 --steps 10 \
-            --methods source auto "$NO_LC" "$ALL_LAYERS" "$STRIDE4" $LAGGED --out $R/cost-model-$engine.json
+            --methods source auto "$NO_LC" "$ALL_LAYERS" "$STRIDE4" "$LC0" $LAGGED --out $R/cost-model-$engine.json
     done ;;
     accuracy) accuracy_part $R/cost-stride.json "" source auto $STRIDED ;;
     lag) accuracy_part $R/cost-lag.json "" source $LAGGED "ema(m=0.1,lag=1,stride=4)" "ema(m=0.25)" "ema(m=0.25,lag=1)" ;;
