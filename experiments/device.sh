@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The measurements that need a GPU, as one script whose parts each have a time limit, so that all of it
-# fits 15 minutes of a GPU machine's time (at most 10 minutes a command). Three steps:
+# The measurements that need a GPU, as one script whose parts each have a time limit, so that each step fits
+# one command (at most 10 minutes) and train and speed together 15 minutes of a GPU machine's time (pool is
+# for the time left, or in place of train: it runs on the repository's checkpoint). Four steps:
 #
 #   experiments/device.sh prepare     here: CamVid into .carry/camvid, the wheels the device lacks into .whl
 #   experiments/device.sh train       there (~7 min): the default checkpoint at full scale (train source's
 #                               defaults: 360x480, 4000 iterations), then bench accuracy on every stream
-#   experiments/device.sh speed       there (~7 min), after copying the new checkpoint to
-#                               models/checkpoints/camvid-lraspp.pt: raw model eager vs compiled, with and
-#                               without the device pool of stream states, the compiled server under load,
-#                               precision, the GPU tests (decode, the pool under CUDA graphs)
+#   experiments/device.sh speed       there (~6 min), after copying the new checkpoint to
+#                               models/checkpoints/camvid-lraspp.pt: raw model eager vs compiled, the
+#                               compiled server under load, precision, the GPU decode test
+#   experiments/device.sh pool        there (~5 min, the checkpoint in the repository will do): compiled, the
+#                               streams' states stacked per frame against the device pool, and the pool's
+#                               test under CUDA graphs
 #
-# The device tool runs the last two, e.g. (carry .carry and .whl; $OUT is the folder that comes back;
+# The device tool runs the last three, e.g. (carry .carry and .whl; $OUT is the folder that comes back;
 # the copy there has no .git, so the checkpoint's commit comes from here):
 #   run(command="DRIFTSEG_GIT_COMMIT=<git rev-parse HEAD> experiments/device.sh train", carry=[".carry", ".whl"],
 #       timeout_s=600)
@@ -22,7 +25,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 step=${1:-}
-case $step in prepare|train|speed) ;; *) echo "usage: experiments/device.sh prepare|train|speed" >&2; exit 2 ;; esac
+case $step in prepare|train|speed|pool) ;; *) echo "usage: experiments/device.sh prepare|train|speed|pool" >&2; exit 2 ;; esac
 DEVICE=${DEVICE:-cuda}
 ITERS=${ITERS:-4000}
 SCALE=${SCALE:-full}
@@ -85,9 +88,8 @@ train)
         --device "$DEVICE" $FRAMES --out "$OUT/methods.json"
     ;;
 speed)
-    # adapted (12 layers, and all 47: the cost issue's goal) vs frozen at batch 1 and 32, eager and compiled, same run;
-    # each also with its streams' states in a device pool (adapters/pool.py: no host work per frame)
-    part model 360 $D bench model --device "$DEVICE" --engines torch compiled --pool \
+    # adapted (12 layers, and all 47: the cost issue's goal) vs frozen at batch 1 and 32, eager and compiled, same run
+    part model 280 $D bench model --device "$DEVICE" --engines torch compiled \
         --methods source auto "auto(m=1,floor=0.2,switch=2,layers=0)+lc" --batches 1 $BATCH --steps "$STEPS" --out "$OUT/model.json"
     # the others: a compiled server (batches up to 32) under 1, 8 and 32 cameras, against the raw pipeline
     export DRIFTSEG_COMPILE=true DRIFTSEG_MAX_BATCH=$BATCH DRIFTSEG_MAX_PENDING=64 DRIFTSEG_STATE_DIR=/tmp/driftseg-state
@@ -98,8 +100,14 @@ speed)
         $D bench load --url http://127.0.0.1:8126 --streams $CAMERAS --duration $DURATION --raw-batch $BATCH --out $OUT/load.json"
     kill "$server"; wait "$server"
     part precision 90 $D bench precision --device "$DEVICE" --max-frames "$PRECISION_FRAMES" --out "$OUT/precision.json"
-    [ "$DEVICE" = cuda ] && part gpu-tests 120 $PY -P -m pytest -q -p no:cacheprovider -m gpu tests/service/test_imaging.py \
-        tests/adapters/test_pool.py
+    [ "$DEVICE" = cuda ] && part decode 60 $PY -P -m pytest -q -p no:cacheprovider -m gpu tests/service/test_imaging.py
+    ;;
+pool)
+    # the streams' states stacked per frame against a device pool (adapters/pool.py: gathered and scattered inside
+    # the compiled graph, nothing read back), compiled, at batch 1 and 32, same run; then the pool's CUDA-graph test
+    part pool 420 $D bench model --device "$DEVICE" --engines compiled --pool --methods source auto \
+        "auto(m=1,floor=0.2,switch=2,layers=0)+lc(stride=0)" --batches 1 $BATCH --steps "$STEPS" --out "$OUT/pool.json"
+    [ "$DEVICE" = cuda ] && part pool-test 120 $PY -P -m pytest -q -p no:cacheprovider -m gpu tests/adapters/test_pool.py
     ;;
 esac
 grep "^=== .*: exit" "$LOG"
