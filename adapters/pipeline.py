@@ -89,17 +89,20 @@ class Pipeline:
         states = [self.new_state() if any(c.resets(s) for c in self.components) else s for s in states]
         if not adapt and self.spec.backprop:  # tent and cotta update their part's model in place: a copy's
             states = [copy.deepcopy(s) for s in states]
-        if self.pad_batches and padded_batch_size(b) > b:
-            # the last frame again, with a source state: every sample is computed on its own, so the
-            # padding changes nothing for the others, and real pixels keep FDA and BN finite
-            pad = padded_batch_size(b) - b
-            images = torch.cat([images, images[-1:].expand(pad, -1, -1, -1)])
-            states = states + [self.padding_state] * pad
+        images, pad = self.padded(images)
+        states = states + [self.padding_state] * pad  # a source state for each padding frame
         torch.compiler.cudagraph_mark_step_begin()  # a new frame: the last one's graph outputs are ours
         labels, out = self._core(images, self.stack_states(states))
         # clones: a CUDA graph's outputs are overwritten by its next replay
         labels, out = labels[:b].clone(), {k: v[:b].clone() for k, v in out.items()}
         return labels, (self._scatter(states[:b], out) if adapt else given)
+
+    def padded(self, images: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """`images` [B, 3, H, W] with the last frame repeated up to `padded_batch_size(B)` where the backend
+        pads batches (compiled), and how many frames were added. Every sample is computed on its own, so the
+        padding changes nothing for the others, and real pixels keep FDA and BN finite."""
+        pad = padded_batch_size(len(images)) - len(images) if self.pad_batches else 0
+        return (torch.cat([images, images[-1:].expand(pad, -1, -1, -1)]) if pad else images), pad
 
     def stack_states(self, states: list[StreamState]) -> dict[str, torch.Tensor]:
         """The streams' states stacked into the batch tensors that `core` takes."""

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from driftseg.adapters.backends import compile_step, padded_batch_size
+from driftseg.adapters.backends import compile_step
 from driftseg.adapters.component import Component, StreamState
 from driftseg.adapters.pipeline import Pipeline
 
@@ -93,13 +93,9 @@ class StatePool:
             self._check(slot)
         if len(set(slots)) != len(slots):
             raise ValueError(f"a batch holds one frame per stream, got slots {list(slots)}")
-        b, index = len(slots), list(slots)
-        images = images.to(self.pipeline.device)
-        if self.pipeline.pad_batches and padded_batch_size(b) > b:
-            pad = padded_batch_size(b) - b
-            images = torch.cat([images, images[-1:].expand(pad, -1, -1, -1)])
-            index += [self.slots] * pad
-        index = torch.tensor(index, device=self.pipeline.device)
+        b = len(slots)
+        images, pad = self.pipeline.padded(images.to(self.pipeline.device))
+        index = torch.tensor(list(slots) + [self.slots] * pad, device=self.pipeline.device)  # padding: its own row
         torch.compiler.cudagraph_mark_step_begin()
         labels, _ = self.pipeline.labels(images, lambda x: self._advance(x, index))
         return labels[:b].clone()  # a clone: a CUDA graph's outputs are overwritten by its next replay
