@@ -29,6 +29,14 @@ def to_input_size(images: torch.Tensor, size: list[int]) -> torch.Tensor:
     return TF.resize(images, size, antialias=True)
 
 
+def check_frames(images: torch.Tensor, count: int, of: str) -> None:
+    """ValueError unless `images` is a batch [B, 3, H, W] of `count` frames, one for each of `count` `of`."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images should be [B, 3, H, W], got {list(images.shape)}")
+    if count != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} frames but {count} {of}")
+
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -80,10 +88,7 @@ class Pipeline:
     ) -> tuple[torch.Tensor, list[StreamState]]:
         """Label maps [B, H, W] for `images` [B, 3, H, W] (RGB in [0, 1], any size), frame b of
         stream states[b]; and the streams' new states (the old ones, unchanged, when adapt is False)."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images should be [B, 3, H, W], got {list(images.shape)}")
-        if len(states) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} frames but {len(states)} stream states")
+        check_frames(images, len(states), "stream states")
         images, b, given = images.to(self.device), len(states), states
         # a stream whose schedule says so (rdumb) starts afresh from the source before this frame
         states = [self.new_state() if any(c.resets(s) for c in self.components) else s for s in states]

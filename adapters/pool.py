@@ -24,7 +24,7 @@ import torch
 
 from driftseg.adapters.backends import compile_step
 from driftseg.adapters.component import Component, StreamState
-from driftseg.adapters.pipeline import Pipeline
+from driftseg.adapters.pipeline import Pipeline, check_frames
 
 
 def pool_refusal(pipeline: Pipeline) -> str:
@@ -85,10 +85,7 @@ class StatePool:
     def step(self, images: torch.Tensor, slots: Sequence[int]) -> torch.Tensor:
         """Label maps [B, H, W] for `images` [B, 3, H, W] (RGB in [0, 1], any size), frame b of the stream in
         slot slots[b] (distinct slots); those streams' states advance. Nothing is written when it fails."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images should be [B, 3, H, W], got {list(images.shape)}")
-        if len(slots) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} frames but {len(slots)} slots")
+        check_frames(images, len(slots), "slots")
         for slot in slots:
             self._check(slot)
         if len(set(slots)) != len(slots):
