@@ -20,7 +20,13 @@
 #              states stacked by the pipeline and kept in a device pool (adapters/pool.py), torch and compiled,
 #              batch 1, 8 and 32, one process per engine      -> experiments/results/cost-pool-ENGINE.{json,md}
 #
-#   experiments/cost.sh [PART ...]      parts: model accuracy lag lc pool (all, in that order, without arguments)
+#   floor      the least any adaptation of every BN layer costs in eager and on onnx, batch 1 and 8: the frozen
+#              model with only the passes over the activations that the statistics need (their mean; both
+#              moments; and the normalisation by them), none of a method's arithmetic (experiments/cost_floor.py;
+#              not on compiled, where inductor runs that construction slower than the adapted network itself)
+#                                                                      -> experiments/results/cost-floor-ENGINE.{json,md}
+#
+#   experiments/cost.sh [PART ...]      parts: model accuracy lag lc pool floor (all, in that order, without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source experiments/common.sh
@@ -31,7 +37,7 @@ STRIDED="$ALL_LAYERS auto(m=1,floor=0.2,switch=2,layers=0,stride=2)+lc $STRIDE4"
 LAGGED="ema(m=0.1) ema(m=0.1,lag=1)"
 LC0="$NO_LC+lc(stride=0)"
 LC_STRIDES="$ALL_LAYERS $NO_LC+lc(stride=4) $NO_LC+lc(stride=8) $LC0"
-parts=${*:-model accuracy lag lc pool}
+parts=${*:-model accuracy lag lc pool floor}
 
 for part in $parts; do
     echo "== $part ($(date +%H:%M:%S))"
@@ -53,7 +59,11 @@ for part in $parts; do
         done_already $R/cost-pool-$engine.json || $D bench model --engines $engine --pool --batches 1 8 32 --steps 10 \
             --methods source auto "$NO_LC" "$ALL_LAYERS" --out $R/cost-pool-$engine.json
     done ;;
-    *) echo "unknown part $part (model accuracy lag lc pool)"; exit 2 ;;
+    floor) for engine in torch onnx; do
+        done_already $R/cost-floor-$engine.json || ${PY:-.venv/bin/python} experiments/cost_floor.py --engine $engine \
+            --out $R/cost-floor-$engine.json
+    done ;;
+    *) echo "unknown part $part (model accuracy lag lc pool floor)"; exit 2 ;;
     esac
 done
 echo "== done ($(date +%H:%M:%S))"
