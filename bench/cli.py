@@ -6,7 +6,7 @@ import sys
 
 from driftseg.bench import accuracy
 from driftseg.bench.plot import plot_rounds, plot_stream
-from driftseg.bench.report import add_common_arguments, write_results
+from driftseg.bench.report import add_common_arguments, aliases_run, write_results
 from driftseg.data.folder import FrameFolder
 from driftseg.data.streams import PROTOCOL_STREAMS
 from driftseg.models.checkpoint import file_sha256, load_checkpoint
@@ -48,7 +48,8 @@ def accuracy_main(argv=None) -> None:
         ckpt = load_checkpoint(args.checkpoint)
         folder = FrameFolder.open(args.data)
         header = {"checkpoint": os.path.relpath(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint),
-                  "data": str(folder.root), "severity": args.severity, "max_frames": args.max_frames}
+                  "data": str(folder.root), "severity": args.severity, "max_frames": args.max_frames,
+                  **aliases_run(args.methods)}
         if args.update:
             kept = json.loads(args.out.read_text())
             accuracy.check_updatable(kept, header)

@@ -18,7 +18,7 @@ from driftseg.adapters.engines import BACKENDS, create_backend
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.pool import StatePool, pool_refusal
 from driftseg.adapters.spec import parse_method
-from driftseg.bench.report import add_common_arguments, table, write_results
+from driftseg.bench.report import add_common_arguments, aliases_run, table, write_results
 from driftseg.bench.speed import round_robin
 from driftseg.data.folder import FrameFolder
 from driftseg.data.streams import open_stream
@@ -137,5 +137,6 @@ def main(argv=None) -> None:
     if args.out:
         doc = {"checkpoint": str(args.checkpoint), "device": str(device), "device_name": device_name(device),
                "threads": torch.get_num_threads(), "torch": torch.__version__, "frame_size": list(frame.shape[-2:]),
-               "methods": list(pipelines), "batches": {str(b): row for b, row in result.items()}}
+               "methods": list(pipelines), "batches": {str(b): row for b, row in result.items()},
+               **aliases_run(args.methods)}
         write_results(args.out, doc, table)

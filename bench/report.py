@@ -1,10 +1,11 @@
 """What every bench command shares: the options naming its inputs and output, its Markdown table,
-and how it keeps its result: a JSON file, with the table beside it."""
+how it keeps its result (a JSON file, with the table beside it), and what the bare `auto` stood for in it."""
 import argparse
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from driftseg.adapters.spec import RECOMMENDED
 from driftseg.models.checkpoint import DEFAULT_CHECKPOINT
 
 
@@ -16,6 +17,12 @@ def add_common_arguments(p: argparse.ArgumentParser, checkpoint: bool = True, de
     if device:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", type=Path, help="JSON file (a .md table is written beside it)")
+
+
+def aliases_run(methods: Iterable[str]) -> dict[str, str]:
+    """{"auto": the spec it stood for} where `methods` ran the bare `auto`, else {}: for a result file, so
+    that its `auto` rows still say what they measured after the recommendation changes."""
+    return {"auto": RECOMMENDED} if "auto" in methods else {}
 
 
 def table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

@@ -16,7 +16,7 @@ from driftseg.device import device_name, resolve_device
 from driftseg.adapters.backends import Compiled
 from driftseg.adapters.pipeline import Pipeline
 from driftseg.adapters.spec import parse_method
-from driftseg.bench.report import add_common_arguments, table, write_results
+from driftseg.bench.report import add_common_arguments, aliases_run, table, write_results
 from driftseg.data.folder import FrameFolder
 from driftseg.data.streams import open_stream
 from driftseg.data.transforms import to_tensor
@@ -107,7 +107,8 @@ def main(argv=None) -> None:
         p.exit(2, f"driftseg bench speed: error: {e}\n")
     result = {"checkpoint": str(args.checkpoint), "stream": args.stream, "device": str(device),
               "device_name": device_name(device),
-              "compiled": args.compile, "torch": torch.__version__, "threads": torch.get_num_threads(), "frame_size": list(frames[0].shape[-2:]), "methods": timings}
+              "compiled": args.compile, "torch": torch.__version__, "threads": torch.get_num_threads(), "frame_size": list(frames[0].shape[-2:]), "methods": timings,
+              **aliases_run(methods)}
     table = markdown_table(timings)
     print(table)
     if args.out:

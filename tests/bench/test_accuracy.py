@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from driftseg.adapters.pipeline import Pipeline
-from driftseg.adapters.spec import parse_method
+from driftseg.adapters.spec import RECOMMENDED, parse_method
 from driftseg.bench.accuracy import merge
 from driftseg.data.folder import FrameFolder
 from driftseg.data.streams import CONTINUAL
@@ -30,7 +30,8 @@ def result(tiny_ckpt, tmp_path_factory):
 
 def test_json_has_exactly_the_documented_shape(result) -> None:
     r = json.loads(result.read_text())
-    assert set(r) == {"checkpoint", "checkpoint_sha256", "data", "severity", "max_frames", "streams", "summary"}
+    assert set(r) == {"checkpoint", "checkpoint_sha256", "data", "severity", "max_frames", "auto", "streams", "summary"}
+    assert r["auto"] == RECOMMENDED  # what the bare `auto` stood for in this run
     assert isinstance(r["checkpoint"], str) and isinstance(r["data"], str) and len(r["checkpoint_sha256"]) == 64
     assert r["severity"] == 3 and r["max_frames"] == 3
     segments = [f"continual/{k + 1}-{name}" for k, name in enumerate(CONTINUAL)]
@@ -89,7 +90,7 @@ def test_update_reruns_only_the_named_methods_and_keeps_the_rest(result, tmp_pat
         for m in ("source", "auto"):
             assert rows[m] == before["streams"][stream][m]
         assert rows["ptbn"]["miou"] == before["streams"][stream]["ptbn"]["miou"]  # the same method again
-    assert after["summary"]["source"] == before["summary"]["source"]
+    assert after["summary"]["source"] == before["summary"]["source"] and after["auto"] == RECOMMENDED
     # ptbn and lc were timed in another run than source: no ratio between them
     assert "cost_vs_source" not in after["summary"]["lc"] and "cost_vs_source" not in after["summary"]["ptbn"]
     assert after["summary"]["auto"]["cost_vs_source"] == before["summary"]["auto"]["cost_vs_source"]
@@ -105,12 +106,17 @@ def test_update_reruns_only_the_named_methods_and_keeps_the_rest(result, tmp_pat
     assert exit_info.value.code == 2 and "max_frames is 3, this run's 2" in err
     assert "bench:" not in err  # refused before any frame was run
     assert json.loads(out.read_text()) == after  # a refused update leaves the file as it was
-    older = {k: v for k, v in after.items() if k not in ("max_frames", "checkpoint_sha256")}
+    older = {k: v for k, v in after.items() if k not in ("max_frames", "checkpoint_sha256", "auto")}
     out.write_text(json.dumps(older))  # as files written before these were recorded: the frame counts still tell
     with pytest.raises(SystemExit):
         update("lc", frames="2")
     err = capsys.readouterr().err
     assert "before results recorded the checkpoint's hash" in err and "[2, 3] frames in the file and this run" in err
+    out.write_text(json.dumps({k: v for k, v in after.items() if k != "auto"}))  # as a file of before the field
+    update("lc")
+    assert "auto" not in json.loads(out.read_text())  # its auto rows were not rerun: what they stood for is unknown
+    update("auto")
+    assert json.loads(out.read_text())["auto"] == RECOMMENDED
 
 
 def test_update_refuses_another_checkpoint() -> None:

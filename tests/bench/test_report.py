@@ -1,8 +1,10 @@
-"""bench/report.py: the one Markdown table writer every bench command's table goes through."""
+"""bench/report.py: the one Markdown table writer every bench command's table goes through, and what a
+result file records of the bare `auto`."""
 import pytest
 
 from driftseg.bench import accuracy, checkpoints, load, model, precision, speed
-from driftseg.bench.report import table
+from driftseg.adapters.spec import RECOMMENDED
+from driftseg.bench.report import aliases_run, table
 
 
 def test_table_is_header_rule_and_rows() -> None:
@@ -32,3 +34,8 @@ def test_every_bench_table_uses_the_one_writer(module) -> None:
     """No command writes its own header rule: each imports report.table."""
     source = open(module.__file__).read()
     assert module.table is table and '" --- |"' not in source and "| --- |" not in source
+
+
+def test_a_result_records_what_the_bare_auto_stood_for_only_where_it_ran() -> None:
+    assert aliases_run(["source", "auto"]) == {"auto": RECOMMENDED} and RECOMMENDED.startswith("auto(")
+    assert aliases_run(["source", "auto(m=1)+lc", "rdumb+auto"]) == {}  # written out, or inside a spec: not the alias
