@@ -3,7 +3,7 @@
 # cost), on the CPU with the default checkpoint. A part whose JSON exists is skipped unless FORCE=1 (as
 # experiments/common.sh says).
 #   model      `bench model` at batch 1, 8 and 32, one process per engine (torch, compiled, onnx: all three in
-#              one outgrew the 24 GiB): the frozen model, `auto` (12 layers), all-layer auto without and with
+#              one outgrew the 24 GiB): the frozen model, the 12-layer auto, all-layer auto without and with
 #              label calibration, all-layer auto (with lc) with its frame statistics from every 4th pixel and
 #              row, all-layer auto with lc on the classifier's own grid (stride 0), and `ema(m=0.1)` (all
 #              layers) without and with a one-frame lag folded into the convolutions
@@ -16,7 +16,7 @@
 #              grid 8x coarser, which stride 0 takes as they are): what it changes in mIoU, every stream whole
 #                                                                      -> experiments/results/cost-lc.{json,md}
 #              and in cost on compiled at batch 1 and 8        -> experiments/results/cost-lc-compiled.{json,md}
-#   pool       each of the frozen model, `auto` and the all-layer auto without and with lc, with its streams'
+#   pool       each of the frozen model, the 12-layer auto and the all-layer auto without and with lc, with its streams'
 #              states stacked by the pipeline and kept in a device pool (adapters/pool.py), torch and compiled,
 #              batch 1, 8 and 32, one process per engine      -> experiments/results/cost-pool-ENGINE.{json,md}
 #
@@ -36,6 +36,7 @@ STRIDE4="auto(m=1,floor=0.2,switch=2,layers=0,stride=4)+lc"
 STRIDED="$ALL_LAYERS auto(m=1,floor=0.2,switch=2,layers=0,stride=2)+lc $STRIDE4"
 LAGGED="ema(m=0.1) ema(m=0.1,lag=1)"
 LC0="$NO_LC+lc(stride=0)"
+TWELVE="auto(m=1,floor=0.2,switch=2,layers=12)+lc"  # `auto` until every layer was adapted
 LC_STRIDES="$ALL_LAYERS $NO_LC+lc(stride=4) $NO_LC+lc(stride=8) $LC0"
 parts=${*:-model accuracy lag lc pool floor}
 
@@ -45,7 +46,7 @@ for part in $parts; do
     model) for engine in torch compiled onnx; do
         # onnx without the lag, which the export runs unfolded (as `ema`): eight onnxruntime sessions at batch 32
         # outgrew the 24 GiB
-        methods=(source auto "$NO_LC" "$ALL_LAYERS" "$STRIDE4" "$LC0" $LAGGED)
+        methods=(source "$TWELVE" "$NO_LC" "$ALL_LAYERS" "$STRIDE4" "$LC0" $LAGGED)
         [ $engine = onnx ] && unset 'methods[-1]'
         done_already $R/cost-model-$engine.json || $D bench model --engines $engine --batches 1 8 32 --steps 10 \
             --methods "${methods[@]}" --out $R/cost-model-$engine.json
@@ -57,7 +58,7 @@ for part in $parts; do
             --methods source "$NO_LC" $LC_STRIDES --out $R/cost-lc-compiled.json ;;
     pool) for engine in torch compiled; do
         done_already $R/cost-pool-$engine.json || $D bench model --engines $engine --pool --batches 1 8 32 --steps 10 \
-            --methods source auto "$NO_LC" "$ALL_LAYERS" --out $R/cost-pool-$engine.json
+            --methods source "$TWELVE" "$NO_LC" "$ALL_LAYERS" --out $R/cost-pool-$engine.json
     done ;;
     floor) for engine in torch onnx; do
         done_already $R/cost-floor-$engine.json || ${PY:-.venv/bin/python} experiments/cost_floor.py --engine $engine \

@@ -88,9 +88,10 @@ train)
         --device "$DEVICE" $FRAMES --out "$OUT/methods.json"
     ;;
 speed)
-    # adapted (12 layers, and all 47: the cost issue's goal) vs frozen at batch 1 and 32, eager and compiled, same run
+    # adapted (auto: all 47 layers, the cost issue's goal; and the first 12) vs frozen at batch 1 and 32, eager and
+    # compiled, same run
     part model 280 $D bench model --device "$DEVICE" --engines torch compiled \
-        --methods source auto "auto(m=1,floor=0.2,switch=2,layers=0)+lc" --batches 1 $BATCH --steps "$STEPS" --out "$OUT/model.json"
+        --methods source auto "auto(m=1,floor=0.8,switch=2,layers=12)+lc" --batches 1 $BATCH --steps "$STEPS" --out "$OUT/model.json"
     # the others: a compiled server (batches up to 32) under 1, 8 and 32 cameras, against the raw pipeline
     export DRIFTSEG_COMPILE=true DRIFTSEG_MAX_BATCH=$BATCH DRIFTSEG_MAX_PENDING=64 DRIFTSEG_STATE_DIR=/tmp/driftseg-state
     $D serve --device "$DEVICE" --port 8126 --log-level warning > "$OUT/serve.log" 2>&1 &
@@ -106,7 +107,7 @@ pool)
     # the streams' states stacked per frame against a device pool (adapters/pool.py: gathered and scattered inside
     # the compiled graph, nothing read back), compiled, at batch 1 and 32, same run; then the pool's CUDA-graph test
     part pool 420 $D bench model --device "$DEVICE" --engines compiled --pool --methods source auto \
-        "auto(m=1,floor=0.2,switch=2,layers=0)+lc(stride=0)" --batches 1 $BATCH --steps "$STEPS" --out "$OUT/pool.json"
+        "auto(m=1,floor=0.8,switch=2,layers=0)+lc(stride=0)" --batches 1 $BATCH --steps "$STEPS" --out "$OUT/pool.json"
     [ "$DEVICE" = cuda ] && part pool-test 120 $PY -P -m pytest -q -p no:cacheprovider -m gpu tests/adapters/test_pool.py
     ;;
 esac

@@ -3,8 +3,8 @@
 # maximisation of the adapted and the frozen model's predictions, falling back to the source where it does not
 # (the issue on online adaptation that never loses to the frozen model). On the CPU with the default checkpoint;
 # a part whose JSON exists is skipped unless FORCE=1 (experiments/common.sh).
-#   whole        every protocol stream whole, both protocols: source, auto, auto guarded every 8 and every 16 frames,
-#                and the all-layer auto guarded every 8
+#   whole        every protocol stream whole, both protocols: source, auto, the 12-layer auto of before (floor 0.2)
+#                guarded every 8 and every 16 frames, and the all-layer one at floor 0.2 guarded every 8
 #                                                                       -> experiments/results/guard.{json,md}
 #   continual10  the continual segments 10 rounds without reset, 4 frames a segment (as peers.sh continual10)
 #                                                                       -> experiments/results/guard-continual10.{json,md}

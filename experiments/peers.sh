@@ -25,11 +25,15 @@
 #                                                                            -> experiments/results/realtime.{json,md}
 #   layers        why re-estimating statistics loses on natural drift: auto adapting the first 1, 3, 6, 12 and all
 #                 BN layers on the whole dusk and day streams               -> experiments/results/auto-layers.{json,md}
+#   floor         how much of the source statistics the all-layer auto must keep for dusk to hold: its alpha
+#                 floored at 0.2 (every layer free to follow the frame), 0.5, 0.6, 0.7 and 0.8, beside source,
+#                 diga, auto, the 12-layer auto it replaced and that at floor 0.8, the whole streams, both protocols
+#                                                                            -> experiments/results/auto-floor.{json,md}
 # A part whose JSON exists already is skipped unless FORCE=1; UPDATE="METHOD ..." reruns only those methods
 # of the accuracy parts (all but speed) into their JSON, as experiments/common.sh says.
 #
 #   experiments/peers.sh [PART ...]       parts: peers continual10 speed variance instance proto realtime12 realtime
-#                                   layers (all, in that order, without arguments)
+#                                   layers floor (all, in that order, without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source experiments/common.sh
@@ -37,10 +41,10 @@ FRAMES=${FRAMES:-12}
 ROUND_FRAMES=${ROUND_FRAMES:-4}
 SPEED_FRAMES=${SPEED_FRAMES:-20}
 METHODS="source ptbn tent diga dua lame norm_alpha rbn cotta adamixbn unmixtns auto"
-RDUMB_AUTO="rdumb+auto(m=1,floor=0.2,switch=2,layers=12)+lc"  # `auto` written out: inside a spec it is the component
+RDUMB_AUTO="rdumb+auto(m=1,floor=0.8,switch=2,layers=0)+lc"  # `auto` written out: inside a spec it is the component
 STATEFUL="source ptbn tent diga dua rbn cotta adamixbn unmixtns $RDUMB_AUTO auto"  # lame and norm_alpha keep nothing
 REALTIME_WHOLE="source ptbn diga adamixbn unmixtns auto"  # the backprop-free peers that keep or mix statistics
-parts=${*:-peers continual10 speed variance instance proto realtime12 realtime layers}
+parts=${*:-peers continual10 speed variance instance proto realtime12 realtime layers floor}
 
 for part in $parts; do
     echo "== $part ($(date +%H:%M:%S))"
@@ -61,7 +65,10 @@ for part in $parts; do
     realtime) accuracy_part $R/realtime.json "--realtime" $REALTIME_WHOLE ;;
     layers) accuracy_part $R/auto-layers.json "--streams day dusk" source \
         $(for n in 1 3 6 12 0; do echo "auto(m=1,floor=0.2,switch=2,layers=$n)+lc"; done) ;;
-    *) echo "unknown part $part (peers continual10 speed variance instance proto realtime12 realtime layers)"; exit 2 ;;
+    floor) accuracy_part $R/auto-floor.json "--realtime" source diga auto "auto(m=1,floor=0.2,switch=2,layers=12)+lc" \
+        "auto(m=1,floor=0.8,switch=2,layers=12)+lc" \
+        $(for f in 0.2 0.5 0.6 0.7 0.8; do echo "auto(m=1,floor=$f,switch=2,layers=0)+lc"; done) ;;
+    *) echo "unknown part $part (peers continual10 speed variance instance proto realtime12 realtime layers floor)"; exit 2 ;;
     esac
 done
 echo "== done ($(date +%H:%M:%S))"

@@ -196,7 +196,7 @@ def test_repeated_component(spec: str) -> None:
 def test_layers_parameter_of_ema_and_auto() -> None:
     assert parse_method("ema(m=0.1,layers=12)").config("ema").layers == 12
     assert parse_method("auto(layers=20)+lc").config("auto").layers == 20
-    assert parse_method("auto") == parse_method(RECOMMENDED) and parse_method("auto").config("auto").layers == 12
+    assert parse_method("auto") == parse_method(RECOMMENDED) and parse_method("auto").config("auto").layers == 0
     with pytest.raises(ValueError, match="layers"):
         parse_method("ema(layers=-1)")
 

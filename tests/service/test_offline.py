@@ -80,18 +80,23 @@ def test_segment_a_video_and_carry_its_stream_on_in_a_server(ckpt_file, make_set
         assert r.status_code == 200 and r.headers["X-Frame-Index"] == "9"  # the stream goes on where segment left it
 
 
+# switches within these six frames on the tiny network: the 12-layer auto sees the drift at once, where the
+# default's jump score, averaged over every layer of a network calibrated on other frames, does not
+SWITCHING = "auto(m=1,floor=0.8,switch=2,layers=12)+lc"
+
+
 def test_an_image_folder_is_the_stream_a_server_would_see(ckpt_file, make_settings, tmp_path):
     frames = rgb_frames(6)
     (tmp_path / "in").mkdir()
     for i, rgb in enumerate(frames):
         (tmp_path / "in" / f"f{i:02d}.png").write_bytes(png(rgb))
     segment_main([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--checkpoint", str(ckpt_file),
-                  "--stream", "door", "--no-progress"])
+                  "--stream", "door", "--method", SWITCHING, "--no-progress"])
     assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == [f"f{i:02d}.png" for i in range(6)]
     saved = torch.load(tmp_path / "out" / "state.pt", weights_only=True)
     assert saved["stream"] == "door"
     records = [json.loads(line) for line in (tmp_path / "out" / "frames.jsonl").read_text().splitlines()]
-    with TestClient(create_app(make_settings())) as client:
+    with TestClient(create_app(make_settings(method=SWITCHING))) as client:
         for i, rgb in enumerate(frames):
             r = client.post("/segment", content=png(rgb), headers={"Content-Type": "image/png", "X-Stream-Id": "door"})
             assert r.status_code == 200
