@@ -75,17 +75,25 @@ def export(pipeline: Pipeline, path: Path, metadata: dict[str, str]) -> Path:
     return path
 
 
+def session_options():
+    """onnxruntime's options for the onnx engine: torch's thread count, no busy-waiting between runs (the
+    threads would take the cores from decoding and from torch), errors only in its log."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
 class OnnxCore:
     """`pipeline.adapt` run by onnxruntime from an exported file."""
 
     def __init__(self, path: Path, pipeline: Pipeline, expect: dict[str, str]):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        # no busy-waiting between runs: the threads would take the cores from decoding and from torch
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only: a CUDA provider that cannot load is reported below, once
+        options = session_options()  # errors only: a CUDA provider that cannot load is reported below, once
         providers = ["CPUExecutionProvider"]
         if pipeline.device.type == "cuda":
             providers.insert(0, "CUDAExecutionProvider")

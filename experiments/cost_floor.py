@@ -11,7 +11,7 @@ on the statistics (no state, no blend, no alpha):
                    what normalising a frame by its own statistics costs, whatever the method
 
 Each adapted layer's input is its convolution's output (every BN layer of the default checkpoint follows
-a convolution), so each level wraps those convolutions. Timed like `bench model` (the levels take turns
+a convolution), so each level wraps those convolutions. Timed by `bench model`'s loop (the levels take turns
 batch by batch, the median of --steps) on one engine per run; for onnx, also the layout reorders that
 onnxruntime's optimised graph holds (its NCHWc layout, which its convolutions run in, is left for every
 tensor read by an operator that does not run in it). No compiled engine: inductor ran this construction
@@ -21,14 +21,13 @@ slower than the adapted network (adapters/ema_bn.AdaptedNet) itself, so it bound
 """
 import argparse
 import collections
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from driftseg.bench.model import measure
 from driftseg.bench.report import table, write_results
 from driftseg.device import device_name
 from driftseg.models.batchnorm import fold_batchnorm, foldable_pairs, instance_moments, normalize_per_sample
@@ -82,18 +81,33 @@ def onnx_runner(module: nn.Module, example: torch.Tensor, workdir: Path):
     import onnx
     import onnxruntime as ort
 
+    from driftseg.adapters.onnx_engine import session_options
+
     path, optimised = workdir / "floor.onnx", workdir / "floor.optimised.onnx"
     dim = torch.export.Dim("batch", min=1, max=64)
     torch.onnx.export(module, (example,), path, dynamo=True, dynamic_shapes={"images": {0: dim}}, verbose=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    options = session_options()
     options.optimized_model_filepath = str(optimised)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = collections.Counter(node.op_type for node in onnx.load(str(optimised)).graph.node)
     name = session.get_inputs()[0].name
     return (lambda images: session.run(None, {name: images.numpy()})), ops["ReorderInput"] + ops["ReorderOutput"]
+
+
+class _Timed:
+    """A level in a pipeline's place for `bench model`'s timing loop: no stream state, its output unused."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, run):
+        self.run = run
+
+    def new_state(self) -> None:
+        return None
+
+    def step(self, images: torch.Tensor, states: list) -> tuple[None, list]:
+        self.run(images)
+        return None, states
 
 
 def main(argv=None) -> None:
@@ -108,7 +122,7 @@ def main(argv=None) -> None:
     model = ckpt.build_model().eval()
     device = torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
-    reorders, times = {}, {}
+    reorders = {}
     with tempfile.TemporaryDirectory() as workdir, torch.inference_mode():
         runners = {}
         for level in LEVELS:
@@ -119,21 +133,9 @@ def main(argv=None) -> None:
                 runners[level], reorders[level] = onnx_runner(module, torch.rand(2, 3, *ckpt.input_size), level_dir)
             else:
                 runners[level] = module
-        for b in args.batches:
-            images = torch.rand(b, 3, *ckpt.input_size, generator=generator)
-            times[b] = {level: [] for level in LEVELS}
-            warmup = 3
-            started = time.perf_counter()
-            for step in range(warmup + args.steps):
-                for level, run in runners.items():
-                    start = time.perf_counter()
-                    run(images)
-                    if step >= warmup:
-                        times[b][level].append(time.perf_counter() - start)
-                done = step + 1
-                eta = (time.perf_counter() - started) / done * (warmup + args.steps - done)
-                print(f"batch {b}: step {done}/{warmup + args.steps}, ETA {eta:.0f} s", flush=True)
-    ms = {b: {level: 1000 * statistics.median(t) / b for level, t in row.items()} for b, row in times.items()}
+        result = measure({level: _Timed(run) for level, run in runners.items()},
+                         torch.rand(1, 3, *ckpt.input_size, generator=generator), args.batches, args.steps)
+    ms = {b: {level: t["ms_per_batch"] / b for level, t in row.items()} for b, row in result.items()}
     head = ["level"] + [f"batch {b}: {col}" for b in ms for col in ("ms/frame", "x `frozen`")]
     head += ["layout reorders"] if reorders else []
     rows = [[f"`{level}`"] + [cell for b in ms for cell in (f"{ms[b][level]:.1f}", f"{ms[b][level] / ms[b]['frozen']:.2f}")]
