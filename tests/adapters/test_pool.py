@@ -10,7 +10,7 @@ from driftseg.adapters.pool import StatePool
 from driftseg.adapters.spec import parse_method
 
 # every backprop-free network component that has a pool, with the output components and FDA
-POOLED = ["source", "ema(m=0.2,alpha=0.3)+lc", "auto(m=0.2,switch=1.5)+lc+fda(beta=0.05)", "auto(m=1,floor=0.2,layers=0)",
+POOLED = ["source", "ema(m=0.2,alpha=0.3)+lc", "auto(m=0.2,switch=1.5)+lc+fda(beta=0.05)", "auto(m=1,floor=0.2,switch=1.5,layers=0)",
           "unmixtns+proto", "adamixbn", "ema(m=0.2,lag=1)"]
 
 
