@@ -49,7 +49,7 @@ from typing import ClassVar
 import torch
 
 from driftseg.adapters.component import run_network
-from driftseg.adapters.ema_bn import EMA, AdaptedNet, layer_divergence
+from driftseg.adapters.ema_bn import EMA, AdaptedNet, channel_divergence, divergence_scale, layer_divergence, variance
 from driftseg.models.batchnorm import fold_batchnorm
 
 HISTORY = 32  # switch events kept in a stream's state
@@ -73,15 +73,25 @@ def alpha_of_shift(shift: torch.Tensor, floor: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ShiftAlpha:
-    """auto's ema_bn.AlphaRule: a layer's alpha from the shift of its state just updated with the frame;
-    the streams in `hold` ([B] bool) keep the source statistics (alpha 1)."""
+    """auto's ema_bn.AlphaRule: a layer's alpha from the shift of its state just updated with the frame (its
+    layer_divergence from the source over tau), with what it takes from the source and tau computed once
+    per layer (`of`); the streams in `hold` ([B] bool) keep the source statistics (alpha 1)."""
 
-    tau: torch.Tensor  # [L]
+    source: list[tuple[torch.Tensor, ...]]  # per layer: mean, log(var + f), 1 / var_s, f (ema_bn.channel_divergence)
+    inverse_tau: list[float]
     floor: float
     hold: torch.Tensor | None = None
 
-    def __call__(self, layer: int, moments: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        shift = layer_divergence(moments, source, source, [moments.shape[2]])[:, 0] / self.tau[layer]
+    @classmethod
+    def of(cls, adapted: AdaptedNet, tau: torch.Tensor, floor: float) -> ShiftAlpha:
+        source = []
+        for mean, sq in zip(adapted.source[0].split(adapted.sizes), adapted.source[1].split(adapted.sizes)):
+            inverse_var_s, f = divergence_scale(torch.stack([mean, sq]))
+            source.append((mean, torch.log(variance(mean, sq) + f), inverse_var_s, f))
+        return cls(source, (1 / tau).tolist(), floor)
+
+    def __call__(self, layer: int, mean: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+        shift = channel_divergence(mean, sq, *self.source[layer]).mean(1) * self.inverse_tau[layer]
         alpha = alpha_of_shift(shift, self.floor)
         return alpha if self.hold is None else alpha.masked_fill(self.hold, 1.0)
 
@@ -262,6 +272,7 @@ class Auto(EMA):
             raise ValueError("auto needs the checkpoint's shift calibration: run `driftseg calibrate --checkpoint FILE`")
         self.calibration = ShiftCalibration.from_dict(ckpt.extra["shift"], len(self.module.norms))
         self.tau, self.kappa = self.calibration.tau.to(device), self.calibration.kappa.to(device)
+        self.rule = ShiftAlpha.of(self.module, self.tau, config.floor)
         self.frozen = fold_batchnorm(model).to(device) if config.guard else None
 
     def new_state(self):
@@ -292,11 +303,10 @@ class Auto(EMA):
         test, all as tensors: a stream that switches restarts from the source."""
         b, old, since, cfg = images.shape[0], batch["stats"], batch["since"], self.config
         momentum = momentum_schedule(since, cfg.m)
-        rule = ShiftAlpha(self.tau, cfg.floor)
         if cfg.guard:
-            logits, stats = self.guarded(images, batch, momentum, rule, out, scratch)
+            logits, stats = self.guarded(images, batch, momentum, out, scratch)
         else:
-            logits, stats = self.module(images, old, momentum, rule, scratch)
+            logits, stats = self.module(images, old, momentum, self.rule, scratch)
         # the shift (new state against the source) and the jump (this frame against the old state) in one call
         divergence = layer_divergence(torch.cat([stats, frame_moments(old, stats, momentum)]),
                                       torch.cat([self.source.expand_as(old), old]), self.source, self.module.sizes)
@@ -316,15 +326,15 @@ class Auto(EMA):
             out["gain"] = torch.where(restart, float("nan"), out["gain"])
         return logits
 
-    def guarded(self, images, batch, momentum, rule, out, scratch):
+    def guarded(self, images, batch, momentum, out, scratch):
         """The adapted network's (logits, new stats) where the stream's gain says adapting pays, the frozen
         model's prediction (or the source statistics) where it does not; the checks due update the gain
         into out["gain"] (module docstring)."""
         gain, check = batch["gain"], batch["check"]
         if not bool(check.any()):  # between checks: one forward, the source statistics where it does not pay
             out["gain"] = gain
-            return self.module(images, batch["stats"], momentum, replace(rule, hold=gain < 0), scratch)
-        logits, stats = self.module(images, batch["stats"], momentum, rule, scratch)
+            return self.module(images, batch["stats"], momentum, replace(self.rule, hold=gain < 0), scratch)
+        logits, stats = self.module(images, batch["stats"], momentum, self.rule, scratch)
         frozen_scratch = dict.fromkeys(scratch)
         frozen = run_network(self.frozen, images, frozen_scratch)
         d = information(logits) - information(frozen)

@@ -29,6 +29,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -51,18 +52,51 @@ def layer_divergence(stats: torch.Tensor, reference: torch.Tensor, source: torch
     scale when a domain shrinks the activations' variance (dark frames, dead channels): the KL
     divides by that variance and explodes."""
     reference = reference.expand_as(stats)
-    var_s = (source[1] - source[0].square()).clamp_min(0) + 1e-5
-    floor = 0.01 * var_s
-    mu, mu_ref = stats[:, 0], reference[:, 0]
-    var = (stats[:, 1] - mu.square()).clamp_min(0)
-    var_ref = (reference[:, 1] - mu_ref.square()).clamp_min(0)
-    d = (mu - mu_ref).square() / var_s + (torch.log(var + floor) - torch.log(var_ref + floor)).square()
+    inverse_var_s, floor = divergence_scale(source)
+    d = channel_divergence(stats[:, 0], stats[:, 1], reference[:, 0],
+                           torch.log(variance(reference[:, 0], reference[:, 1]) + floor), inverse_var_s, floor)
     return torch.stack([part.mean(1) for part in d.split(sizes, dim=1)], dim=1)
 
 
-# alpha [B] of BN layer `index`, decided inside it from its state just updated with the frame, [B, 2, C] (mean,
-# second moment), and its source moments [2, C]
+def variance(mean: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+    return (sq - mean.square()).clamp_min(0)
+
+
+def divergence_scale(source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1 / var_s and f = 1% of var_s (var_s: the source variance + 1e-5), per channel, from the source
+    moments [2, N]: what layer_divergence takes from the source."""
+    var_s = variance(source[0], source[1]) + 1e-5
+    return 1 / var_s, 0.01 * var_s
+
+
+def channel_divergence(mean: torch.Tensor, sq: torch.Tensor, mean_ref: torch.Tensor, log_var_ref: torch.Tensor,
+                       inverse_var_s: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """layer_divergence's terms per channel, [B, C], of the moments `mean`, `sq` [B, C] against a reference
+    given by its mean and log(var_ref + f), with divergence_scale's 1 / var_s and f."""
+    return (mean - mean_ref).square() * inverse_var_s + (torch.log(variance(mean, sq) + floor) - log_var_ref).square()
+
+
+# alpha [B] of BN layer `index`, decided inside it from its state just updated with the frame: its mean and
+# second moment, [B, C] each
 AlphaRule = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Blend(NamedTuple):
+    """A layer's mixture for a given alpha, linear in the frame's moments: base + gain * frame."""
+
+    base_mean: torch.Tensor
+    base_sq: torch.Tensor
+    gain: torch.Tensor
+
+
+class Decide(NamedTuple):
+    """What a layer decides its alpha from: the old state's moments, the momentum [B, 1] and the rule (bound to
+    the layer)."""
+
+    old_mean: torch.Tensor
+    old_sq: torch.Tensor
+    momentum: torch.Tensor
+    rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class StreamBatchNorm2d(nn.Module):
@@ -79,20 +113,20 @@ class StreamBatchNorm2d(nn.Module):
         self.after = after_norm(bn)
         self.register_buffer("source_mean", bn.running_mean.detach().clone().float())
         self.register_buffer("source_var", bn.running_var.detach().clone().float())
-        # set by AdaptedNet for the duration of one forward call, never kept across calls: either the blend's
-        # terms for a given alpha (base mean, base second moment, gain on the frame's moments), or what an
-        # AlphaRule decides from (old state [B, 2, C], momentum [B, 1, 1], source moments [2, C], the rule)
-        self._inputs: tuple | None = None
+        self.register_buffer("source_sq", self.source_var + self.source_mean.square(), persistent=False)
+        # set by AdaptedNet for the duration of one forward call, never kept across calls
+        self._inputs: Blend | Decide | None = None
         self._outputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._inputs is None:
             raise RuntimeError("StreamBatchNorm2d runs only inside AdaptedNet.forward")
         frame_mean, frame_sq = self._outputs = instance_moments(x, self.stride)
-        if len(self._inputs) == 4:  # the alpha decided here, from the state this frame updates
-            old, m, source, rule = self._inputs
-            new = torch.lerp(old, torch.stack([frame_mean, frame_sq], 1), m)
-            mean, sq = torch.lerp(new, source, rule(new, source)[:, None, None]).unbind(1)
+        if isinstance(self._inputs, Decide):  # the alpha decided here, from the state this frame updates
+            old_mean, old_sq, m, rule = self._inputs
+            mean, sq = torch.lerp(old_mean, frame_mean, m), torch.lerp(old_sq, frame_sq, m)
+            a = rule(mean, sq)[:, None]
+            mean, sq = torch.lerp(mean, self.source_mean, a), torch.lerp(sq, self.source_sq, a)
             var = sq.addcmul_(mean, mean, value=-1).clamp_min_(0)
         else:  # the mixture's moments are linear in the frame's: everything else was done for all layers at once
             base_mean, base_sq, gain = self._inputs
@@ -219,8 +253,8 @@ class AdaptedNet(nn.Module):
         state = state.float()
         m = momentum.float()[:, None, None]
         if callable(alpha):
-            parts = ((old, m, source, partial(alpha, i)) for i, (old, source)
-                     in enumerate(zip(state.split(self.sizes, 2), self.source.split(self.sizes, 1))))
+            olds = zip(state[:, 0].split(self.sizes, 1), state[:, 1].split(self.sizes, 1))
+            parts = (Decide(mean, sq, m[:, 0], partial(alpha, i)) for i, (mean, sq) in enumerate(olds))
         else:
             a = (alpha.float()[:, None] if alpha.ndim == 1 else alpha.float()[:, self.channel_layer])[:, None]  # [B, 1, N]
             if self.lag:  # mixture = a source + (1 - a) old: nothing of the frame
@@ -228,7 +262,7 @@ class AdaptedNet(nn.Module):
             else:  # mixture = a source + (1 - a) ((1 - m) old + m frame) = base + gain frame, in both moments
                 base = torch.lerp((1 - m) * state, self.source, a)
                 gain = ((1 - a) * m)[:, 0].expand(b, self.state_size)
-            parts = zip(base[:, 0].split(self.sizes, 1), base[:, 1].split(self.sizes, 1), gain.split(self.sizes, 1))
+            parts = map(Blend, base[:, 0].split(self.sizes, 1), base[:, 1].split(self.sizes, 1), gain.split(self.sizes, 1))
         for norm, inputs in zip(self.norms, parts):
             norm._inputs, norm._outputs = inputs, None
         try:

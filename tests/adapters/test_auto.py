@@ -81,7 +81,7 @@ def test_each_layer_decides_its_alpha_from_the_state_the_frame_updates(floor: fl
     old = adapted.source_state()[None].repeat(2, 1, 1)
     old[1] *= 1.4
     m, tau = torch.tensor([1.0, 0.4]), torch.tensor([4.0, 0.02])  # alphas between the floor and 1 among them
-    logits, new = adapted(x, old, m, ShiftAlpha(tau, floor))
+    logits, new = adapted(x, old, m, ShiftAlpha.of(adapted, tau, floor))
     h, offset = x, 0
     for layer, (conv, bn) in enumerate([(net[0], net[1]), (net[3], net[4])]):
         h = conv(h)
@@ -101,7 +101,8 @@ def test_each_layer_decides_its_alpha_from_the_state_the_frame_updates(floor: fl
         offset += c
     torch.testing.assert_close(logits, net[6](h), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="not with lag"):  # a lagged layer is normalised before its input exists
-        AdaptedNet(net, lag=True)(x, old, m, ShiftAlpha(tau, floor))
+        lagged = AdaptedNet(net, lag=True)
+        lagged(x, old, m, ShiftAlpha.of(lagged, tau, floor))
 
 
 def test_calibration_shapes_and_in_domain_bound() -> None:
