@@ -52,8 +52,8 @@ def plot_shift(ax, method: str, t: dict) -> None:
     """The automatic mode's per-frame shift score and mean alpha, and the switches it detected (red)."""
     ax.plot(t["shift"], label=f"shift score ({method})", lw=1.2)
     ax.plot(t["alpha"], label=f"mean alpha ({method})", lw=1.2, ls="--")
-    for frame in t["switches"]:
-        ax.axvline(frame - 1, color="red", lw=0.8, ls=":")
+    for frame in t["switches"]:  # above the grey domain boundaries: a switch detected on one shows
+        ax.axvline(frame - 1, color="red", lw=0.8, ls=":", zorder=3)
     ax.set_ylabel("auto (symlog scale)")
     ax.set_yscale("symlog", linthresh=1)
     ax.legend(fontsize=8, loc="upper left")
