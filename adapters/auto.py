@@ -13,7 +13,10 @@ domain's and, after a restart, the next one with the source statistics (on conti
 segment, 51.9 mIoU against 56.6 now: docs/results/peers.md). A layer that looks like the source keeps the
 source statistics (in-domain frames are not hurt); one that has drifted twice as far as anything in-domain
 uses the stream's own. One global score reacts too little (BENCHMARK.md): shifts such as contrast or noise
-move a few layers very far.
+move a few layers very far. The floor keeps most of the source where a natural drift moves a layer (dusk: up
+to ~7 tau on the dev stream, where the frame's own statistics cost more than they give); beyond `far` tau
+it falls linearly to `low` at twice that (AlphaCurve): fog, contrast, blur and noise move their layers 10 to
+70 tau, further than the source statistics can describe.
 
 Momentum: m_n = max(1 / (n + 1), m) for the n-th frame (from 0) since the last restart: the state
 is the plain average of the frames seen until the EMA takes over. The source does not count as a
@@ -66,9 +69,21 @@ def information(logits: torch.Tensor) -> torch.Tensor:
     return -(marginal * marginal.clamp_min(torch.finfo(marginal.dtype).tiny).log()).sum(1) - pixel_entropy
 
 
-def alpha_of_shift(shift: torch.Tensor, floor: float) -> torch.Tensor:
-    """alpha = clip(2 - shift, floor, 1), the shift in units of tau."""
-    return (2 - shift).clamp(floor, 1.0)
+@dataclass(frozen=True)
+class AlphaCurve:
+    """alpha of a layer's shift s (in units of tau): clip(2 - s, floor(s), 1), where floor(s) is `floor` up
+    to s = far and falls linearly to `low` at s = 2 far (far 0: `floor` for every shift)."""
+
+    floor: float
+    far: float = 0.0
+    low: float = 0.0
+
+    def __call__(self, shift: torch.Tensor) -> torch.Tensor:
+        if not self.far:
+            return (2 - shift).clamp(self.floor, 1.0)
+        slope = (self.floor - self.low) / self.far
+        floor = (2 * self.floor - self.low - slope * shift).clamp(self.low, self.floor)
+        return torch.maximum(2 - shift, floor).clamp_max(1.0)
 
 
 @dataclass(frozen=True)
@@ -79,20 +94,20 @@ class ShiftAlpha:
 
     source: list[tuple[torch.Tensor, ...]]  # per layer: mean, log(var + f), 1 / var_s, f (ema_bn.channel_divergence)
     inverse_tau: list[float]
-    floor: float
+    curve: AlphaCurve
     hold: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, adapted: AdaptedNet, tau: torch.Tensor, floor: float) -> ShiftAlpha:
+    def of(cls, adapted: AdaptedNet, tau: torch.Tensor, curve: AlphaCurve) -> ShiftAlpha:
         source = []
         for mean, sq in zip(adapted.source[0].split(adapted.sizes), adapted.source[1].split(adapted.sizes)):
             inverse_var_s, f = divergence_scale(torch.stack([mean, sq]))
             source.append((mean, torch.log(variance(mean, sq) + f), inverse_var_s, f))
-        return cls(source, (1 / tau).tolist(), floor)
+        return cls(source, (1 / tau).tolist(), curve)
 
     def __call__(self, layer: int, mean: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
         shift = channel_divergence(mean, sq, *self.source[layer]).mean(1) * self.inverse_tau[layer]
-        alpha = alpha_of_shift(shift, self.floor)
+        alpha = self.curve(shift)
         return alpha if self.hold is None else alpha.masked_fill(self.hold, 1.0)
 
 
@@ -232,7 +247,9 @@ class GuardState:
 @dataclass(frozen=True)
 class AutoConfig:
     m: float = 0.1  # the EMA's momentum once the average has filled
-    floor: float = 0.0  # the lowest alpha a layer gets
+    floor: float = 0.0  # the lowest alpha a layer gets, up to a shift of `far` tau
+    far: float = 0.0  # beyond this shift (in tau) the floor falls, to `low` at twice it; 0: it never does
+    low: float = 0.0
     switch: float = 2.0  # restart when a frame jumps this many times the stream's running level
     layers: int = 0  # BN layers adapted, the first ones; 0: all
     stride: int = 1  # frame statistics from every stride-th pixel and row (ema_bn.AdaptedNet)
@@ -245,6 +262,9 @@ class AutoConfig:
             raise ValueError(f"auto m must be in [0, 1], got {self.m}")
         if not 0.0 <= self.floor <= 1.0:
             raise ValueError(f"auto floor must be in [0, 1], got {self.floor}")
+        if self.far and not (self.far >= 1 and 0.0 <= self.low <= self.floor):
+            raise ValueError(f"auto far must be 0 (off) or >= 1 tau, with low in [0, floor]; got far={self.far}, "
+                             f"low={self.low}, floor={self.floor}")
         if not self.switch > 0:
             raise ValueError(f"auto switch must be > 0, got {self.switch}")
         if self.layers < 0:
@@ -272,7 +292,7 @@ class Auto(EMA):
             raise ValueError("auto needs the checkpoint's shift calibration: run `driftseg calibrate --checkpoint FILE`")
         self.calibration = ShiftCalibration.from_dict(ckpt.extra["shift"], len(self.module.norms))
         self.tau, self.kappa = self.calibration.tau.to(device), self.calibration.kappa.to(device)
-        self.rule = ShiftAlpha.of(self.module, self.tau, config.floor)
+        self.rule = ShiftAlpha.of(self.module, self.tau, AlphaCurve(config.floor, config.far, config.low))
         self.frozen = fold_batchnorm(model).to(device) if config.guard else None
 
     def new_state(self):
@@ -315,7 +335,7 @@ class Auto(EMA):
         restart = (since >= warm) & (jump > cfg.switch * batch["level"].clamp_min(1.0))
         out["restart"] = restart
         out["stats"] = torch.where(restart[:, None, None], self.source, stats)
-        out["alpha"] = alpha_of_shift(shift, cfg.floor)  # what the layers decided for this frame
+        out["alpha"] = self.rule.curve(shift)  # what the layers decided for this frame
         out["since"] = torch.where(restart, 0, since + 1)
         out["level"] = torch.where(restart, 0.0, torch.lerp(batch["level"], jump, momentum))
         out["score"], out["switch_score"] = shift.mean(1), jump

@@ -7,7 +7,7 @@ RDumb resets its ETA model every 1000 steps of 64 images, for streams of million
 this project are hundreds of frames, so the default here is 100 frames. The frame count is the stream's
 (`StreamState.frames`, which a reset sets back to 0), so a stream reset by hand (POST /adapt/reset) starts
 its count afresh too. The bare `auto` names the recommended pipeline only as a whole spec: inside one, write
-what it stands for (`rdumb+auto(m=1,floor=0.8,switch=2,layers=0)+lc`).
+what it stands for (`rdumb+auto(m=1,floor=0.8,far=8,low=0.5,switch=2,layers=0)+lc`).
 """
 from dataclasses import dataclass
 

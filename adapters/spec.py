@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from driftseg.adapters.component import NETWORK, OUTPUT, STAGES, Component
 from driftseg.adapters.registry import ALIASES, METHODS
 
-RECOMMENDED = "auto(m=1,floor=0.8,switch=2,layers=0)+lc"  # chosen on the 360x480 checkpoint (experiments/peers.sh floor)
+RECOMMENDED = "auto(m=1,floor=0.8,far=8,low=0.5,switch=2,layers=0)+lc"  # chosen on the 360x480 checkpoint (experiments/peers.sh floor, far)
 _PART = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
 
 

@@ -29,11 +29,17 @@
 #                 floored at 0.2 (every layer free to follow the frame), 0.5, 0.6, 0.7 and 0.8, beside source,
 #                 diga, auto, the 12-layer auto it replaced and that at floor 0.8, the whole streams, both protocols
 #                                                                            -> experiments/results/auto-floor.{json,md}
+#   far           where the floor falls: auto's alpha floor held at 0.8 up to a shift of `far` tau and falling to `low`
+#                 at twice it (auto.AlphaCurve), `far` and `low` around auto's (8, 0.5), beside source, diga and the
+#                 floor that never falls, the whole streams, the standard protocol
+#                                                                            -> experiments/results/auto-far.{json,md}
+#   layershift    how far each stream moves each BN layer under auto (experiments/layer_shift.py)
+#                                                                            -> experiments/results/layer-shift.{json,md,png}
 # A part whose JSON exists already is skipped unless FORCE=1; UPDATE="METHOD ..." reruns only those methods
 # of the accuracy parts (all but speed) into their JSON, as experiments/common.sh says.
 #
 #   experiments/peers.sh [PART ...]       parts: peers continual10 speed variance instance proto realtime12 realtime
-#                                   layers floor (all, in that order, without arguments)
+#                                   layers floor far layershift (all, in that order, without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source experiments/common.sh
@@ -41,10 +47,10 @@ FRAMES=${FRAMES:-12}
 ROUND_FRAMES=${ROUND_FRAMES:-4}
 SPEED_FRAMES=${SPEED_FRAMES:-20}
 METHODS="source ptbn tent diga dua lame norm_alpha rbn cotta adamixbn unmixtns auto"
-RDUMB_AUTO="rdumb+auto(m=1,floor=0.8,switch=2,layers=0)+lc"  # `auto` written out: inside a spec it is the component
+RDUMB_AUTO="rdumb+auto(m=1,floor=0.8,far=8,low=0.5,switch=2,layers=0)+lc"  # `auto` written out: inside a spec it is the component
 STATEFUL="source ptbn tent diga dua rbn cotta adamixbn unmixtns $RDUMB_AUTO auto"  # lame and norm_alpha keep nothing
 REALTIME_WHOLE="source ptbn diga adamixbn unmixtns auto"  # the backprop-free peers that keep or mix statistics
-parts=${*:-peers continual10 speed variance instance proto realtime12 realtime layers floor}
+parts=${*:-peers continual10 speed variance instance proto realtime12 realtime layers floor far layershift}
 
 for part in $parts; do
     echo "== $part ($(date +%H:%M:%S))"
@@ -68,7 +74,10 @@ for part in $parts; do
     floor) accuracy_part $R/auto-floor.json "--realtime" source diga auto "auto(m=1,floor=0.2,switch=2,layers=12)+lc" \
         "auto(m=1,floor=0.8,switch=2,layers=12)+lc" \
         $(for f in 0.2 0.5 0.6 0.7 0.8; do echo "auto(m=1,floor=$f,switch=2,layers=0)+lc"; done) ;;
-    *) echo "unknown part $part (peers continual10 speed variance instance proto realtime12 realtime layers floor)"; exit 2 ;;
+    far) accuracy_part $R/auto-far.json "" source diga auto "auto(m=1,floor=0.8,switch=2,layers=0)+lc" \
+        $(for fl in 4,0.5 6,0.35 8,0.2 8,0.65 12,0.4; do echo "auto(m=1,floor=0.8,far=${fl%,*},low=${fl#*,},switch=2,layers=0)+lc"; done) ;;
+    layershift) done_already $R/layer-shift.json || ${PY:-.venv/bin/python} experiments/layer_shift.py --out $R/layer-shift.json ;;
+    *) echo "unknown part $part (peers continual10 speed variance instance proto realtime12 realtime layers floor far layershift)"; exit 2 ;;
     esac
 done
 echo "== done ($(date +%H:%M:%S))"

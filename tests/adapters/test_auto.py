@@ -1,12 +1,14 @@
 """adapters/auto.py: the shift score, the momentum schedule, frame moments, calibration and state."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from driftseg.adapters.auto import (
+    AlphaCurve,
     AutoState,
     ShiftAlpha,
     ShiftCalibration,
@@ -50,6 +52,18 @@ def test_layer_divergence_against_a_direct_computation() -> None:
     assert torch.all(layer_divergence(ref[None], ref, moments(mu_s, var_s), sizes) == 0)
 
 
+@pytest.mark.parametrize("floor, far, low", [(0.8, 0.0, 0.0), (0.8, 8.0, 0.5), (0.6, 3.0, 0.0), (0.5, 2.0, 0.5)])
+def test_alpha_curve_is_the_piecewise_line_through_its_knees(floor: float, far: float, low: float) -> None:
+    shift = torch.linspace(0, 40, 801)
+    # the line through (1, 1), (2 - floor, floor) and, with far, (far, floor), (2 far, low); flat outside
+    knees_s, knees_a = [0.0, 1.0, 2 - floor], [1.0, 1.0, floor]
+    if far:
+        knees_s, knees_a = knees_s + [far, 2 * far], knees_a + [floor, low]
+    expected = np.interp(shift.numpy(), knees_s + [41.0], knees_a + [knees_a[-1]])
+    torch.testing.assert_close(AlphaCurve(floor, far, low)(shift), torch.from_numpy(expected).float(),
+                               rtol=0, atol=1e-6)
+
+
 def test_momentum_schedule_averages_then_floors() -> None:
     m = momentum_schedule(torch.arange(12), 0.1)
     expected = torch.tensor([1 / (n + 1) for n in range(12)]).clamp_min(0.1)
@@ -81,7 +95,7 @@ def test_each_layer_decides_its_alpha_from_the_state_the_frame_updates(floor: fl
     old = adapted.source_state()[None].repeat(2, 1, 1)
     old[1] *= 1.4
     m, tau = torch.tensor([1.0, 0.4]), torch.tensor([4.0, 0.02])  # alphas between the floor and 1 among them
-    logits, new = adapted(x, old, m, ShiftAlpha.of(adapted, tau, floor))
+    logits, new = adapted(x, old, m, ShiftAlpha.of(adapted, tau, AlphaCurve(floor)))
     h, offset = x, 0
     for layer, (conv, bn) in enumerate([(net[0], net[1]), (net[3], net[4])]):
         h = conv(h)
@@ -102,7 +116,7 @@ def test_each_layer_decides_its_alpha_from_the_state_the_frame_updates(floor: fl
     torch.testing.assert_close(logits, net[6](h), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="not with lag"):  # a lagged layer is normalised before its input exists
         lagged = AdaptedNet(net, lag=True)
-        lagged(x, old, m, ShiftAlpha.of(lagged, tau, floor))
+        lagged(x, old, m, ShiftAlpha.of(lagged, tau, AlphaCurve(floor)))
 
 
 def test_calibration_shapes_and_in_domain_bound() -> None:
