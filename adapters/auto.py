@@ -15,8 +15,8 @@ source statistics (in-domain frames are not hurt); one that has drifted twice as
 uses the stream's own. One global score reacts too little (BENCHMARK.md): shifts such as contrast or noise
 move a few layers very far. The floor keeps most of the source where a natural drift moves a layer (dusk: up
 to ~7 tau on the dev stream, where the frame's own statistics cost more than they give); beyond `far` tau
-it falls linearly to `low` at twice that (AlphaCurve): fog, contrast, blur and noise move their layers 10 to
-70 tau, further than the source statistics can describe.
+it falls linearly to `low` at twice that (AlphaCurve): fog, contrast, blur, noise and night move layers 8 to
+50 tau (experiments/results/layer-shift.md), further than the source statistics can describe.
 
 Momentum: m_n = max(1 / (n + 1), m) for the n-th frame (from 0) since the last restart: the state
 is the plain average of the frames seen until the EMA takes over. The source does not count as a
