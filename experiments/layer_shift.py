@@ -47,17 +47,20 @@ def heat_map(streams: dict[str, list[float]], curve, out: Path) -> None:
     grid = np.array([streams[n] for n in names]).clip(0.1)
     fig, ax = plt.subplots(figsize=(12, 0.45 * len(names) + 1.6))
     image = ax.imshow(grid, aspect="auto", cmap="magma", norm=LogNorm(vmin=0.3, vmax=float(grid.max())))
-    for level, marker in ((curve.far, "o"), (2 * curve.far, "x")):  # the layers where the floor has fallen
+    fallen = ((curve.far, "o"), (2 * curve.far, "x")) if curve.far else ()  # the layers where the floor has fallen
+    for level, marker in fallen:
         rows, cols = np.nonzero(grid > level)
         style = {"facecolors": "none", "edgecolors": "white"} if marker == "o" else {"color": "white"}
         ax.scatter(cols, rows, s=14, marker=marker, linewidths=0.8, label=f"past {level:g} tau", **style)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.6)
+    if fallen:
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.6)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("BN layer (input to output)")
     bar = fig.colorbar(image, ax=ax, pad=0.01)
     bar.set_label("median shift over the stream (tau)")
+    falls = f", falls from {curve.far:g} tau, reaches {curve.low:g} at {2 * curve.far:g}" if curve.far else ""
     ax.set_title(f"How far each stream moves each layer: alpha is at its floor {curve.floor:g} past "
-                 f"{2 - curve.floor:g} tau, falls from {curve.far:g} tau, reaches {curve.low:g} at {2 * curve.far:g}",
+                 f"{2 - curve.floor:g} tau{falls}",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -77,6 +80,7 @@ def main() -> None:
     if network.name != "auto":
         p.error(f"--method must be an auto spec (its layers' shifts are what this measures), got {args.method!r}")
     curve = network.rule.curve
+    knees = [2 - curve.floor] + ([curve.far, 2 * curve.far] if curve.far else [])  # where alpha reaches its floor(s)
     rows, medians, doc = [], {}, {"method": args.method, "streams": {}}
     for name in tqdm(args.streams, desc="streams", unit="stream"):
         stream = open_stream(name, folder, 3)
@@ -86,9 +90,9 @@ def main() -> None:
         medians[name] = median.tolist()
         doc["streams"][name] = {"miou": miou, "frames": len(shifts), "median": median.tolist(), "q90": q90.tolist()}
         rows.append([name, f"{miou:.1f}", f"{median.max():.1f}", f"{q90.max():.1f}",
-                     *(str(int((median > level).sum())) for level in (2 - curve.floor, curve.far, 2 * curve.far))])
-    header = ["stream", "mIoU", "largest median shift", "largest 90th pct", f"layers past {2 - curve.floor:g}",
-              f"past far ({curve.far:g})", f"past {2 * curve.far:g}"]
+                     *(str(int((median > level).sum())) for level in knees)])
+    header = ["stream", "mIoU", "largest median shift", "largest 90th pct",
+              *(f"layers past {level:g}" for level in knees)]
     write_results(args.out, doc, f"`{args.method}`, {len(medians[args.streams[0]])} BN layers, shifts in tau:\n\n"
                   + table(header, rows))
     heat_map(medians, curve, args.out.with_suffix(".png"))
