@@ -18,6 +18,15 @@ to ~7 tau on the dev stream, where the frame's own statistics cost more than the
 it falls linearly to `low` at twice that (AlphaCurve): fog, contrast, blur, noise and night move layers 8 to
 50 tau (experiments/results/layer-shift.md), further than the source statistics can describe.
 
+Reach (`reach=1`): the floor of every layer falls with the stream's reach, the largest layer shift of its
+last frame, as well as with the layer's own. A stream that moves some layer further than a natural drift
+does is far from the source as a whole, and its other layers follow its frames more: a blur moves a few of its
+first layers 9 to 22 tau, noise its middle ones up to 16, and they gain 0.5 to 2.3 mIoU on the dev streams
+from their other layers following, while dusk (largest shift about 5 tau) keeps the floor everywhere
+(experiments/results/auto-reach.md). The last frame's,
+not this one's: a layer decides before the layers after it have seen the frame. 0 on a stream's first frame
+and after a restart.
+
 Momentum: m_n = max(1 / (n + 1), m) for the n-th frame (from 0) since the last restart: the state
 is the plain average of the frames seen until the EMA takes over. The source does not count as a
 frame: its moments mixed into a far domain's would add a large (mu_s - mu_t)^2 term to the variance
@@ -71,18 +80,20 @@ def information(logits: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class AlphaCurve:
-    """alpha of a layer's shift s (in units of tau): clip(2 - s, floor(s), 1), where floor(s) is `floor` up
-    to s = far and falls linearly to `low` at s = 2 far (far 0: `floor` for every shift)."""
+    """alpha of a layer's shift s (in units of tau): clip(2 - s, floor(max(s, reach)), 1), where floor(x) is
+    `floor` up to x = far and falls linearly to `low` at x = 2 far (far 0: `floor` for every shift); `reach`
+    (broadcast against s), the stream's, 0 by default (module docstring)."""
 
     floor: float
     far: float = 0.0
     low: float = 0.0
 
-    def __call__(self, shift: torch.Tensor) -> torch.Tensor:
+    def __call__(self, shift: torch.Tensor, reach: torch.Tensor | None = None) -> torch.Tensor:
         if not self.far:
             return (2 - shift).clamp(self.floor, 1.0)
         slope = (self.floor - self.low) / self.far
-        floor = (2 * self.floor - self.low - slope * shift).clamp(self.low, self.floor)
+        farthest = shift if reach is None else torch.maximum(shift, reach)
+        floor = (2 * self.floor - self.low - slope * farthest).clamp(self.low, self.floor)
         return torch.maximum(2 - shift, floor).clamp_max(1.0)
 
 
@@ -90,11 +101,13 @@ class AlphaCurve:
 class ShiftAlpha:
     """auto's ema_bn.AlphaRule: a layer's alpha from the shift of its state just updated with the frame (its
     layer_divergence from the source over tau), with what it takes from the source and tau computed once
-    per layer (`of`); the streams in `hold` ([B] bool) keep the source statistics (alpha 1)."""
+    per layer (`of`); `reach` [B], each stream's (AlphaCurve); the streams in `hold` ([B] bool) keep the source
+    statistics (alpha 1)."""
 
     source: list[tuple[torch.Tensor, ...]]  # per layer: mean, log(var + f), 1 / var_s, f (ema_bn.channel_divergence)
     inverse_tau: list[float]
     curve: AlphaCurve
+    reach: torch.Tensor | None = None
     hold: torch.Tensor | None = None
 
     @classmethod
@@ -107,7 +120,7 @@ class ShiftAlpha:
 
     def __call__(self, layer: int, mean: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
         shift = channel_divergence(mean, sq, *self.source[layer]).mean(1) * self.inverse_tau[layer]
-        alpha = self.curve(shift)
+        alpha = self.curve(shift, self.reach)
         return alpha if self.hold is None else alpha.masked_fill(self.hold, 1.0)
 
 
@@ -182,13 +195,14 @@ def calibrate(adapted: AdaptedNet, frames: Iterable[torch.Tensor], momentum: flo
 
 @dataclass
 class AutoState:
-    """One stream's automatic-mode state: frames since its last restart, the shift score and the
-    per-layer alpha of its last frame, the switch score and its running level, and the frames at which it
-    saw a domain switch (the last HISTORY)."""
+    """One stream's automatic-mode state: frames since its last restart, the shift score, reach (its largest
+    layer shift) and per-layer alpha of its last frame, the switch score and its running level, and the frames
+    at which it saw a domain switch (the last HISTORY)."""
 
     alpha: torch.Tensor  # [L]
     since_reset: int = 0
     score: float = 0.0
+    reach: float = 0.0
     switch_score: float = 0.0
     switch_level: float = 0.0
     switches: list[int] = field(default_factory=list)
@@ -199,10 +213,11 @@ class AutoState:
 
     def reset(self) -> None:
         self.alpha = torch.ones_like(self.alpha)
-        self.since_reset, self.score, self.switch_score, self.switch_level, self.switches = 0, 0.0, 0.0, 0.0, []
+        self.since_reset, self.switches = 0, []
+        self.score = self.reach = self.switch_score = self.switch_level = 0.0
 
     def state_dict(self) -> dict:
-        return {"alpha": self.alpha.clone(), "since_reset": self.since_reset, "score": self.score,
+        return {"alpha": self.alpha.clone(), "since_reset": self.since_reset, "score": self.score, "reach": self.reach,
                 "switch_score": self.switch_score, "switch_level": self.switch_level, "switches": list(self.switches)}
 
     def load_state_dict(self, d: dict) -> None:
@@ -217,11 +232,12 @@ class AutoState:
             raise ValueError(f"auto since_reset must be a non-negative int, got {since!r}")
         if not isinstance(switches, list) or not all(isinstance(s, int) for s in switches):
             raise ValueError("auto switches must be a list of frame numbers")
-        scores = [d.get("score"), d.get("switch_score"), d.get("switch_level")]
-        if not all(isinstance(s, float) and s == s and abs(s) != float("inf") for s in scores):
-            raise ValueError(f"auto score, switch_score and switch_level must be finite floats, got {scores}")
+        # a state saved before streams kept their reach has none: 0, as after a restart
+        scores = [d.get("score"), d.get("reach", 0.0), d.get("switch_score"), d.get("switch_level")]
+        if not all(isinstance(s, float) and s == s and abs(s) != float("inf") for s in scores) or scores[1] < 0:
+            raise ValueError(f"auto score, reach (>= 0), switch_score and switch_level must be finite floats, got {scores}")
         self.alpha, self.since_reset, self.switches = alpha.to(self.alpha).clone(), since, switches[-HISTORY:]
-        self.score, self.switch_score, self.switch_level = scores
+        self.score, self.reach, self.switch_score, self.switch_level = scores
 
 
 @dataclass
@@ -250,6 +266,7 @@ class AutoConfig:
     floor: float = 0.0  # the lowest alpha a layer gets, up to a shift of `far` tau
     far: float = 0.0  # beyond this shift (in tau) the floor falls, to `low` at twice it; 0: it never does
     low: float = 0.0
+    reach: int = 0  # 1: the floor falls with the stream's reach too (its largest layer shift); needs far
     switch: float = 2.0  # restart when a frame jumps this many times the stream's running level
     layers: int = 0  # BN layers adapted, the first ones; 0: all
     stride: int = 1  # frame statistics from every stride-th pixel and row (ema_bn.AdaptedNet)
@@ -265,6 +282,9 @@ class AutoConfig:
         if self.far and not (self.far >= 1 and 0.0 <= self.low <= self.floor):
             raise ValueError(f"auto far must be 0 (off) or >= 1 tau, with low in [0, floor]; got far={self.far}, "
                              f"low={self.low}, floor={self.floor}")
+        if self.reach not in (0, 1) or (self.reach and not self.far):
+            raise ValueError(f"auto reach must be 0 (off) or 1 (the floor falls with the stream's largest layer "
+                             f"shift), and 1 needs far > 0; got reach={self.reach}, far={self.far}")
         if not self.switch > 0:
             raise ValueError(f"auto switch must be > 0, got {self.switch}")
         if self.layers < 0:
@@ -278,7 +298,7 @@ class AutoConfig:
 class Auto(EMA):
     """`auto`: EMA AdaBN with the per-layer alpha of the shift score and restarts at domain switches.
     A stream's parts: its NormState ("norm") and AutoState ("auto"); in the batch, "stats", and "alpha"
-    [B, L], "since", "level", "score", "switch_score", "frames" [B], "switches" [B, HISTORY]."""
+    [B, L], "since", "level", "score", "reach", "switch_score", "frames" [B], "switches" [B, HISTORY]."""
 
     name, Config = "auto", AutoConfig
 
@@ -307,6 +327,7 @@ class Auto(EMA):
                  "since": torch.tensor([a.since_reset for a in autos], device=self.device),
                  "level": torch.tensor([a.switch_level for a in autos], device=self.device),
                  "score": torch.tensor([a.score for a in autos], device=self.device),
+                 "reach": torch.tensor([a.reach for a in autos], device=self.device),
                  "switch_score": torch.tensor([a.switch_score for a in autos], device=self.device),
                  # the frames seen and the last HISTORY switches, -1 before the first: the history is kept
                  # on the device, so that a restart is never read back to the host during a step
@@ -323,10 +344,12 @@ class Auto(EMA):
         test, all as tensors: a stream that switches restarts from the source."""
         b, old, since, cfg = images.shape[0], batch["stats"], batch["since"], self.config
         momentum = momentum_schedule(since, cfg.m)
+        reach = batch["reach"] if cfg.reach else None
+        rule = replace(self.rule, reach=reach)
         if cfg.guard:
-            logits, stats = self.guarded(images, batch, momentum, out, scratch)
+            logits, stats = self.guarded(images, batch, momentum, rule, out, scratch)
         else:
-            logits, stats = self.module(images, old, momentum, self.rule, scratch)
+            logits, stats = self.module(images, old, momentum, rule, scratch)
         # the shift (new state against the source) and the jump (this frame against the old state) in one call
         divergence = layer_divergence(torch.cat([stats, frame_moments(old, stats, momentum)]),
                                       torch.cat([self.source.expand_as(old), old]), self.source, self.module.sizes)
@@ -335,7 +358,8 @@ class Auto(EMA):
         restart = (since >= warm) & (jump > cfg.switch * batch["level"].clamp_min(1.0))
         out["restart"] = restart
         out["stats"] = torch.where(restart[:, None, None], self.source, stats)
-        out["alpha"] = self.rule.curve(shift)  # what the layers decided for this frame
+        out["alpha"] = self.rule.curve(shift, None if reach is None else reach[:, None])  # what the layers decided
+        out["reach"] = torch.where(restart, 0.0, shift.amax(1))
         out["since"] = torch.where(restart, 0, since + 1)
         out["level"] = torch.where(restart, 0.0, torch.lerp(batch["level"], jump, momentum))
         out["score"], out["switch_score"] = shift.mean(1), jump
@@ -346,15 +370,15 @@ class Auto(EMA):
             out["gain"] = torch.where(restart, float("nan"), out["gain"])
         return logits
 
-    def guarded(self, images, batch, momentum, out, scratch):
+    def guarded(self, images, batch, momentum, rule, out, scratch):
         """The adapted network's (logits, new stats) where the stream's gain says adapting pays, the frozen
         model's prediction (or the source statistics) where it does not; the checks due update the gain
         into out["gain"] (module docstring)."""
         gain, check = batch["gain"], batch["check"]
         if not bool(check.any()):  # between checks: one forward, the source statistics where it does not pay
             out["gain"] = gain
-            return self.module(images, batch["stats"], momentum, replace(self.rule, hold=gain < 0), scratch)
-        logits, stats = self.module(images, batch["stats"], momentum, self.rule, scratch)
+            return self.module(images, batch["stats"], momentum, replace(rule, hold=gain < 0), scratch)
+        logits, stats = self.module(images, batch["stats"], momentum, rule, scratch)
         frozen_scratch = dict.fromkeys(scratch)
         frozen = run_network(self.frozen, images, frozen_scratch)
         d = information(logits) - information(frozen)
@@ -367,11 +391,12 @@ class Auto(EMA):
     def scatter(self, old, new, out):
         super().scatter(old, new, out)
         # one read back to the host for every stream's scalars and switch history (float64: frame numbers exact)
-        scalars = [out["score"], out["switch_score"], out["level"], out["since"]] + ([out["gain"]] if self.config.guard else [])
+        scalars = [out["score"], out["reach"], out["switch_score"], out["level"], out["since"]]
+        scalars += [out["gain"]] if self.config.guard else []
         host = torch.stack([t.double() for t in scalars] + list(out["switches"].double().T), 1).tolist()
         for s, prev, alpha, row in zip(new, old, out["alpha"], host):
-            (score, jump, level, since, *gain), switches = row[:len(scalars)], row[len(scalars):]
-            s.parts["auto"] = replace(prev.parts["auto"], alpha=alpha, since_reset=int(since), score=score,
+            (score, reach, jump, level, since, *gain), switches = row[:len(scalars)], row[len(scalars):]
+            s.parts["auto"] = replace(prev.parts["auto"], alpha=alpha, since_reset=int(since), score=score, reach=reach,
                                       switch_score=jump, switch_level=level,
                                       switches=[int(f) for f in switches if f >= 0])
             if gain:
@@ -383,7 +408,7 @@ class Auto(EMA):
         if self.config.guard:
             gain = state.parts["guard"].gain
             guard = {"guard_gain": None if gain != gain else gain}
-        return {"since_reset": auto.since_reset, "switches": list(auto.switches),
+        return {"since_reset": auto.since_reset, "reach": auto.reach, "switches": list(auto.switches),
                 "layers": self.layer_views(state, alpha=auto.alpha, tau=self.tau), **guard}
 
     def shift(self, state):

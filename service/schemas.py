@@ -81,6 +81,8 @@ class StreamStateSummary(BaseModel):
     shift_score: float | None
     alpha_mean: float | None
     since_reset: int | None
+    reach: float | None = Field(None, description="auto: the largest BN layer shift of the stream's last frame, in "
+                                "units of tau; with reach=1 every layer's alpha floor falls with it (0 after a restart)")
     switches: list[int] = Field(description="frames at which the stream restarted from the source (auto)")
     shift_history: list[ScorePoint] = Field(description="the last shift scores this server saw for the stream")
     layers: list[LayerDrift]

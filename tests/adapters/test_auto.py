@@ -1,5 +1,6 @@
 """adapters/auto.py: the shift score, the momentum schedule, frame moments, calibration and state."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -64,6 +65,18 @@ def test_alpha_curve_is_the_piecewise_line_through_its_knees(floor: float, far: 
                                rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("reach", [0.0, 5.0, 9.0, 12.0, 30.0])
+def test_a_streams_reach_lowers_the_floor_of_every_layer(reach: float) -> None:
+    # alpha = clip(max(2 - s, floor(max(s, reach))), 1): the floor at the farther of the layer's shift and
+    # the stream's reach; the falling part of the line through (far, floor) and (2 far, low)
+    floor, far, low = 0.8, 8.0, 0.5
+    shift = torch.linspace(0, 40, 801)
+    floor_at = lambda x: np.interp(x, [far, 2 * far], [floor, low])  # noqa: E731
+    expected = np.minimum(np.maximum(2 - shift.numpy(), floor_at(np.maximum(shift.numpy(), reach))), 1.0)
+    got = AlphaCurve(floor, far, low)(shift, torch.tensor(reach))
+    torch.testing.assert_close(got, torch.from_numpy(expected).float(), rtol=0, atol=1e-6)
+
+
 def test_momentum_schedule_averages_then_floors() -> None:
     m = momentum_schedule(torch.arange(12), 0.1)
     expected = torch.tensor([1 / (n + 1) for n in range(12)]).clamp_min(0.1)
@@ -83,11 +96,13 @@ def test_frame_moments_recovers_the_frame_statistics() -> None:
     torch.testing.assert_close(frame_moments(old, new, m), own, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("floor", [0.0, 0.5])
-def test_each_layer_decides_its_alpha_from_the_state_the_frame_updates(floor: float) -> None:
+@pytest.mark.parametrize("floor, far, low, reach", [(0.0, 0.0, 0.0, None), (0.5, 0.0, 0.0, None),
+                                                     (0.7, 2.0, 0.1, (0.0, 3.0))])
+def test_each_layer_decides_its_alpha_from_the_state_the_frame_updates(floor, far, low, reach) -> None:
     # layer by layer by hand: the frame's moments enter the state, the updated state's divergence from the
-    # source in units of tau gives alpha = clip(2 - s / tau, floor, 1), and the layer normalises with the
-    # alpha-mixture of the source and that state
+    # source in units of tau gives alpha = clip(2 - s / tau, floor, 1) (with far, the floor falls with the
+    # larger of s / tau and the stream's reach), and the layer normalises with the alpha-mixture of the
+    # source and that state
     net = _net().requires_grad_(False)
     adapted = AdaptedNet(net).eval()
     g = torch.Generator().manual_seed(3)
@@ -95,7 +110,10 @@ def test_each_layer_decides_its_alpha_from_the_state_the_frame_updates(floor: fl
     old = adapted.source_state()[None].repeat(2, 1, 1)
     old[1] *= 1.4
     m, tau = torch.tensor([1.0, 0.4]), torch.tensor([4.0, 0.02])  # alphas between the floor and 1 among them
-    logits, new = adapted(x, old, m, ShiftAlpha.of(adapted, tau, AlphaCurve(floor)))
+    rule = ShiftAlpha.of(adapted, tau, AlphaCurve(floor, far, low))
+    if reach is not None:
+        rule = replace(rule, reach=torch.tensor(reach))
+    logits, new = adapted(x, old, m, rule)
     h, offset = x, 0
     for layer, (conv, bn) in enumerate([(net[0], net[1]), (net[3], net[4])]):
         h = conv(h)
@@ -107,7 +125,12 @@ def test_each_layer_decides_its_alpha_from_the_state_the_frame_updates(floor: fl
         mu_s, var_s = bn.running_mean, bn.running_var
         f = 0.01 * (var_s + 1e-5)
         s = ((mu_t - mu_s).square() / (var_s + 1e-5) + (torch.log(var_t + f) - torch.log(var_s + f)).square()).mean(1)
-        a = (2 - s / tau[layer]).clamp(floor, 1)[:, None]
+        a = (2 - s / tau[layer]).clamp(floor, 1)
+        if far:
+            farthest = torch.maximum(s / tau[layer], torch.tensor(reach or (0.0, 0.0)))
+            fallen = torch.from_numpy(np.interp(farthest.numpy(), [far, 2 * far], [floor, low])).float()
+            a = torch.maximum(2 - s / tau[layer], fallen).clamp_max(1)
+        a = a[:, None]
         mean = a * mu_s + (1 - a) * mu_t
         var = a * var_s + (1 - a) * var_t + a * (1 - a) * (mu_s - mu_t).square()
         h = torch.stack([F.batch_norm(h[b:b + 1], mean[b], var[b], bn.weight, bn.bias, False, 0.0, bn.eps)
@@ -141,20 +164,23 @@ def test_calibration_refuses_malformed(bad) -> None:
 
 
 def test_auto_state_round_trip_reset_and_refusal() -> None:
-    state = AutoState(alpha=torch.tensor([0.5, 1.0]), since_reset=7, score=1.5, switch_score=0.3, switch_level=0.4,
-                      switches=[4])
+    state = AutoState(alpha=torch.tensor([0.5, 1.0]), since_reset=7, score=1.5, reach=9.0, switch_score=0.3,
+                      switch_level=0.4, switches=[4])
     copy = AutoState.initial(2)
     copy.load_state_dict(state.state_dict())
-    assert copy.state_dict()["switches"] == [4] and copy.since_reset == 7 and copy.score == 1.5
+    assert copy.state_dict()["switches"] == [4] and copy.since_reset == 7 and copy.score == 1.5 and copy.reach == 9.0
+    saved_before_reach = {k: v for k, v in state.state_dict().items() if k != "reach"}
+    copy.load_state_dict(saved_before_reach)
+    assert copy.reach == 0.0
     torch.testing.assert_close(copy.alpha, state.alpha)
     for bad in ({"alpha": torch.ones(3)}, {"alpha": torch.tensor([2.0, 0.0])}, {"since_reset": -1},
-                {"score": float("inf")}, {"switches": ["a"]}):
+                {"score": float("inf")}, {"reach": -1.0}, {"switches": ["a"]}):
         target = AutoState.initial(2)
         with pytest.raises(ValueError):
             target.load_state_dict({**state.state_dict(), **bad})
         assert target.since_reset == 0 and torch.all(target.alpha == 1)
     state.reset()
-    assert state.since_reset == 0 and state.switches == [] and torch.all(state.alpha == 1)
+    assert state.since_reset == 0 and state.switches == [] and state.reach == 0 and torch.all(state.alpha == 1)
 
 
 def test_calibration_of_the_first_layers_is_a_prefix() -> None:

@@ -7,6 +7,7 @@ import torch
 from synthetic_frames import domain_frames
 from torch.nn import functional as F
 
+from driftseg.adapters.auto import AlphaCurve
 from driftseg.adapters.label_calibration import LabelCalibration, LabelCalibrationConfig, calibrate, calibrated_scores
 from driftseg.adapters.backends import Compiled, Eager, padded_batch_size
 from driftseg.adapters.pipeline import Pipeline, to_input_size
@@ -16,7 +17,7 @@ from driftseg.adapters.spec import parse_method
 
 SPECS = ["source", "ptbn", "ema(m=0.2,alpha=0.5)+lc", "auto(m=0.2)+lc+fda(beta=0.05)", "fda(mode=swap)", "diga+lc",
          "dua(copies=3)+proto", "ema(m=0.2)+lame", "lame", "adamixbn(m=0.3)", "rdumb(every=2)+unmixtns(m=0.2)+lc",
-         "ema(m=0.2,lag=1)+lc"]
+         "ema(m=0.2,lag=1)+lc", "auto(m=1,floor=0.8,far=4,low=0,reach=1)+lc"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -148,6 +149,24 @@ def test_auto_stays_at_the_source_in_domain_and_restarts_at_a_switch(tiny_ckpt) 
     _, state = run(pipeline, shifted, state)
     assert state.parts["auto"].switches and 31 <= state.parts["auto"].switches[0] <= 33, state.parts["auto"].switches
     assert state.parts["auto"].score > 1 and state.parts["auto"].alpha.mean() < 0.8
+
+
+def test_auto_reach_is_the_last_frames_largest_layer_shift_and_lowers_the_next_frames_floor(tiny_ckpt) -> None:
+    spec = "auto(m=1,floor=0.8,far=4,low=0,reach={},switch=100)"
+    pipeline, without = (Pipeline(tiny_ckpt, parse_method(spec.format(r))) for r in (1, 0))
+    frames = domain_frames(3, seed=11, shift=0.8)
+    assert pipeline.new_state().parts["auto"].reach == 0
+    _, state = run(pipeline, frames[:2])
+    reach = max(layer["shift"] for layer in pipeline.describe(state)["layers"])  # m=1: the last frame's
+    assert reach > 1 and state.parts["auto"].reach == pytest.approx(reach, rel=1e-5)
+    assert pipeline.describe(state)["reach"] == state.parts["auto"].reach  # GET /adaptation/state shows it
+    _, after = run(pipeline, frames[2:], state)
+    shift = torch.tensor([layer["shift"] for layer in pipeline.describe(after)["layers"]])
+    curve = AlphaCurve(0.8, 4, 0)
+    torch.testing.assert_close(after.parts["auto"].alpha, curve(shift, torch.tensor(reach)), rtol=1e-4, atol=1e-5)
+    assert bool((curve(shift, torch.tensor(reach)) < curve(shift)).any())  # the reach lowered some layer's floor
+    _, alone = run(without, frames[2:], state)  # the same state without the reach: other statistics
+    assert not torch.allclose(alone.parts["norm"].stats, after.parts["norm"].stats)
 
 
 def test_auto_needs_the_calibration(tiny_ckpt) -> None:

@@ -170,6 +170,8 @@ def test_bad_value(spec: str) -> None:
         ("auto(lag=1)", "takes parameters"),
         ("auto(floor=0.8,far=0.5,low=0.5)", "auto far"),
         ("auto(floor=0.8,far=8,low=0.9)", "auto far"),
+        ("auto(floor=0.8,reach=1)", "auto reach"),
+        ("auto(floor=0.8,far=8,low=0.5,reach=2)", "auto reach"),
     ],
 )
 def test_out_of_range(spec: str, what: str) -> None:
@@ -178,7 +180,8 @@ def test_out_of_range(spec: str, what: str) -> None:
 
 
 @pytest.mark.parametrize("spec", ["ema(m=0)", "ema(m=1,alpha=1)", "lc(forget=1)", "fda(beta=0)", "fda(beta=0.5,m=1)",
-                                  "ema(m=0.25,lag=1)", "auto(floor=0.8,far=1,low=0.8)"])
+                                  "ema(m=0.25,lag=1)", "auto(floor=0.8,far=1,low=0.8)",
+                                  "auto(floor=0.8,far=1,low=0.8,reach=1)"])
 def test_range_edges_are_accepted(spec: str) -> None:
     parse_method(spec)
 
