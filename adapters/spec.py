@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from driftseg.adapters.component import NETWORK, OUTPUT, STAGES, Component
 from driftseg.adapters.registry import ALIASES, METHODS
 
-RECOMMENDED = "auto(m=1,floor=0.8,far=8,low=0.5,switch=2,layers=0)+lc"  # chosen on the 360x480 checkpoint (experiments/peers.sh floor, far)
+# chosen on the 360x480 checkpoint's dev streams (experiments/peers.sh floor, far, reach)
+RECOMMENDED = "auto(m=1,floor=0.8,far=8,low=0.5,reach=1,switch=2,layers=0)+lc"
 _PART = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
 
 

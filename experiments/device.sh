@@ -107,7 +107,7 @@ pool)
     # the streams' states stacked per frame against a device pool (adapters/pool.py: gathered and scattered inside
     # the compiled graph, nothing read back), compiled, at batch 1 and 32, same run; then the pool's CUDA-graph test
     part pool 420 $D bench model --device "$DEVICE" --engines compiled --pool --methods source auto \
-        "auto(m=1,floor=0.8,far=8,low=0.5,switch=2,layers=0)+lc(stride=0)" --batches 1 $BATCH --steps "$STEPS" --out "$OUT/pool.json"
+        "auto(m=1,floor=0.8,far=8,low=0.5,reach=1,switch=2,layers=0)+lc(stride=0)" --batches 1 $BATCH --steps "$STEPS" --out "$OUT/pool.json"
     [ "$DEVICE" = cuda ] && part pool-test 120 $PY -P -m pytest -q -p no:cacheprovider -m gpu tests/adapters/test_pool.py
     ;;
 esac

@@ -35,11 +35,15 @@
 #                                                                            -> experiments/results/auto-far.{json,md}
 #   layershift    how far each stream moves each BN layer under auto (experiments/layer_shift.py)
 #                                                                            -> experiments/results/layer-shift.{json,md,png}
+#   reach         the floor falling with the stream's reach (its largest layer shift) as well as the layer's own: auto
+#                 (reach=1) beside the same without it, with low 0.35, and without it at floor 0.7 (a lower floor in every
+#                 stream instead), source and diga, the whole streams, both protocols
+#                                                                            -> experiments/results/auto-reach.{json,md}
 # A part whose JSON exists already is skipped unless FORCE=1; UPDATE="METHOD ..." reruns only those methods
 # of the accuracy parts (all but speed) into their JSON, as experiments/common.sh says.
 #
 #   experiments/peers.sh [PART ...]       parts: peers continual10 speed variance instance proto realtime12 realtime
-#                                   layers floor far layershift (all, in that order, without arguments)
+#                                   layers floor far layershift reach (all, in that order, without arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source experiments/common.sh
@@ -47,10 +51,11 @@ FRAMES=${FRAMES:-12}
 ROUND_FRAMES=${ROUND_FRAMES:-4}
 SPEED_FRAMES=${SPEED_FRAMES:-20}
 METHODS="source ptbn tent diga dua lame norm_alpha rbn cotta adamixbn unmixtns auto"
-RDUMB_AUTO="rdumb+auto(m=1,floor=0.8,far=8,low=0.5,switch=2,layers=0)+lc"  # `auto` written out: inside a spec it is the component
+# `auto` written out (inside a spec it is the component), as it was before reach=1: the tables keep its rows
+RDUMB_AUTO="rdumb+auto(m=1,floor=0.8,far=8,low=0.5,switch=2,layers=0)+lc"
 STATEFUL="source ptbn tent diga dua rbn cotta adamixbn unmixtns $RDUMB_AUTO auto"  # lame and norm_alpha keep nothing
 REALTIME_WHOLE="source ptbn diga adamixbn unmixtns auto"  # the backprop-free peers that keep or mix statistics
-parts=${*:-peers continual10 speed variance instance proto realtime12 realtime layers floor far layershift}
+parts=${*:-peers continual10 speed variance instance proto realtime12 realtime layers floor far layershift reach}
 
 for part in $parts; do
     echo "== $part ($(date +%H:%M:%S))"
@@ -77,7 +82,9 @@ for part in $parts; do
     far) accuracy_part $R/auto-far.json "" source diga auto "auto(m=1,floor=0.8,switch=2,layers=0)+lc" \
         $(for fl in 4,0.5 6,0.35 8,0.2 8,0.65 12,0.4; do echo "auto(m=1,floor=0.8,far=${fl%,*},low=${fl#*,},switch=2,layers=0)+lc"; done) ;;
     layershift) done_already $R/layer-shift.json || ${PY:-.venv/bin/python} experiments/layer_shift.py --out $R/layer-shift.json ;;
-    *) echo "unknown part $part (peers continual10 speed variance instance proto realtime12 realtime layers floor far layershift)"; exit 2 ;;
+    reach) accuracy_part $R/auto-reach.json "--realtime" source diga auto "auto(m=1,floor=0.8,far=8,low=0.5,switch=2,layers=0)+lc" \
+        "auto(m=1,floor=0.8,far=8,low=0.35,reach=1,switch=2,layers=0)+lc" "auto(m=1,floor=0.7,far=8,low=0.5,switch=2,layers=0)+lc" ;;
+    *) echo "unknown part $part (peers continual10 speed variance instance proto realtime12 realtime layers floor far layershift reach)"; exit 2 ;;
     esac
 done
 echo "== done ($(date +%H:%M:%S))"
