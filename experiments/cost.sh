@@ -19,6 +19,9 @@
 #   pool       each of the frozen model, the 12-layer auto and the all-layer auto without and with lc, with its streams'
 #              states stacked by the pipeline and kept in a device pool (adapters/pool.py), torch and compiled,
 #              batch 1, 8 and 32, one process per engine      -> experiments/results/cost-pool-ENGINE.{json,md}
+#   recommended the recommended `auto` as of its stream reach (written out, so that the row keeps its meaning), with lc
+#              at its default stride and on the classifier's grid (stride 0), on compiled at batch 1 and 8
+#                                                                      -> experiments/results/cost-recommended-compiled.{json,md}
 #
 #   floor      the least any adaptation of every BN layer costs in eager and on onnx, batch 1 and 8: the frozen
 #              model with only the passes over the activations that the statistics need (their mean; both
@@ -26,7 +29,8 @@
 #              not on compiled, where inductor runs that construction slower than the adapted network itself)
 #                                                                      -> experiments/results/cost-floor-ENGINE.{json,md}
 #
-#   experiments/cost.sh [PART ...]      parts: model accuracy lag lc pool floor (all, in that order, without arguments)
+#   experiments/cost.sh [PART ...]      parts: model accuracy lag lc pool recommended floor (all, in that order, without
+#                                       arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source experiments/common.sh
@@ -38,7 +42,8 @@ LAGGED="ema(m=0.1) ema(m=0.1,lag=1)"
 LC0="$NO_LC+lc(stride=0)"
 TWELVE="auto(m=1,floor=0.2,switch=2,layers=12)+lc"  # `auto` until every layer was adapted
 LC_STRIDES="$ALL_LAYERS $NO_LC+lc(stride=4) $NO_LC+lc(stride=8) $LC0"
-parts=${*:-model accuracy lag lc pool floor}
+REACH="auto(m=1,floor=0.8,far=8,low=0.5,reach=1,switch=2,layers=0)"
+parts=${*:-model accuracy lag lc pool recommended floor}
 
 for part in $parts; do
     echo "== $part ($(date +%H:%M:%S))"
@@ -60,11 +65,13 @@ for part in $parts; do
         done_already $R/cost-pool-$engine.json || $D bench model --engines $engine --pool --batches 1 8 32 --steps 10 \
             --methods source "$TWELVE" "$NO_LC" "$ALL_LAYERS" --out $R/cost-pool-$engine.json
     done ;;
+    recommended) done_already $R/cost-recommended-compiled.json || $D bench model --engines compiled --batches 1 8 \
+        --steps 10 --methods source "$REACH+lc" "$REACH+lc(stride=0)" --out $R/cost-recommended-compiled.json ;;
     floor) for engine in torch onnx; do
         done_already $R/cost-floor-$engine.json || ${PY:-.venv/bin/python} experiments/cost_floor.py --engine $engine \
             --out $R/cost-floor-$engine.json
     done ;;
-    *) echo "unknown part $part (model accuracy lag lc pool floor)"; exit 2 ;;
+    *) echo "unknown part $part (model accuracy lag lc pool recommended floor)"; exit 2 ;;
     esac
 done
 echo "== done ($(date +%H:%M:%S))"
