@@ -20,12 +20,11 @@ it falls linearly to `low` at twice that (AlphaCurve): fog, contrast, blur, nois
 
 Reach (`reach=1`): the floor of every layer falls with the stream's reach, the largest layer shift of its
 last frame, as well as with the layer's own. A stream that moves some layer further than a natural drift
-does is far from the source as a whole, and its other layers follow its frames more: a blur moves a few of its
-first layers 9 to 22 tau, noise its middle ones up to 16, and they gain 0.5 to 2.3 mIoU on the dev streams
-from their other layers following, while dusk (largest shift about 5 tau) keeps the floor everywhere
-(experiments/results/auto-reach.md). The last frame's,
-not this one's: a layer decides before the layers after it have seen the frame. 0 on a stream's first frame
-and after a restart.
+does is far from the source as a whole, and its other layers follow its frames more: a blur moves a few of
+its first layers 9 to 22 tau, noise its middle ones up to 16, and they gain 0.5 to 2.3 mIoU on the dev
+streams from their other layers following, while dusk (largest shift about 5 tau) keeps the floor everywhere
+(experiments/results/auto-reach.md). The last frame's, not this one's: a layer decides before the layers
+after it have seen the frame. 0 on a stream's first frame and after a restart.
 
 Momentum: m_n = max(1 / (n + 1), m) for the n-th frame (from 0) since the last restart: the state
 is the plain average of the frames seen until the EMA takes over. The source does not count as a
@@ -345,7 +344,7 @@ class Auto(EMA):
         b, old, since, cfg = images.shape[0], batch["stats"], batch["since"], self.config
         momentum = momentum_schedule(since, cfg.m)
         reach = batch["reach"] if cfg.reach else None
-        rule = replace(self.rule, reach=reach)
+        rule = replace(self.rule, reach=reach) if cfg.reach else self.rule
         if cfg.guard:
             logits, stats = self.guarded(images, batch, momentum, rule, out, scratch)
         else:
