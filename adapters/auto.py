@@ -103,7 +103,11 @@ class ShiftAlpha:
     per layer (`of`); `reach` [B], each stream's (AlphaCurve); the streams in `hold` ([B] bool) keep the source
     statistics (alpha 1)."""
 
-    source: list[tuple[torch.Tensor, ...]]  # per layer: mean, log(var + f), 1 / var_s, f (ema_bn.channel_divergence)
+    # per channel of every layer: the source mean, log(var + f), 1 / var_s and f (ema_bn.channel_divergence), [4, N]:
+    # one tensor, sliced per layer inside the forward, so that a compiled graph takes one input for it, not four per
+    # layer (each a guard, a size check and a Python call in the compiled wrapper)
+    source: torch.Tensor
+    bounds: list[tuple[int, int]]  # per layer, its channels' (start, end) in `source`
     inverse_tau: list[float]
     curve: AlphaCurve
     reach: torch.Tensor | None = None
@@ -111,14 +115,16 @@ class ShiftAlpha:
 
     @classmethod
     def of(cls, adapted: AdaptedNet, tau: torch.Tensor, curve: AlphaCurve) -> ShiftAlpha:
-        source = []
-        for mean, sq in zip(adapted.source[0].split(adapted.sizes), adapted.source[1].split(adapted.sizes)):
-            inverse_var_s, f = divergence_scale(torch.stack([mean, sq]))
-            source.append((mean, torch.log(variance(mean, sq) + f), inverse_var_s, f))
-        return cls(source, (1 / tau).tolist(), curve)
+        mean, sq = adapted.source
+        inverse_var_s, f = divergence_scale(adapted.source)
+        ends = torch.tensor(adapted.sizes).cumsum(0).tolist()
+        bounds = [(end - size, end) for end, size in zip(ends, adapted.sizes)]
+        return cls(torch.stack([mean, torch.log(variance(mean, sq) + f), inverse_var_s, f]), bounds, (1 / tau).tolist(),
+                   curve)
 
     def __call__(self, layer: int, mean: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
-        shift = channel_divergence(mean, sq, *self.source[layer]).mean(1) * self.inverse_tau[layer]
+        start, end = self.bounds[layer]
+        shift = channel_divergence(mean, sq, *self.source[:, start:end]).mean(1) * self.inverse_tau[layer]
         alpha = self.curve(shift, self.reach)
         return alpha if self.hold is None else alpha.masked_fill(self.hold, 1.0)
 

@@ -49,4 +49,6 @@ def compile_step(fn, device: torch.device):
     # size: past its recompile limit (8 by default) it would run the rest eagerly without a word, which
     # two served models at their batch sizes, or `bench model` over a few methods, reach
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    # registers prims.inductor_force_stride_order, which models/batchnorm.per_channel uses when compiled
+    from torch._inductor import inductor_prims  # noqa: F401
     return torch.compile(fn, mode=mode, dynamic=False)

@@ -91,12 +91,15 @@ class Blend(NamedTuple):
 
 class Decide(NamedTuple):
     """What a layer decides its alpha from: the old state's moments, the momentum [B, 1] and the rule (bound to
-    the layer)."""
+    the layer); and the source moments it blends in (slices of AdaptedNet.source: one input to a compiled graph
+    for every layer, not two a layer)."""
 
     old_mean: torch.Tensor
     old_sq: torch.Tensor
     momentum: torch.Tensor
     rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    source_mean: torch.Tensor
+    source_sq: torch.Tensor
 
 
 class StreamBatchNorm2d(nn.Module):
@@ -113,7 +116,6 @@ class StreamBatchNorm2d(nn.Module):
         self.after = after_norm(bn)
         self.register_buffer("source_mean", bn.running_mean.detach().clone().float())
         self.register_buffer("source_var", bn.running_var.detach().clone().float())
-        self.register_buffer("source_sq", self.source_var + self.source_mean.square(), persistent=False)
         # set by AdaptedNet for the duration of one forward call, never kept across calls
         self._inputs: Blend | Decide | None = None
         self._outputs: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -123,10 +125,10 @@ class StreamBatchNorm2d(nn.Module):
             raise RuntimeError("StreamBatchNorm2d runs only inside AdaptedNet.forward")
         frame_mean, frame_sq = self._outputs = instance_moments(x, self.stride)
         if isinstance(self._inputs, Decide):  # the alpha decided here, from the state this frame updates
-            old_mean, old_sq, m, rule = self._inputs
+            old_mean, old_sq, m, rule, source_mean, source_sq = self._inputs
             mean, sq = torch.lerp(old_mean, frame_mean, m), torch.lerp(old_sq, frame_sq, m)
             a = rule(mean, sq)[:, None]
-            mean, sq = torch.lerp(mean, self.source_mean, a), torch.lerp(sq, self.source_sq, a)
+            mean, sq = torch.lerp(mean, source_mean, a), torch.lerp(sq, source_sq, a)
             var = sq.addcmul_(mean, mean, value=-1).clamp_min_(0)
         else:  # the mixture's moments are linear in the frame's: everything else was done for all layers at once
             base_mean, base_sq, gain = self._inputs
@@ -253,8 +255,10 @@ class AdaptedNet(nn.Module):
         state = state.float()
         m = momentum.float()[:, None, None]
         if callable(alpha):
-            olds = zip(state[:, 0].split(self.sizes, 1), state[:, 1].split(self.sizes, 1))
-            parts = (Decide(mean, sq, m[:, 0], partial(alpha, i)) for i, (mean, sq) in enumerate(olds))
+            olds = zip(state[:, 0].split(self.sizes, 1), state[:, 1].split(self.sizes, 1),
+                       self.source[0].split(self.sizes), self.source[1].split(self.sizes))
+            parts = (Decide(mean, sq, m[:, 0], partial(alpha, i), source_mean, source_sq)
+                     for i, (mean, sq, source_mean, source_sq) in enumerate(olds))
         else:
             a = (alpha.float()[:, None] if alpha.ndim == 1 else alpha.float()[:, self.channel_layer])[:, None]  # [B, 1, N]
             if self.lag:  # mixture = a source + (1 - a) old: nothing of the frame

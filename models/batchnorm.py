@@ -175,16 +175,27 @@ def normalize_per_sample(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
     """`x` [B, C, H, W] normalised with each sample's own statistics `mean`, `var` [B, C], then scaled and
     shifted by `weight`, `bias` [C]: sample b's channels become channels b*C.. of one sample, so that one
     fused batch_norm normalises them all (on the CPU 1.5x faster than scale-and-shift by hand).
-    Compiled, the scale and shift per channel are computed first instead: inductor would inline the
-    statistics' arithmetic (the state's blend, a gather per channel) into batch_norm's loop over every pixel
-    (a scale used twice is computed once per channel). Exported the same way: the exporter writes
-    batch_norm as a Mul and an Add over the pixels too."""
+    Compiled, the scale and shift per channel are computed first instead, each into a buffer of its own
+    (`per_channel`). Exported the same way: the exporter writes batch_norm as a Mul and an Add over the pixels
+    too."""
     b, c, h, w = x.shape
     if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
-        scale = weight * torch.rsqrt(var + eps)  # [B, C]
-        shift = bias - mean * scale
+        scale = per_channel(weight * torch.rsqrt(var + eps))  # [B, C]
+        shift = per_channel(bias - mean * scale)
         return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
     if b > 1:
         weight, bias = weight.repeat(b), bias.repeat(b)
     return F.batch_norm(x.reshape(1, b * c, h, w), mean.reshape(-1), var.reshape(-1), weight, bias,
                         False, 0.0, eps).view(b, c, h, w)
+
+
+def per_channel(t: torch.Tensor) -> torch.Tensor:
+    """`t` ([B, C], a normalisation's scale or shift) computed into a buffer of its own when compiled: inductor
+    inlines a small expression into every loop that reads it, and in `auto`'s layers, whose statistics come out
+    of a decision over the layer's channels, it inlined the variance, its rsqrt and the shift into the loop over
+    every pixel, which made up most of what the decision cost there (docs/results/cost.md). Inductor realises a
+    buffer it must keep in the given strides, which `t` already has; eager, `t` itself
+    (adapters/backends.compile_step registers the op)."""
+    if not torch.compiler.is_compiling():
+        return t
+    return torch.ops.prims.inductor_force_stride_order(t, t.stride())

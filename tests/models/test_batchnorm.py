@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from driftseg.adapters.ema_bn import AdaptedNet, StreamBatchNorm2d
-from driftseg.models.batchnorm import adaptable_norms, fold_batchnorm, foldable_pairs, other_norms
+from driftseg.models.batchnorm import adaptable_norms, fold_batchnorm, foldable_pairs, normalize_per_sample, other_norms
 from driftseg.models.registry import create_model, trust_module
 
 from byom_nets import randomise_batchnorm
@@ -105,3 +105,26 @@ def test_a_network_without_batchnorm_is_refused_saying_what_still_works() -> Non
         AdaptedNet(model)
     assert "label calibration" in str(err.value) and "source+lc" in str(err.value)
     assert foldable_pairs(model) == [] and fold_batchnorm(model)(torch.rand(1, 3, 8, 8)).shape == (1, 3, 8, 8)
+
+
+def test_normalising_per_sample_compiled_keeps_the_scale_and_shift_per_channel_and_equals_the_formula() -> None:
+    from torch._inductor.utils import run_and_get_code
+
+    from driftseg.adapters.backends import compile_step
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 24, 32)
+    mean, var = torch.randn(2, 5), torch.rand(2, 5) + 0.5
+    weight, bias = torch.randn(5), torch.randn(5)
+
+    def normalise(x, mean, var):
+        return normalize_per_sample(x, mean * 2, var.square(), weight, bias, 1e-5)  # statistics computed in the graph
+
+    got, (code,) = run_and_get_code(compile_step(normalise, x.device), x, mean, var)
+    expected = (x - 2 * mean[:, :, None, None]) / torch.sqrt(var.square()[:, :, None, None] + 1e-5) \
+        * weight[None, :, None, None] + bias[None, :, None, None]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # the rsqrt is taken in a loop over the channels, before the loop over every pixel (per_channel)
+    kernel = code.split("async_compile.cpp_pybinding")[1].split("''')")[0]
+    pixels = kernel.find(f"<static_cast<int64_t>({24 * 32}L)")
+    assert pixels > 0 and "rsqrt" in kernel[:pixels] and "rsqrt" not in kernel[pixels:]
