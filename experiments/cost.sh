@@ -13,7 +13,8 @@
 #   lag        what the lag changes in mIoU, at the EMA momenta it is allowed (m <= 0.25), every stream whole
 #                                                                      -> experiments/results/cost-lag.{json,md}
 #   lc         label calibration on a coarser grid (its stride, 2 by default; the network's logits come from a
-#              grid 8x coarser, which stride 0 takes as they are): what it changes in mIoU, every stream whole
+#              grid 8x coarser, which stride 0 takes as they are): what it changes in mIoU, every stream whole, for
+#              the all-layer auto before its stream reach and for the recommended one
 #                                                                      -> experiments/results/cost-lc.{json,md}
 #              and in cost on compiled at batch 1 and 8        -> experiments/results/cost-lc-compiled.{json,md}
 #   pool       each of the frozen model, the 12-layer auto and the all-layer auto without and with lc, with its streams'
@@ -58,7 +59,7 @@ for part in $parts; do
     done ;;
     accuracy) accuracy_part $R/cost-stride.json "" source auto $STRIDED ;;
     lag) accuracy_part $R/cost-lag.json "" source $LAGGED "ema(m=0.1,lag=1,stride=4)" "ema(m=0.25)" "ema(m=0.25,lag=1)" ;;
-    lc) accuracy_part $R/cost-lc.json "" source "$NO_LC" $LC_STRIDES
+    lc) accuracy_part $R/cost-lc.json "" source "$NO_LC" $LC_STRIDES "$REACH+lc" "$REACH+lc(stride=0)"
         done_already $R/cost-lc-compiled.json || $D bench model --engines compiled --batches 1 8 --steps 10 \
             --methods source "$NO_LC" $LC_STRIDES --out $R/cost-lc-compiled.json ;;
     pool) for engine in torch compiled; do
