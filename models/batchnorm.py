@@ -194,8 +194,8 @@ def per_channel(t: torch.Tensor) -> torch.Tensor:
     inlines a small expression into every loop that reads it, and in `auto`'s layers, whose statistics come out
     of a decision over the layer's channels, it inlined the variance, its rsqrt and the shift into the loop over
     every pixel, which made up most of what the decision cost there (docs/results/cost.md). Inductor realises a
-    buffer it must keep in the given strides, which `t` already has; eager, `t` itself
-    (adapters/backends.compile_step registers the op)."""
-    if not torch.compiler.is_compiling():
+    buffer it must keep in the given strides, which `t` already has; eager or exported (torch.export compiles
+    too), `t` itself (adapters/backends.compile_step registers the op)."""
+    if not torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return t
     return torch.ops.prims.inductor_force_stride_order(t, t.stride())
