@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from typing import ClassVar
 
 import torch
@@ -117,8 +118,7 @@ class ShiftAlpha:
     def of(cls, adapted: AdaptedNet, tau: torch.Tensor, curve: AlphaCurve) -> ShiftAlpha:
         mean, sq = adapted.source
         inverse_var_s, f = divergence_scale(adapted.source)
-        ends = torch.tensor(adapted.sizes).cumsum(0).tolist()
-        bounds = [(end - size, end) for end, size in zip(ends, adapted.sizes)]
+        bounds = [(end - size, end) for end, size in zip(accumulate(adapted.sizes), adapted.sizes)]
         return cls(torch.stack([mean, torch.log(variance(mean, sq) + f), inverse_var_s, f]), bounds, (1 / tau).tolist(),
                    curve)
 
